@@ -90,11 +90,36 @@ class StoreConfig:
 
 @dataclass
 class SynthConfig:
+    """Synthetic clickstream with planted buyer types (simpersona.data.synthetic)."""
+
     buyers: int = 20000
     merchants: int = 60
-    types: int = 8
-    shard_buyers: int = 50000
+    types: int = 8  # the first N types of the built-in library (at most 8)
+    shard_buyers: int = 50000  # buyers per output shard; one shard is the unit of memory and work
     seed: int = 0
+    out: str = ""  # "" = <storage_path>/synthetic
+    # type name -> population share; unnamed types keep their library share, then all are renormalised
+    type_shares: dict[str, float] = field(default_factory=dict)
+    mixture_concentration: float = 6.0  # Dirichlet concentration of merchant type mixtures (lower = more diverse)
+    merchant_popularity_exponent: float = 0.8  # Zipf exponent of how often buyers pick each merchant
+    extra_merchants_mean: float = 0.8  # merchants per buyer = 1 + Poisson(mean), capped
+    max_merchants_per_buyer: int = 4
+    products_min: int = 20  # catalog size per merchant, uniform in [min, max]
+    products_max: int = 120
+    categories: int = 40  # global category pool
+    categories_per_merchant: int = 6
+    price_median: float = 60.0  # median merchant price level
+    price_level_sigma: float = 0.8  # log-sd of merchant price levels
+    product_price_sigma: float = 0.6  # log-sd of product prices around their merchant's level
+    start_date: str = "2014-04-15"  # first day of the simulated period (Tmall: 04-15 .. 08-15)
+    span_days: int = 120
+    max_events_per_session: int = 30
+    max_event_gap_s: float = 1200.0  # below sessions.gap_minutes so that sessionisation recovers sessions
+    min_session_gap_s: float = 3600.0  # above sessions.gap_minutes, for the same reason
+    max_session_gap_days: float = 30.0
+    executor: str = "auto"  # auto | process | ray | serial (auto = ray when ray is initialised)
+    workers: int = 0  # process pool size; 0 = all cores
+    compression: str = "snappy"
 
 
 @dataclass

@@ -1,0 +1,425 @@
+"""Where the bytes live: URIs → filesystems, input listing, streaming CSV/Parquet readers, writers.
+
+Every stage reads and writes through here, so that a local path and an `s3://bucket/key` URI behave
+the same. Readers stream: they yield Arrow tables of bounded size per file, so memory does not grow
+with the input. CSV columns are read as strings (adapters parse them), so that a bad value becomes a
+quarantined row instead of a failed type inference.
+
+Input errors are `DataError`s (a `ValueError`) with a one-line message naming the path; the library
+exception is folded into that line rather than left as a deep traceback.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from simpersona.config import S3Config
+
+SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS: tuple[str, ...] = ("csv", "parquet")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors: one family, so a caller can catch every input problem with `except DataError`.
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message is one line naming the file and the problem."""
+
+
+class InputNotFoundError(DataError):
+    pass
+
+
+class UnsupportedInputError(DataError):
+    """Unsupported URI scheme, file format or configuration of the reader."""
+
+
+class InputFormatError(DataError):
+    """The file parses, but not into the expected columns (missing columns, wrong delimiter)."""
+
+
+class EncodingError(DataError):
+    pass
+
+
+class CorruptFileError(DataError):
+    """Truncated or otherwise unreadable file."""
+
+
+class EmptyInputError(DataError):
+    pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------------
+# URIs and filesystems
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_filesystem(s3cfg: S3Config | None = None) -> pafs.S3FileSystem:
+    """An S3FileSystem from S3Config, each empty field falling back to the standard AWS environment."""
+    s3cfg = s3cfg or S3Config()
+    env = os.environ
+    endpoint = s3cfg.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    region = s3cfg.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+    kwargs: dict = {"region": region}
+    if endpoint:
+        # "http://host:port" names its scheme; a bare "host:port" is https unless allow_http.
+        if "://" in endpoint:
+            parsed = urlparse(endpoint)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise UnsupportedInputError(f"S3 endpoint {endpoint!r}: expected http(s)://host[:port]")
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        else:
+            kwargs.update(endpoint_override=endpoint, scheme="http" if s3cfg.allow_http else "https")
+    elif s3cfg.allow_http:
+        kwargs["scheme"] = "http"
+    # Explicit keys win; otherwise pyarrow walks the AWS chain (env vars, ~/.aws, instance role).
+    if s3cfg.access_key or s3cfg.secret_key:
+        if not (s3cfg.access_key and s3cfg.secret_key):
+            raise UnsupportedInputError("data.s3: set both access_key and secret_key, or neither")
+        kwargs.update(access_key=s3cfg.access_key, secret_key=s3cfg.secret_key)
+        if s3cfg.session_token:
+            kwargs["session_token"] = s3cfg.session_token
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str, s3cfg: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, a file:// URI or an s3://bucket/key URI."""
+    uri = str(uri).strip()
+    if not uri:
+        raise UnsupportedInputError("empty path: set data.input to a file, folder, glob or s3:// URI")
+    if is_s3(uri):
+        path = uri[len("s3://") :].strip("/")
+        if not path:
+            raise UnsupportedInputError(f"no bucket in {uri!r}: expected s3://bucket/key")
+        return s3_filesystem(s3cfg), path
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        uri = urlparse(uri).path
+    elif "://" in uri:
+        raise UnsupportedInputError(f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def to_uri(fs: pafs.FileSystem, path: str) -> str:
+    """The URI a user would write for `path` on `fs` (used in messages and the quarantine `source`)."""
+    return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """`base/part/...` for local paths and s3:// URIs alike."""
+    return "/".join([str(base).rstrip("/")] + [p.strip("/") for p in parts])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Listing inputs
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str  # as a user would write it (local absolute path or s3://bucket/key)
+    format: str  # csv | parquet
+    size: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: list[InputFile]
+    skipped: list[str]  # files seen under a folder but not read (unknown suffix with format=auto)
+
+
+def detect_format(path: str, fmt: str = "auto") -> str | None:
+    """csv | parquet from `fmt`, or from the suffix when fmt is auto (None when the suffix is unknown)."""
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise UnsupportedInputError(f"data.format={fmt!r}: expected auto, csv or parquet")
+        return fmt
+    name = path.lower()
+    for suffix, found in sorted(SUFFIX_FORMATS.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return found
+    return None
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """`**` crosses folders, `*` and `?` do not; `[...]` as in fnmatch."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                out.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _hidden(path: str) -> bool:
+    # Spark/Hadoop markers (_SUCCESS, .crc) and dot files are never data.
+    return os.path.basename(path).startswith((".", "_"))
+
+
+def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
+    try:
+        return fs.get_file_info(path)
+    except OSError as exc:  # S3: no such bucket, access denied, endpoint unreachable
+        raise InputNotFoundError(f"cannot access {uri}: {_first_line(exc)}") from None
+
+
+def list_inputs(uri: str, s3cfg: S3Config | None = None, fmt: str = "auto") -> Listing:
+    """Files to read for `uri` (a file, a folder read recursively, or a glob), sorted by path."""
+    fs, path = resolve(uri, s3cfg)
+    to = lambda p: to_uri(fs, p)  # noqa: E731
+    if _GLOB_CHARS.search(path):
+        parts = path.split("/")
+        first = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
+        base = "/".join(parts[:first]) or "/"
+        regex = _glob_regex(path)
+        if _file_info(fs, base, to(base)).type != pafs.FileType.Directory:
+            raise InputNotFoundError(f"input not found: {uri} (no folder {to(base)})")
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        infos = [i for i in infos if i.type == pafs.FileType.File and regex.match(i.path)]
+        if not infos:
+            raise InputNotFoundError(f"input not found: {uri} (the pattern matches no files)")
+    else:
+        info = _file_info(fs, path, uri)
+        if info.type == pafs.FileType.NotFound:
+            raise InputNotFoundError(f"input not found: {uri}")
+        if info.type == pafs.FileType.File:
+            found = detect_format(path, fmt)
+            if found is None:
+                raise UnsupportedInputError(
+                    f"cannot tell the format of {uri} from its suffix (known: {', '.join(SUFFIX_FORMATS)}); "
+                    "set data.format=csv or data.format=parquet"
+                )
+            return Listing([InputFile(uri=to(path), format=found, size=info.size)], [])
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        infos = [i for i in infos if i.type == pafs.FileType.File]
+    files, skipped = [], []
+    for info in sorted(infos, key=lambda i: i.path):
+        found = None if _hidden(info.path) else detect_format(info.path, fmt)
+        if found is None:
+            skipped.append(to(info.path))
+        else:
+            files.append(InputFile(uri=to(info.path), format=found, size=info.size))
+    if not files:
+        raise InputNotFoundError(
+            f"input not found: no CSV or Parquet files under {uri} (suffixes {', '.join(SUFFIX_FORMATS)}"
+            f"{'; skipped ' + ', '.join(skipped[:3]) if skipped else ''})"
+        )
+    return Listing(files, skipped)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streaming readers
+
+
+@dataclass
+class BadCsvRow:
+    """A CSV line the parser could not split into the header's number of columns."""
+
+    line: int | None  # 1-based physical line (header = line 1), None when the parser cannot tell
+    text: str
+    expected: int
+    actual: int
+
+
+@dataclass
+class CsvOptions:
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    block_bytes: int = 8 << 20
+
+
+def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> list[str] | None:
+    """Column names from the first line (None for a 0-byte file)."""
+    # Chunks until the first newline: a header never needs the whole file.
+    raw = b""
+    try:
+        with fs.open_input_stream(path, compression="detect") as stream:
+            while b"\n" not in raw:
+                chunk = stream.read(1 << 16)
+                if not chunk:
+                    break
+                raw += chunk
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read {uri}: {_first_line(exc)}") from None
+    if not raw.strip():
+        return None
+    line = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        text = codecs.decode(line, opts.encoding)
+    except UnicodeDecodeError as exc:
+        raise EncodingError(
+            f"{uri}: header line is not valid {opts.encoding} ({exc.reason} at byte {exc.start}); "
+            "set data.encoding to the file's encoding (e.g. latin-1)"
+        ) from None
+    except LookupError:
+        raise UnsupportedInputError(f"data.encoding={opts.encoding!r} is not a known encoding") from None
+    text = text.lstrip("\ufeff")  # a UTF-8 byte-order mark is not part of the first column's name
+    return next(csv.reader(io.StringIO(text), delimiter=opts.delimiter))
+
+
+def iter_csv(
+    fs: pafs.FileSystem,
+    path: str,
+    opts: CsvOptions,
+    on_bad_row: Callable[[BadCsvRow], None] | None = None,
+) -> Iterator[pa.Table]:
+    """Tables of string columns, one per block of about `opts.block_bytes` of text.
+
+    Lines with the wrong number of fields go to `on_bad_row` (skipped in the output) when given;
+    without it they stop the read with an InputFormatError naming the line.
+    """
+    uri = to_uri(fs, path)
+    names = _read_header(fs, path, uri, opts)
+    if names is None:
+        return
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise InputFormatError(f"{uri}: duplicate column names {dupes} in the header")
+
+    def handler(row) -> str:
+        bad = BadCsvRow(line=row.number, text=row.text, expected=row.expected_columns, actual=row.actual_columns)
+        if on_bad_row is None:
+            raise InputFormatError(
+                f"{uri} line {bad.line}: expected {bad.expected} fields, got {bad.actual}: {bad.text[:200]!r}"
+            )
+        on_bad_row(bad)
+        return "skip"
+
+    read = pacsv.ReadOptions(block_size=opts.block_bytes, encoding=opts.encoding, use_threads=False)
+    parse = pacsv.ParseOptions(delimiter=opts.delimiter, invalid_row_handler=handler)
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
+    rows = 0
+    try:
+        reader = pacsv.open_csv(fs.open_input_stream(path, compression="detect"), read, parse, convert)
+        for batch in reader:
+            rows += batch.num_rows
+            yield pa.Table.from_batches([batch])
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        msg = _first_line(exc)
+        if "UTF8" in msg or isinstance(exc, UnicodeDecodeError):
+            raise EncodingError(
+                f"{uri}: invalid {opts.encoding} bytes after data row {rows:,} ({msg}); "
+                "set data.encoding to the file's encoding (e.g. latin-1)"
+            ) from None
+        raise CorruptFileError(f"cannot read CSV {uri} after data row {rows:,}: {msg}") from None
+
+
+def parquet_file(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
+    uri = to_uri(fs, path)
+    try:
+        return pq.ParquetFile(fs.open_input_file(path))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(
+            f"cannot read Parquet {uri}: truncated or not a Parquet file ({_first_line(exc)})"
+        ) from None
+
+
+def iter_parquet(fs: pafs.FileSystem, path: str, batch_rows: int) -> Iterator[pa.Table]:
+    """Tables of at most `batch_rows` rows, in file order, with the file's own column types."""
+    uri = to_uri(fs, path)
+    pf = parquet_file(fs, path)
+    rows = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
+            rows += batch.num_rows
+            yield pa.Table.from_batches([batch])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(f"cannot read Parquet {uri} after row {rows:,}: {_first_line(exc)}") from None
+
+
+def read_schema(file: InputFile, s3cfg: S3Config | None = None, opts: CsvOptions | None = None) -> list[str]:
+    """Column names of one input file without reading its rows."""
+    fs, path = resolve(file.uri, s3cfg)
+    if file.format == "parquet":
+        return parquet_file(fs, path).schema_arrow.names
+    return _read_header(fs, path, file.uri, opts or CsvOptions()) or []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _make_parent(fs: pafs.FileSystem, path: str) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(os.path.dirname(path), recursive=True)
+
+
+def open_output_stream(uri: str, s3cfg: S3Config | None = None) -> pa.NativeFile:
+    """A writable stream at `uri` (local parents are created; on S3 the object appears on close)."""
+    fs, path = resolve(uri, s3cfg)
+    _make_parent(fs, path)
+    return fs.open_output_stream(path)
+
+
+def write_parquet(table: pa.Table, uri: str, s3cfg: S3Config | None = None, **kwargs) -> str:
+    """Write `table` as one Parquet file at `uri`; returns the uri."""
+    fs, path = resolve(uri, s3cfg)
+    _make_parent(fs, path)
+    pq.write_table(table, path, filesystem=fs, **kwargs)
+    return uri
+
+
+def parquet_writer(uri: str, schema: pa.Schema, s3cfg: S3Config | None = None) -> pq.ParquetWriter:
+    """An incremental ParquetWriter at `uri` (call .write_table per chunk, .close at the end)."""
+    fs, path = resolve(uri, s3cfg)
+    _make_parent(fs, path)
+    return pq.ParquetWriter(path, schema, filesystem=fs)
+
+
+def read_parquet(uri: str, s3cfg: S3Config | None = None, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file or folder of Parquet files (for artifacts small enough to hold)."""
+    listing = list_inputs(uri, s3cfg, fmt="auto")
+    fs, _ = resolve(uri, s3cfg)
+    tables = []
+    for file in listing.files:
+        _, path = resolve(file.uri, s3cfg)
+        pf = parquet_file(fs, path)
+        try:
+            tables.append(pf.read(columns=columns, use_threads=False))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CorruptFileError(f"cannot read Parquet {file.uri}: {_first_line(exc)}") from None
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
