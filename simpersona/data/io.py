@@ -119,7 +119,9 @@ def resolve(uri: str, s3cfg: S3Config | None = None) -> tuple[pafs.FileSystem, s
     if scheme == "file":
         uri = urlparse(uri).path
     elif "://" in uri:
-        raise UnsupportedInputError(f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://")
+        raise UnsupportedInputError(
+            f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://"
+        )
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -308,7 +310,8 @@ def iter_csv(
     """Tables of string columns, one per block of about `opts.block_bytes` of text.
 
     Lines with the wrong number of fields go to `on_bad_row` (skipped in the output) when given;
-    without it they stop the read with an InputFormatError naming the line.
+    without it they stop the read with an InputFormatError naming the line. `on_bad_row` may raise a
+    DataError to stop the read (e.g. when most lines are malformed).
     """
     uri = to_uri(fs, path)
     names = _read_header(fs, path, uri, opts)
@@ -317,14 +320,21 @@ def iter_csv(
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise InputFormatError(f"{uri}: duplicate column names {dupes} in the header")
+    stop: list[DataError] = []  # pyarrow swallows exceptions raised in the handler: pass them out here
 
     def handler(row) -> str:
-        bad = BadCsvRow(line=row.number, text=row.text, expected=row.expected_columns, actual=row.actual_columns)
-        if on_bad_row is None:
-            raise InputFormatError(
-                f"{uri} line {bad.line}: expected {bad.expected} fields, got {bad.actual}: {bad.text[:200]!r}"
-            )
-        on_bad_row(bad)
+        bad = BadCsvRow(
+            line=row.number, text=row.text, expected=row.expected_columns, actual=row.actual_columns
+        )
+        try:
+            if on_bad_row is None:
+                raise InputFormatError(
+                    f"{uri} line {bad.line}: expected {bad.expected} fields, got {bad.actual}: {bad.text[:200]!r}"
+                )
+            on_bad_row(bad)
+        except DataError as exc:
+            stop.append(exc)
+            return "error"
         return "skip"
 
     read = pacsv.ReadOptions(block_size=opts.block_bytes, encoding=opts.encoding, use_threads=False)
@@ -339,13 +349,15 @@ def iter_csv(
     except DataError:
         raise
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        if stop:
+            raise stop[0] from None
         msg = _first_line(exc)
         if "UTF8" in msg or isinstance(exc, UnicodeDecodeError):
             raise EncodingError(
-                f"{uri}: invalid {opts.encoding} bytes after data row {rows:,} ({msg}); "
+                f"{uri}: bytes that are not valid {opts.encoding} after the first {rows:,} rows ({msg}); "
                 "set data.encoding to the file's encoding (e.g. latin-1)"
             ) from None
-        raise CorruptFileError(f"cannot read CSV {uri} after data row {rows:,}: {msg}") from None
+        raise CorruptFileError(f"cannot read CSV {uri} after {rows:,} rows: {msg}") from None
 
 
 def parquet_file(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
@@ -368,7 +380,7 @@ def iter_parquet(fs: pafs.FileSystem, path: str, batch_rows: int) -> Iterator[pa
             rows += batch.num_rows
             yield pa.Table.from_batches([batch])
     except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptFileError(f"cannot read Parquet {uri} after row {rows:,}: {_first_line(exc)}") from None
+        raise CorruptFileError(f"cannot read Parquet {uri} after {rows:,} rows: {_first_line(exc)}") from None
 
 
 def read_schema(file: InputFile, s3cfg: S3Config | None = None, opts: CsvOptions | None = None) -> list[str]:

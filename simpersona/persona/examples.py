@@ -1,0 +1,211 @@
+"""Training examples from agent traces: (prompt, next action) per trace step, in four prompt variants.
+
+One trace row (DIR/preprocess/traces, contracts.md) is one example: the prompt holds the page
+observation and the session's last `history_len` actions, the target is the action taken. The
+variants differ only in the prompt's first line, so every model is trained and evaluated on
+identical rows:
+  persona   the history's type token <|persona_k|>          (the persona model)
+  none      no persona line                                 (the "one average buyer" baseline)
+  prompt    "persona: <description of type k>"              (the prose-persona baseline)
+  mismatch  another type's token                            (evaluation only)
+
+Histories, not rows, are split into train and held-out (by a salted hash of history_id), so no
+buyer's sessions leak across the split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import torch
+
+from simpersona.persona.prompts import build_prompt, target_text
+
+VARIANTS = ("persona", "none", "prompt", "mismatch")
+TRACE_COLUMNS = ["history_id", "merchant_id", "session_idx", "step", "observation", "allowed", "action"]
+IGNORE = -100  # label of tokens without loss (prompt, padding)
+
+
+@dataclass
+class Steps:
+    """Trace steps with type ids and histories, split by history."""
+
+    train: pd.DataFrame
+    heldout: pd.DataFrame
+    n_types: int
+    descriptions: list[str] | None
+    untyped_rows: int  # trace rows whose history has no type (left out)
+
+
+def read_traces(folder: str | Path) -> pd.DataFrame:
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"no traces at {folder} (run the preprocess stage first)")
+    dataset = pads.dataset(str(folder), format="parquet")
+    missing = [c for c in TRACE_COLUMNS if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(f"traces at {folder} lack columns {missing}")
+    df = dataset.to_table(columns=TRACE_COLUMNS).to_pandas()
+    if df.empty:
+        raise ValueError(f"traces at {folder} have no rows")
+    return df
+
+
+def read_types(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no type assignment at {path} (run the assign stage first)")
+    df = pads.dataset(str(path), format="parquet").to_table(columns=["history_id", "type_id"]).to_pandas()
+    return df.drop_duplicates("history_id")
+
+
+def read_descriptions(path: str | Path, n_types: int) -> list[str] | None:
+    """Prose description per type id from type_profiles.json (a list, or a dict keyed by type id)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("types"), list):
+        data = data["types"]
+    if isinstance(data, dict):
+        entries = [dict(v, type_id=int(k)) for k, v in data.items() if str(k).lstrip("-").isdigit()]
+    else:
+        entries = list(data)
+    out = [""] * n_types
+    for e in entries:
+        k = int(e.get("type_id", -1))
+        if 0 <= k < n_types:
+            out[k] = str(e.get("description", ""))
+    return out
+
+
+def add_history(df: pd.DataFrame, history_len: int) -> pd.DataFrame:
+    """Sort by session and step; `history` = the session's previous `history_len` actions."""
+    df = df.sort_values(["history_id", "session_idx", "step"], kind="stable").reset_index(drop=True)
+    groups = df.groupby(["history_id", "session_idx"], sort=False)["action"]
+    shifted = [groups.shift(j).to_numpy() for j in range(history_len, 0, -1)]  # oldest first
+    if shifted:
+        stacked = np.stack(shifted, axis=1)
+        df["history"] = [[a for a in row if isinstance(a, str)] for row in stacked]
+    else:
+        df["history"] = [[] for _ in range(len(df))]
+    return df
+
+
+def hash_unit(values: pd.Series, seed: int) -> np.ndarray:
+    """A stable pseudo-uniform number in [0, 1) per value (salted with the seed)."""
+    h = pd.util.hash_array(values.astype(str).to_numpy(dtype=object), hash_key=f"{seed:016d}"[-16:])
+    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def load_steps(traces_dir, types_path, profiles_path, n_types: int, history_len: int,
+               heldout_fraction: float, seed: int) -> Steps:
+    traces = read_traces(traces_dir)
+    types = read_types(types_path)
+    bad = types[(types.type_id < 0) | (types.type_id >= n_types)]
+    if len(bad):
+        raise ValueError(f"type ids outside [0, {n_types}) in {types_path}: {sorted(bad.type_id.unique())[:5]}")
+    df = traces.merge(types, on="history_id", how="inner")
+    untyped = len(traces) - len(df)
+    if df.empty:
+        raise ValueError(f"no trace history of {traces_dir} has a type in {types_path}")
+    df["type_id"] = df["type_id"].astype(np.int64)
+    df = add_history(df, history_len)
+    held = hash_unit(df["history_id"], seed) < heldout_fraction
+    return Steps(df[~held].reset_index(drop=True), df[held].reset_index(drop=True), n_types,
+                 read_descriptions(profiles_path, n_types), untyped)
+
+
+def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """At most n rows, chosen by a seeded hash (deterministic, order kept); n <= 0 keeps all."""
+    if n <= 0 or len(df) <= n:
+        return df
+    keys = df["history_id"].astype(str) + "|" + df["session_idx"].astype(str) + "|" + df["step"].astype(str)
+    order = np.argsort(hash_unit(keys, seed + 1), kind="stable")[:n]
+    return df.iloc[np.sort(order)].reset_index(drop=True)
+
+
+def persona_of(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None) -> list:
+    """The `persona` argument of build_prompt for each row."""
+    types = df["type_id"].to_numpy()
+    if variant == "persona":
+        return [int(t) for t in types]
+    if variant == "none":
+        return [None] * len(df)
+    if variant == "mismatch":  # the type half-way round the codebook: always a different one when K > 1
+        return [int((t + max(1, n_types // 2)) % n_types) for t in types]
+    if variant == "prompt":
+        if not descriptions or not all(descriptions):
+            raise ValueError("the prompt-persona variant needs a description for every type "
+                             "(assign/type_profiles.json)")
+        return [descriptions[int(t)] for t in types]
+    raise ValueError(f"unknown example variant {variant!r}; expected one of {VARIANTS}")
+
+
+def prompts_for(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None) -> list[str]:
+    personas = persona_of(df, variant, n_types, descriptions)
+    return [build_prompt(p, o, list(h)) for p, o, h in zip(personas, df["observation"], df["history"])]
+
+
+class TargetCache:
+    """Token ids of `" " + action + end marker`; the same ids in training and in scoring."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, action: str) -> list[int]:
+        ids = self.cache.get(action)
+        if ids is None:
+            ids = self.tokenizer(target_text(action, self.tokenizer.eos_token), add_special_tokens=False)["input_ids"]
+            self.cache[action] = ids
+        return ids
+
+
+def tokenize(tokenizer, prompts: list[str], actions: list[str], max_tokens: int) -> tuple[pd.DataFrame, int]:
+    """Rows of input_ids (prompt + target) and n_prompt; examples over max_tokens are dropped."""
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    target = TargetCache(tokenizer)
+    ids, n_prompt = [], []
+    dropped = 0
+    for p, a in zip(prompt_ids, actions):
+        t = target(a)
+        if len(p) + len(t) > max_tokens:
+            dropped += 1
+            continue
+        ids.append(np.asarray(p + t, dtype=np.int32))
+        n_prompt.append(len(p))
+    return pd.DataFrame({"input_ids": ids, "n_prompt": np.asarray(n_prompt, dtype=np.int32)}), dropped
+
+
+def bucket_by_length(df: pd.DataFrame, batch_size: int, seed: int, window: int = 64) -> pd.DataFrame:
+    """Rows reordered so that consecutive batches hold similar lengths (less padding), batch order shuffled."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(df))
+    lengths = df["input_ids"].map(len).to_numpy()[order]
+    chunk = batch_size * window
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start: start + chunk][np.argsort(lengths[start: start + chunk], kind="stable")]
+        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return df.iloc[np.concatenate(batches)].reset_index(drop=True) if batches else df
+
+
+def collate(input_ids, n_prompt, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels only on the target tokens (action + end marker)."""
+    width = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(input_ids), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for i, (x, n) in enumerate(zip(input_ids, n_prompt)):
+        x = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        ids[i, : len(x)] = x
+        labels[i, int(n): len(x)] = x[int(n):]
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

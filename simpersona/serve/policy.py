@@ -1,0 +1,258 @@
+"""The agent policy: the fine-tuned LM scores the page's allowed actions, and one of them is sampled.
+
+Only the actions the page allows are scored (simpersona.persona.scoring.ActionScorer, one forward
+pass of the shared prompt per request, its KV cache reused for every candidate), so the policy
+cannot emit an invalid action. The action is *sampled* (population fidelity is a property of
+distributions): the RNG is seeded by (serve.seed, agent seed, step), so the same agent at the same
+step samples the same action whatever the batch it was scored in, the replica or the retry.
+
+Three ways to use it, one code path:
+  ActionPolicy            plain class: decide(list of requests) -> decisions (tests, in-process)
+  PolicyDeployment        Ray Serve deployment around it with @serve.batch dynamic batching;
+                          actors call handle.decide.remote(request dict)
+  HTTP                    POST the request JSON to the deployment's route (see serve/app.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+@dataclass
+class PolicyRequest:
+    persona: int | str | None  # persona type id, None (no persona), or prose (the prompt baseline)
+    observation: str
+    history: list[str]
+    allowed: list[str]
+    seed: int = 0  # the agent's seed
+    step: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PolicyRequest:
+        """Validated request; ValueError with a one-line reason for bad input (HTTP 400)."""
+        if not isinstance(d, dict):
+            raise ValueError("policy request must be a JSON object")
+        missing = [k for k in ("observation", "allowed") if k not in d]
+        if missing:
+            raise ValueError(f"policy request lacks {', '.join(missing)}")
+        allowed = d["allowed"]
+        if not isinstance(allowed, list) or not allowed or not all(isinstance(a, str) for a in allowed):
+            raise ValueError("policy request needs `allowed`: a non-empty list of action strings")
+        persona = d.get("persona")
+        if persona is not None and not isinstance(persona, int | str) or isinstance(persona, bool):
+            raise ValueError("policy request `persona` must be an int, a string or null")
+        history = d.get("history") or []
+        if not isinstance(history, list):
+            raise ValueError("policy request `history` must be a list of action strings")
+        return cls(persona, str(d["observation"]), [str(h) for h in history], list(allowed),
+                   int(d.get("seed", 0)), int(d.get("step", 0)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PolicyDecision:
+    action: str
+    logprob: float  # the model's log-probability of `action`, normalised over the allowed actions
+    index: int  # position of `action` in the request's `allowed`
+    logprobs: list[float] = field(default_factory=list)  # of every allowed action
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_index(logprobs: list[float], temperature: float, rng: np.random.Generator) -> int:
+    """Sample from softmax(logprobs / temperature); temperature 0 means argmax (for debugging)."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    if temperature <= 0:
+        return int(np.argmax(lp))
+    z = lp / temperature
+    p = np.exp(z - z.max())
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def request_rng(policy_seed: int, agent_seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([policy_seed, agent_seed & (2**63 - 1), step])
+
+
+class ActionPolicy:
+    """Samples one allowed action per request from an ActionScorer's log-probabilities."""
+
+    kind = "lm"
+
+    def __init__(self, scorer, temperature: float = 1.0, seed: int = 0, history: int = 8):
+        self.scorer = scorer
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.history = int(history)
+
+    @classmethod
+    def from_config(cls, serve_cfg, model_dir: str | Path) -> ActionPolicy:
+        """Load the fine-tuned model (DIR/finetune/model) once; this is what each replica does."""
+        from simpersona.persona.scoring import ActionScorer
+
+        path = Path(model_dir)
+        if not path.exists():
+            raise FileNotFoundError(f"no policy model at {path} (run the finetune stage or set serve.model_dir)")
+        return cls(ActionScorer(str(path)), serve_cfg.temperature, serve_cfg.seed, serve_cfg.history)
+
+    def decide(self, requests: list[PolicyRequest]) -> list[PolicyDecision]:
+        from simpersona.persona.scoring import ScoreRequest
+
+        if not requests:
+            return []
+        for r in requests:
+            if not r.allowed:
+                raise ValueError("policy request has no allowed actions")
+        scored = self.scorer.score([
+            ScoreRequest(r.persona, r.observation, r.history[-self.history:] if self.history else [], r.allowed)
+            for r in requests
+        ])
+        out = []
+        for r, lps in zip(requests, scored, strict=True):
+            if len(lps) != len(r.allowed):
+                raise RuntimeError(f"scorer returned {len(lps)} scores for {len(r.allowed)} actions")
+            i = sample_index(lps, self.temperature, request_rng(self.seed, r.seed, r.step))
+            out.append(PolicyDecision(r.allowed[i], float(lps[i]), i, [float(x) for x in lps]))
+        return out
+
+
+class UniformPolicy:
+    """Every allowed action equally likely. A SPEED BASELINE ONLY (no model): results are labelled
+    policy=uniform, and it must never stand in for the persona model in an evaluation."""
+
+    kind = "uniform"
+
+    def __init__(self, seed: int = 0, **_):
+        self.seed = int(seed)
+
+    def decide(self, requests: list[PolicyRequest]) -> list[PolicyDecision]:
+        out = []
+        for r in requests:
+            n = len(r.allowed)
+            if n == 0:
+                raise ValueError("policy request has no allowed actions")
+            lps = [-math.log(n)] * n
+            i = int(request_rng(self.seed, r.seed, r.step).integers(n))
+            out.append(PolicyDecision(r.allowed[i], lps[i], i, lps))
+        return out
+
+
+def make_policy(serve_cfg, model_dir: str | Path, kind: str = "lm"):
+    if kind == "uniform":
+        return UniformPolicy(seed=serve_cfg.seed)
+    return ActionPolicy.from_config(serve_cfg, model_dir)
+
+
+class PolicyServer:
+    """Body of the Serve deployment: one policy per replica, requests batched by @serve.batch."""
+
+    def __init__(self, serve_cfg: dict, model_dir: str, kind: str = "lm"):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(serve_cfg)
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.replica_cpus)))
+        self.policy = make_policy(cfg, model_dir, kind)
+        self.batch_sizes: list[int] = []
+        self.decide_batch.set_max_batch_size(cfg.max_batch_size)
+        self.decide_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def decide_batch(self, requests: list[PolicyRequest]) -> list[dict]:
+        self.batch_sizes.append(len(requests))
+        # A thread keeps the event loop free, so the next batch fills while this one is scored.
+        decisions = await asyncio.to_thread(self.policy.decide, requests)
+        return [d.to_dict() for d in decisions]
+
+    async def decide(self, request: dict) -> dict:
+        """Handle entry point for actors: a PolicyRequest as a dict -> a PolicyDecision as a dict."""
+        return await self.decide_batch(PolicyRequest.from_dict(request))
+
+    def stats(self) -> dict:
+        sizes = self.batch_sizes
+        return {"batches": len(sizes), "requests": sum(sizes), "mean_batch": sum(sizes) / max(1, len(sizes)),
+                "max_batch": max(sizes, default=0), "policy": self.policy.kind}
+
+    def reset_stats(self) -> None:
+        self.batch_sizes = []
+
+    async def __call__(self, http_request: Request):
+        """HTTP entry point: POST a PolicyRequest JSON, get a PolicyDecision JSON (400 on bad input)."""
+        try:
+            request = PolicyRequest.from_dict(await http_request.json())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return await self.decide_batch(request)
+
+
+PolicyDeployment = serve.deployment(PolicyServer, name="PolicyDeployment")
+
+
+class LocalPolicyClient:
+    """In-process policy for one event loop: gathers concurrent agents' requests into batches (the
+    same role @serve.batch plays in the deployment) and scores them in a worker thread."""
+
+    def __init__(self, policy, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01):
+        self.policy = policy
+        self.max_batch_size = max_batch_size
+        self.wait_s = batch_wait_timeout_s
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    async def decide(self, request: dict) -> dict:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((PolicyRequest.from_dict(request), fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.wait_s
+            while len(batch) < self.max_batch_size:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            try:
+                decisions = await asyncio.to_thread(self.policy.decide, [r for r, _ in batch])
+                for (_, fut), d in zip(batch, decisions, strict=True):
+                    if not fut.done():
+                        fut.set_result(d.to_dict())
+            except Exception as exc:  # a failed batch fails its callers, not the loop
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class HandlePolicyClient:
+    """A Serve DeploymentHandle seen through the same `await decide(dict)` interface."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def decide(self, request: dict) -> dict:
+        return await self.handle.decide.remote(request)
+
+    def close(self) -> None:
+        pass

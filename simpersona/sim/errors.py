@@ -1,0 +1,86 @@
+"""Errors of the browser environment, one class per kind; `kind` is what trajectories record.
+
+    invalid_action      the action is not offered by the current page (nothing was sent)
+    element_missing     the page offered the action but its element was gone when clicked
+    navigation_timeout  the page did not finish loading within the step timeout
+    off_origin          something tried to take the agent off the configured origins (blocked)
+    page_crash          the tab's renderer died (the env reopens the page)
+    browser_crash       Chromium itself died or disconnected: the env cannot continue
+
+`BrowserEnv.step` returns the recoverable kinds in `info["error"]` and raises a `SimError` only
+when the agent cannot go on (a browser crash, or a page that stays broken after the retries).
+"""
+
+from __future__ import annotations
+
+ERROR_KINDS = (
+    "invalid_action", "element_missing", "navigation_timeout", "off_origin", "page_crash", "browser_crash",
+)
+
+
+class SimError(RuntimeError):
+    """Base class: `kind` names the error class, `reason` says what happened (one line)."""
+
+    kind = "sim_error"
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class InvalidAction(SimError):
+    kind = "invalid_action"
+
+
+class ElementMissing(SimError):
+    kind = "element_missing"
+
+
+class NavigationTimeout(SimError):
+    kind = "navigation_timeout"
+
+
+class OffOrigin(SimError):
+    kind = "off_origin"
+
+
+class PageCrash(SimError):
+    kind = "page_crash"
+
+
+class BrowserCrash(SimError):
+    kind = "browser_crash"
+
+
+_BY_KIND = {c.kind: c for c in (InvalidAction, ElementMissing, NavigationTimeout, OffOrigin, PageCrash, BrowserCrash)}
+
+
+def error_for(kind: str, reason: str) -> SimError:
+    """The SimError subclass instance of `kind` (e.g. to re-raise a recorded error)."""
+    try:
+        return _BY_KIND[kind](reason)
+    except KeyError:
+        raise ValueError(f"unknown error kind {kind!r}; expected one of {ERROR_KINDS}") from None
+
+
+def classify(exc: BaseException, during: str = "") -> SimError:
+    """Map a Playwright (or other) exception to one of the kinds, keeping its first line as reason."""
+    if isinstance(exc, SimError):
+        return exc
+    text = str(exc) or type(exc).__name__
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    reason = f"{during}: {first}" if during else first
+    low = text.lower()
+    if ("target page, context or browser has been closed" in low or "browser has been closed" in low
+            or "browser closed" in low or "connection closed" in low or "disconnected" in low):
+        return BrowserCrash(reason)
+    if "crash" in low:
+        return PageCrash(reason)
+    if "timeout" in low or type(exc).__name__ == "TimeoutError":
+        return NavigationTimeout(reason)
+    if "err_blocked_by_client" in low or "net::err_aborted" in low:
+        return OffOrigin(reason)
+    return PageCrash(reason)
