@@ -49,7 +49,8 @@ class DataConfig:
     merchant_id: str = ""  # non-empty: every row belongs to this one storefront (retailrocket: "retailrocket")
     rees46_empty_brand: str = "unbranded"  # merchant for REES46 rows without a brand; "" = quarantine them
     encoding: str = "utf-8"  # text encoding of CSV input
-    csv_block_bytes: int = 8 << 20  # CSV read granularity: memory per batch, not per file
+    # CSV read granularity; pyarrow reads ~30 blocks ahead, so a reader holds ~30x this, whatever the file size
+    csv_block_bytes: int = 2 << 20
     parquet_batch_rows: int = 262144
     # the bad-row limit is also checked while reading, once this many rows were read (fail fast)
     bad_check_min_rows: int = 10000
@@ -194,13 +195,13 @@ class ServeConfig:
     history: int = 8  # last actions of the agent given to the prompt
     max_batch_size: int = 32  # @serve.batch: requests scored in one forward pass
     batch_wait_timeout_s: float = 0.01  # how long a partial batch waits for more requests
-    max_concurrent_batches: int = 1  # one batch at a time per replica: the CPU is the limit
     num_replicas: int = 1
     replica_cpus: float = 1.0
     torch_threads: int = 0  # 0 = replica_cpus rounded up
     max_ongoing_requests: int = 512  # per replica; must exceed max_batch_size for batches to fill
     app_name: str = "policy"
     route_prefix: str = "/policy"
+    http: bool = True  # run Serve's HTTP proxy (for outside clients); actors use handles either way
     host: str = "127.0.0.1"  # HTTP proxy address; 0.0.0.0 exposes the policy to the network
     port: int = 8000
 
@@ -209,7 +210,10 @@ class ServeConfig:
 class SimConfig:
     """Population simulation: agents of each merchant in BrowserWorker actors against the storefront."""
 
-    variant: str = "base"  # what-if variant name; artifacts go to <run_dir>/simulate/<variant>/
+    # what-if variant: its store knobs are store.variants[<variant>] (a name not listed there is only a
+    # label); artifacts go to <run_dir>/simulate/<variant>/
+    variant: str = "baseline"
+    merchant_types: str = ""  # "" = <run_dir>/assign/merchant_types.parquet (evaluation passes a split's)
     # int N = the N merchants with the most typed buyers (0 = all); a list = exactly those ids
     merchants: Any = 0
     agents_per_merchant: int = 10
@@ -224,6 +228,7 @@ class SimConfig:
     commit_every: int = 64  # accepted agents buffered before a results shard is written
     commit_interval_s: float = 5.0  # ... or after this many seconds
     scale_interval_s: float = 2.0  # how often the driver looks for room to start another worker
+    worker_start_timeout_s: float = 300.0  # fail when no worker has started for this long
     request_resources: bool = False  # ask a Ray autoscaler for `workers` worker-sized CPU bundles
 
 

@@ -125,19 +125,19 @@ def parse_epoch(col, unit: str):
     return pc.cast(pc.cast(pc.floor(ms), pa.int64()), pa.timestamp("ms"))
 
 
-def _iso_cast(s, unit_type: pa.DataType):
+def _iso_cast(s: pa.Array, unit_type: pa.DataType) -> pa.Array:
+    """Cast ISO strings; values the regex let through but Arrow rejects (month 13) become null.
+
+    One such value fails the whole cast, so the batch is bisected down to the failing values:
+    k bad values cost O(k log n) casts, and a clean batch costs one.
+    """
     try:
         return pc.cast(s, unit_type)
     except pa.ArrowInvalid:
-        # Well-formed but impossible values (month 13) fail the whole cast: redo element by element,
-        # which only happens for batches that contain such a value.
-        out = []
-        for v in s.to_pylist():
-            try:
-                out.append(pc.cast(pa.array([v], pa.string()), unit_type)[0].as_py())
-            except pa.ArrowInvalid:
-                out.append(None)
-        return pa.array(out, unit_type)
+        if len(s) == 1:
+            return pa.nulls(1, unit_type)
+        mid = len(s) // 2
+        return pa.concat_arrays([_iso_cast(s.slice(0, mid), unit_type), _iso_cast(s.slice(mid), unit_type)])
 
 
 def parse_iso(col):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import os
 import re
@@ -82,8 +83,20 @@ def s3_filesystem(s3cfg: S3Config | None = None) -> pafs.S3FileSystem:
     s3cfg = s3cfg or S3Config()
     env = os.environ
     endpoint = s3cfg.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
-    region = s3cfg.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
-    kwargs: dict = {"region": region}
+    region = s3cfg.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
+    if bool(s3cfg.access_key) != bool(s3cfg.secret_key):
+        raise UnsupportedInputError("data.s3: set both access_key and secret_key, or neither")
+    return _s3_filesystem(
+        endpoint, region, s3cfg.access_key, s3cfg.secret_key, s3cfg.session_token, bool(s3cfg.allow_http)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(
+    endpoint: str, region: str, access_key: str, secret_key: str, session_token: str, allow_http: bool
+) -> pafs.S3FileSystem:
+    # One client per distinct setting: every file of a run reuses its connections.
+    kwargs: dict = {"region": region or None}
     if endpoint:
         # "http://host:port" names its scheme; a bare "host:port" is https unless allow_http.
         if "://" in endpoint:
@@ -92,16 +105,12 @@ def s3_filesystem(s3cfg: S3Config | None = None) -> pafs.S3FileSystem:
                 raise UnsupportedInputError(f"S3 endpoint {endpoint!r}: expected http(s)://host[:port]")
             kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
         else:
-            kwargs.update(endpoint_override=endpoint, scheme="http" if s3cfg.allow_http else "https")
-    elif s3cfg.allow_http:
+            kwargs.update(endpoint_override=endpoint, scheme="http" if allow_http else "https")
+    elif allow_http:
         kwargs["scheme"] = "http"
     # Explicit keys win; otherwise pyarrow walks the AWS chain (env vars, ~/.aws, instance role).
-    if s3cfg.access_key or s3cfg.secret_key:
-        if not (s3cfg.access_key and s3cfg.secret_key):
-            raise UnsupportedInputError("data.s3: set both access_key and secret_key, or neither")
-        kwargs.update(access_key=s3cfg.access_key, secret_key=s3cfg.secret_key)
-        if s3cfg.session_token:
-            kwargs["session_token"] = s3cfg.session_token
+    if access_key:
+        kwargs.update(access_key=access_key, secret_key=secret_key, session_token=session_token or None)
     return pafs.S3FileSystem(**kwargs)
 
 
@@ -269,7 +278,7 @@ class BadCsvRow:
 class CsvOptions:
     delimiter: str = ","
     encoding: str = "utf-8"
-    block_bytes: int = 8 << 20
+    block_bytes: int = 2 << 20
 
 
 def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> list[str] | None:
@@ -424,10 +433,12 @@ def parquet_writer(uri: str, schema: pa.Schema, s3cfg: S3Config | None = None) -
 
 def read_parquet(uri: str, s3cfg: S3Config | None = None, columns: list[str] | None = None) -> pa.Table:
     """A whole Parquet file or folder of Parquet files (for artifacts small enough to hold)."""
-    listing = list_inputs(uri, s3cfg, fmt="auto")
+    files = [f for f in list_inputs(uri, s3cfg, fmt="auto").files if f.format == "parquet"]
+    if not files:
+        raise InputNotFoundError(f"input not found: no Parquet files at {uri}")
     fs, _ = resolve(uri, s3cfg)
     tables = []
-    for file in listing.files:
+    for file in files:
         _, path = resolve(file.uri, s3cfg)
         pf = parquet_file(fs, path)
         try:

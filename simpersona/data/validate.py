@@ -63,7 +63,7 @@ REASONS: tuple[str, ...] = (
     "bad_timestamp",  # present but unparseable or an impossible date
     "missing_event",
     "unknown_event",  # present but not a known event of the source format
-    "bad_price",  # present but non-numeric or negative
+    "bad_price",  # present but non-numeric, negative, NaN or infinite
 )
 SEQ_FILE_STRIDE = 1 << 40  # rows per file addressable by file_seq_base (10^12)
 
@@ -194,10 +194,9 @@ def _blank(col) -> pa.Array:
 def row_reasons(mapped: Mapped) -> pa.Array:
     """Per row: the first reason in REASONS that applies, or null for a good row."""
     v, raw = mapped.values, mapped.raw
-    price_bad = pc.and_(
-        pc.invert(_blank(raw["price"])),
-        pc.fill_null(pc.less(v["price"], 0.0), True),  # null here = present but not a number
-    )
+    price = v["price"]
+    price_ok = pc.fill_null(pc.and_(pc.is_finite(price), pc.greater_equal(price, 0.0)), False)
+    price_bad = pc.and_(pc.invert(_blank(raw["price"])), pc.invert(price_ok))  # present, not a price >= 0
     checks = [  # in REASONS order
         ("missing_buyer_id", pc.is_null(v["buyer_id"])),
         ("missing_merchant_id", pc.is_null(v["merchant_id"])),

@@ -246,6 +246,8 @@ def run_evaluation(cfg) -> dict:
     main["ara_minmax_ci"] = ci["ara_minmax"]
     for name, b in baselines.items():
         if b is not None:
+            b["ara_ci"] = ci["deltas"][name]["other_ara"]
+            b["ara_minmax_ci"] = ci["deltas"][name]["other_ara_minmax"]
             b["ara_delta_vs_main_ci"] = ci["deltas"][name]["ara"]
 
     result = {

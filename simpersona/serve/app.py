@@ -73,9 +73,13 @@ def deploy(cfg, kind: str = "lm", blocking: bool = False):
     """Start Serve (HTTP proxy on serve.host:serve.port, 127.0.0.1 by default) and run the policy app.
 
     Returns its DeploymentHandle; `handle.decide.remote(request_dict)` from any actor or driver.
+    Serve's HTTP options are cluster-wide and fixed by whoever starts Serve first.
     """
     s = cfg.serve
-    serve.start(http_options={"host": s.host, "port": s.port})
+    if s.http:
+        serve.start(http_options={"host": s.host, "port": s.port})
+    else:  # handles only (a simulation's actors): no proxy, no port to collide on
+        serve.start(proxy_location="Disabled")
     return serve.run(policy_app(cfg, kind), name=s.app_name, route_prefix=s.route_prefix, blocking=blocking)
 
 

@@ -47,7 +47,7 @@ class PolicyRequest:
         if not isinstance(allowed, list) or not allowed or not all(isinstance(a, str) for a in allowed):
             raise ValueError("policy request needs `allowed`: a non-empty list of action strings")
         persona = d.get("persona")
-        if persona is not None and not isinstance(persona, int | str) or isinstance(persona, bool):
+        if isinstance(persona, bool) or (persona is not None and not isinstance(persona, int | str)):
             raise ValueError("policy request `persona` must be an int, a string or null")
         history = d.get("history") or []
         if not isinstance(history, list):
@@ -70,17 +70,8 @@ class PolicyDecision:
         return asdict(self)
 
 
-def sample_index(logprobs: list[float], temperature: float, rng: np.random.Generator) -> int:
-    """Sample from softmax(logprobs / temperature); temperature 0 means argmax (for debugging)."""
-    lp = np.asarray(logprobs, dtype=np.float64)
-    if temperature <= 0:
-        return int(np.argmax(lp))
-    z = lp / temperature
-    p = np.exp(z - z.max())
-    return int(rng.choice(len(p), p=p / p.sum()))
-
-
 def request_rng(policy_seed: int, agent_seed: int, step: int) -> np.random.Generator:
+    """The sampling RNG of one agent step: independent of batching, replica and attempt."""
     return np.random.default_rng([policy_seed, agent_seed & (2**63 - 1), step])
 
 
@@ -106,7 +97,7 @@ class ActionPolicy:
         return cls(ActionScorer(str(path)), serve_cfg.temperature, serve_cfg.seed, serve_cfg.history)
 
     def decide(self, requests: list[PolicyRequest]) -> list[PolicyDecision]:
-        from simpersona.persona.scoring import ScoreRequest
+        from simpersona.persona.scoring import ScoreRequest, sample
 
         if not requests:
             return []
@@ -121,7 +112,7 @@ class ActionPolicy:
         for r, lps in zip(requests, scored, strict=True):
             if len(lps) != len(r.allowed):
                 raise RuntimeError(f"scorer returned {len(lps)} scores for {len(r.allowed)} actions")
-            i = sample_index(lps, self.temperature, request_rng(self.seed, r.seed, r.step))
+            i = sample(lps, self.temperature, request_rng(self.seed, r.seed, r.step))
             out.append(PolicyDecision(r.allowed[i], float(lps[i]), i, [float(x) for x in lps]))
         return out
 

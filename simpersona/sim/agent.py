@@ -41,14 +41,17 @@ class AgentOutcome:
     rows: list[dict] = field(default_factory=list)
 
 
-async def run_agent(env, policy, spec: dict, persona, history_len: int = 8) -> AgentOutcome:
-    """Run one agent to the end of its session. Raises BrowserCrash (the worker re-queues it)."""
+async def run_agent(env, policy, spec: dict, persona, history_len: int = 8, session_id: str = "") -> AgentOutcome:
+    """Run one agent to the end of its session. Raises BrowserCrash (the worker re-queues it).
+
+    `session_id` names the storefront session (one per attempt; "" lets the storefront choose).
+    """
     agent_id = spec["agent_id"]
     rows: list[dict] = []
     history: list[str] = []
     obs = None
     try:
-        obs = await env.reset(spec["merchant_id"], agent_id)
+        obs = await env.reset(spec["merchant_id"], agent_id, session_id=session_id or None)
         for step in range(int(spec["max_steps"])):
             decision = await policy.decide({
                 "persona": persona, "observation": obs.text, "history": history[-history_len:],
@@ -69,9 +72,5 @@ async def run_agent(env, policy, spec: dict, persona, history_len: int = 8) -> A
     except SimError as exc:
         if rows and not rows[-1]["error"]:
             rows[-1]["error"] = f"{exc.kind}: {exc}"
-        return AgentOutcome(agent_id, "crashed", len(rows), exc.kind, str(exc), _session(env), rows)
-    return AgentOutcome(agent_id, "completed", len(rows), "", "", _session(env), rows)
-
-
-def _session(env) -> str:
-    return str(getattr(env, "session_id", "") or "")
+        return AgentOutcome(agent_id, "crashed", len(rows), exc.kind, str(exc), session_id, rows)
+    return AgentOutcome(agent_id, "completed", len(rows), "", "", session_id, rows)

@@ -124,7 +124,7 @@ def build_population(run_dir: str | Path, sim_cfg, seed: int) -> pa.Table:
         raise PopulationError(f"sim.persona_mode must be one of {'|'.join(PERSONA_MODES)}, got {mode!r}")
     if sim_cfg.agents_per_merchant < 1 or sim_cfg.max_steps < 1:
         raise PopulationError("sim.agents_per_merchant and sim.max_steps must be >= 1")
-    dists = load_distributions(run_dir / "assign" / "merchant_types.parquet")
+    dists = load_distributions(Path(sim_cfg.merchant_types or run_dir / "assign" / "merchant_types.parquet"))
     merchants = select_merchants(dists, sim_cfg.merchants)
     if mode == "kmeans":
         kdists = kmeans_distributions(run_dir / "assign" / "types.parquet", sim_cfg.kmeans_smoothing)

@@ -276,3 +276,40 @@ def test_unknown_adapter_lists_known_ones():
         "data.adapter='shopify' is not known; choose one of tmall2014, rees46, retailrocket, generic, canonical"
     )
     assert set(ADAPTERS) == {"tmall2014", "rees46", "retailrocket", "generic", "canonical"}
+
+
+def test_preprocess_yaml_mirrors_data_config(tmall_csv):
+    """configs/preprocess.yaml lists every DataConfig knob, and the loaded config drives the reader."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from simpersona.config import CONFIG_DIR, S3Config, load
+
+    yaml_data = OmegaConf.load(CONFIG_DIR / "preprocess.yaml").data
+    assert set(yaml_data) == {f.name for f in fields(DataConfig)}
+    assert set(yaml_data.s3) == {f.name for f in fields(S3Config)}
+    cfg = load("preprocess", [f"data.input={tmall_csv}", "data.merchant_id=tmall"])
+    events, report = read_all(cfg.data)
+    assert events.num_rows == 182_880 and set(events["merchant_id"].to_pylist()) == {"tmall"}
+
+
+def test_impossible_iso_dates_are_bad_timestamps(tmp_path):
+    path = tmp_path / "log.csv"
+    body = ["u,m,t,e"] + [f"b{i},x,2016-02-{1 + i % 29:02d} 10:00:00,view" for i in range(1000)]
+    body[100] = "b99,x,2015-02-29 10:00:00,view"  # 2015 is no leap year
+    body[500] = "b499,x,2016-13-01,view"
+    body[900] = "b899,x,2016-02-01T25:00:00Z,view"
+    path.write_text("\n".join(body) + "\n")
+    cfg = DataConfig(
+        adapter="generic",
+        columns={"buyer_id": "u", "merchant_id": "m", "ts": "t", "event": "e"},
+        max_bad_fraction=0.01,
+    )
+    good, bad, report = read_file_canonical(str(path), cfg)
+    assert good.num_rows == 997 and pc.min(good["ts"]).as_py() == datetime(2016, 2, 1, 10)
+    assert [(r["line"], r["reason"]) for r in bad.to_pylist()] == [
+        (101, "bad_timestamp"),
+        (501, "bad_timestamp"),
+        (901, "bad_timestamp"),
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -120,6 +122,29 @@ def test_bad_price(tmp_path):
         (7, "bad_timestamp", "5"),
     ]
     assert report.bad_by_reason == {"bad_price": 2, "bad_timestamp": 1}
+
+
+def test_bad_price_in_typed_canonical_parquet(tmp_path):
+    rows = [
+        {
+            "buyer_id": "b",
+            "merchant_id": "m",
+            "ts": datetime(2020, 1, 1),
+            "seq": i,
+            "event": "view",
+            "price": p,
+        }
+        for i, p in enumerate([-1.0, float("nan"), float("inf"), 3.0, None])
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path / "events.parquet")
+    cfg = DataConfig(adapter="canonical", max_bad_fraction=1.0)
+    good, bad, _ = read_file_canonical(str(tmp_path / "events.parquet"), cfg)
+    assert good["price"].to_pylist() == [3.0, None]
+    assert [(r["line"], r["reason"], r["price"]) for r in bad.to_pylist()] == [
+        (1, "bad_price", "-1"),
+        (2, "bad_price", "nan"),
+        (3, "bad_price", "inf"),
+    ]
 
 
 def test_too_many_bad_rows_names_file_counts_and_examples(tmp_path):

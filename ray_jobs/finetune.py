@@ -1,0 +1,29 @@
+"""Persona tokens + two-stage fine-tuning (run command: configs/finetune.yaml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import ray
+
+from simpersona.config import load
+from simpersona.persona.job import run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load("finetune", sys.argv[1:] if argv is None else argv)
+    if not ray.is_initialized():  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
+        local = {} if cfg.ray.address else {"num_cpus": cfg.ray.num_cpus or None}
+        ray.init(address=cfg.ray.address or None, include_dashboard=cfg.ray.include_dashboard, **local)
+    summary = run(cfg)
+    keys = ("base_model", "stage1_loss", "stage2_loss", "heldout_acc_persona", "heldout_acc_no_persona",
+            "type_conversion_spearman", "wall_s")
+    print(json.dumps({k: summary[k] for k in keys}))
+    print(f"model: {Path(cfg.run_dir) / 'finetune' / 'model'}  summary: {Path(cfg.run_dir) / 'finetune' / 'summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

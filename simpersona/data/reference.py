@@ -1,0 +1,356 @@
+"""Single-process reference of the preprocess stage (no Ray): the same outputs as the Ray pipeline.
+
+`run_reference(cfg, out)` reads the whole input with `validate.read_canonical`, computes the merchant
+statistics, sessions, features and traces in one polars/pyarrow pass over everything, and writes the
+same artifacts as `pipeline.run_preprocess`. The Ray pipeline applies `transform` to hash partitions
+of buyers instead of to the whole input; everything global (merchant statistics, normalisation) is
+computed exactly, so the two give identical tables (tests/data/test_pipeline.py checks it).
+
+Also here: `vectorised_features` (the single-process baseline of the benchmark) and `pandas_features`
+(the per-history `groupby().apply` baseline; an independent implementation of the same features).
+
+Layout of DIR/preprocess/ (both implementations)
+  events/*.parquet       valid canonical events, session_id derived (schema.SCHEMA)
+  quarantine/*.parquet   bad rows with their reason (schema.QUARANTINE_SCHEMA)
+  features/*.parquet     one row per history (features.py)
+  traces/*.parquet       one row per agent step (traces.py)
+  feature_spec.json, summary.json
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from simpersona.data import features as F
+from simpersona.data import io
+from simpersona.data import traces as T
+from simpersona.data.schema import EVENTS, SCHEMA
+from simpersona.data.sessions import check as check_sessions
+from simpersona.data.sessions import sessionize
+from simpersona.data.traces import as_mapping
+
+PLANTED_COLUMNS = ("buyer_id", "merchant_id", "planted_type")
+
+
+class PreprocessError(ValueError):
+    """A preprocess setting or input that cannot be used; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings shared by both implementations
+
+
+def output_uris(out: str) -> dict[str, str]:
+    names = ("events", "quarantine", "features", "traces")
+    uris = {name: io.join_uri(out, name) for name in names}
+    uris.update(feature_spec=io.join_uri(out, "feature_spec.json"), summary=io.join_uri(out, "summary.json"))
+    return uris
+
+
+def resolve_planted(cfg) -> str | None:
+    """Where the planted types are: `features.planted`, or auto-detected beside an `events` input."""
+    setting = str(cfg.features.planted or "").strip()
+    if setting in ("", "none"):
+        return None
+    if setting != "auto":
+        io.list_inputs(setting, cfg.data.s3, "parquet")  # a clear error when it is missing
+        return setting
+    base = str(cfg.data.input).rstrip("/")
+    if base.rsplit("/", 1)[-1] != "events":
+        return None
+    planted = base[: -len("events")] + "planted"
+    fs, path = io.resolve(planted, cfg.data.s3)
+    try:
+        found = fs.get_file_info(path).type.name == "Directory"
+    except OSError:
+        found = False
+    return planted if found else None
+
+
+def check_config(cfg) -> None:
+    check_sessions(cfg.sessions)
+    F.check(cfg.features)
+    T.check(cfg.traces)
+
+
+@dataclass
+class TransformContext:
+    """Everything global that the per-history transform needs (small: per merchant, not per event)."""
+
+    sessions: dict
+    features: dict
+    traces: dict
+    store: dict
+    stats: F.MerchantStats
+    catalogs: dict[str, list] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cfg, merged: pl.DataFrame) -> TransformContext:
+        store = as_mapping(cfg.store)
+        stats = F.MerchantStats.from_merged(merged)
+        return cls(
+            sessions=as_mapping(cfg.sessions),
+            features=as_mapping(cfg.features),
+            traces=as_mapping(cfg.traces),
+            store=store,
+            stats=stats,
+            catalogs=T.top_catalog_rows(stats.products, store["products_per_merchant"]),
+        )
+
+    def section(self, name: str):
+        return _Section(getattr(self, name))
+
+    @property
+    def unit(self) -> str:
+        return self.sessions["unit"]
+
+
+class _Section(dict):
+    """Attribute access on a plain dict section (what the sessions/features/traces modules expect)."""
+
+    __getattr__ = dict.__getitem__
+
+
+@dataclass
+class Transformed:
+    events: pa.Table  # sessionized events in SCHEMA, sorted by (history_id, ts, seq)
+    raw: pa.Table  # features.raw_schema + n_trace_steps, first_of_buyer, trace skip counts
+    traces: pa.Table
+    skipped: Counter
+
+
+SKIP_COLUMNS = tuple(f"trace_skipped_{r}" for r in T.SKIP_REASONS)
+
+
+def transform(events: pl.DataFrame, planted: pl.DataFrame | None, ctx: TransformContext,
+              shops: T.ShopCache) -> Transformed:
+    """Sessions, raw features and traces of a set of whole buyers (all of their events)."""
+    sessions = sessionize(events, ctx.section("sessions"))
+    raw = F.raw_features(sessions, ctx.stats, ctx.section("features"), ctx.unit, planted)
+    types = dict(zip(raw.column("history_id").to_pylist(), raw.column("planted_type").to_pylist()))
+    traces, skipped, steps = T.build_traces(sessions, shops, ctx.section("traces"), types)
+    hids = raw.column("history_id").to_pylist()
+    buyers = raw.column("buyer_id").to_numpy(zero_copy_only=False)
+    first_of_buyer = np.ones(len(buyers), dtype=np.int8)
+    if len(buyers):
+        first_of_buyer[1:] = buyers[1:] != buyers[:-1]  # rows are sorted by history_id: buyer first
+    raw = raw.append_column("n_trace_steps", pa.array([steps.get(h, 0) for h in hids], pa.int64()))
+    raw = raw.append_column("first_of_buyer", pa.array(first_of_buyer))
+    for name, reason in zip(SKIP_COLUMNS, T.SKIP_REASONS):
+        counts = np.zeros(len(hids), dtype=np.int64)
+        if len(hids):
+            counts[0] = skipped.get(reason, 0)  # block totals ride on the first row: sums stay exact
+        raw = raw.append_column(name, pa.array(counts))
+    out_events = sessions.select(SCHEMA.names).to_arrow().cast(SCHEMA)
+    return Transformed(out_events, raw, traces, skipped)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Block statistics (exact) → feature normalisation and run counts
+
+COUNT_COLUMNS = ("n_events", "n_sessions", "n_trace_steps", "first_of_buyer", *SKIP_COLUMNS)
+
+
+def block_stats(raw: pa.Table) -> dict:
+    """Exact partial statistics of a set of raw feature rows (adds up across any split of the rows)."""
+    n, s1, s2 = F.partial_moments(F.agg_matrix(raw)) if raw.num_rows else (0, [0] * len(F.AGG_NAMES),
+                                                                           [0] * len(F.AGG_NAMES))
+    counts = {c: int(pc.sum(raw.column(c)).as_py() or 0) for c in COUNT_COLUMNS}
+    return {"histories": raw.num_rows, "n": n, "s1": s1, "s2": s2, **counts}
+
+
+def combine_stats(parts: list[dict]) -> dict:
+    n, s1, s2 = F.add_moments((p["n"], p["s1"], p["s2"]) for p in parts)
+    mean, std = F.finish_moments(n, s1, s2)
+    totals = {c: sum(p[c] for p in parts) for c in ("histories", *COUNT_COLUMNS)}
+    return {"mean": mean, "std": std, **totals}
+
+
+def counts_summary(totals: dict, report, stats: F.MerchantStats, unit: str) -> dict:
+    """The counts of summary.json (same keys from both implementations)."""
+    rows_good = report.rows_read - report.rows_bad
+    if totals["n_events"] != rows_good:  # every valid row belongs to exactly one history
+        raise PreprocessError(f"lost rows: {rows_good:,} valid rows read but {totals['n_events']:,} in histories")
+    return {
+        "rows_read": report.rows_read,
+        "rows_bad": report.rows_bad,
+        "bad_by_reason": dict(sorted(report.bad_by_reason.items())),
+        "filled": dict(report.filled),
+        "rows_valid": rows_good,
+        "buyers": totals["first_of_buyer"],
+        "merchants": stats.merchants,
+        "unit": unit,
+        "histories": totals["histories"],
+        "sessions": totals["n_sessions"],
+        "trace_steps": totals["n_trace_steps"],
+        "trace_skipped": {r: totals[c] for r, c in zip(T.SKIP_REASONS, SKIP_COLUMNS)},
+    }
+
+
+def finish_features(raw: pa.Table, mean: list[float], std: list[float]) -> pa.Table:
+    return F.normalise(raw, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reference run
+
+
+def read_planted(uri: str | None, s3cfg=None) -> pl.DataFrame | None:
+    if uri is None:
+        return None
+    table = io.read_parquet(uri, s3cfg, columns=list(PLANTED_COLUMNS))
+    return pl.from_arrow(table)
+
+
+def run_reference(cfg, out: str) -> dict:
+    """Preprocess `cfg.data.input` in this process; write DIR-style artifacts under `out`."""
+    from simpersona.data.validate import ValidationReport, read_canonical
+    from simpersona.runtime import Stopwatch, write_json
+
+    check_config(cfg)
+    sw = Stopwatch()
+    uris = output_uris(out)
+    data_cfg = cfg.data
+    report = ValidationReport()
+    with sw.lap("read"):
+        quarantine = io.join_uri(uris["quarantine"], "part-00000.parquet")
+        tables = list(read_canonical(data_cfg, quarantine, report, progress=cfg.progress))
+        events = pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(SCHEMA.empty_table())
+        planted = read_planted(resolve_planted(cfg), data_cfg.s3)
+    with sw.lap("transform"):
+        ctx = TransformContext.build(cfg, F.merge_partials(F.merchant_partials(events)))
+        result = transform(events, planted, ctx, T.ShopCache(ctx.catalogs, ctx.store))
+        totals = combine_stats([block_stats(result.raw)])
+        feats = finish_features(result.raw, totals["mean"], totals["std"])
+    with sw.lap("write"):
+        io.write_parquet(result.events, io.join_uri(uris["events"], "part-00000.parquet"), data_cfg.s3)
+        io.write_parquet(feats, io.join_uri(uris["features"], "part-00000.parquet"), data_cfg.s3)
+        io.write_parquet(result.traces, io.join_uri(uris["traces"], "part-00000.parquet"), data_cfg.s3)
+        spec = F.feature_spec(ctx.section("features"), ctx.unit, totals["mean"], totals["std"])
+        write_json(uris["feature_spec"], spec, data_cfg.s3)
+    summary = {**counts_summary(totals, report, ctx.stats, ctx.unit), "engine": "reference",
+               "wall_s": sw.total(), "phases_s": sw.laps, "out": out}
+    write_json(uris["summary"], summary, data_cfg.s3)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Baselines of the benchmark: the features alone, vectorised (polars) and per history (pandas)
+
+
+def vectorised_features(events: pa.Table, cfg, planted: pl.DataFrame | None = None) -> pa.Table:
+    """Single-process vectorised baseline: sessions + features of the whole input with polars/numpy."""
+    df = pl.from_arrow(events)
+    stats = F.MerchantStats.from_merged(F.merge_partials(F.merchant_partials(df)))
+    sessions = sessionize(df, cfg.sessions)
+    raw = F.raw_features(sessions, stats, cfg.features, cfg.sessions.unit, planted)
+    n, s1, s2 = F.partial_moments(F.agg_matrix(raw))
+    mean, std = F.finish_moments(n, s1, s2)
+    return F.normalise(raw, mean, std)
+
+
+def _history_features_pandas(g: pd.DataFrame, L: int, price_edges: np.ndarray, gap_edges_ms: np.ndarray,
+                             t_ref: int) -> pd.Series:
+    """One history (its rows in time order) → its raw features, row by row in plain Python/numpy."""
+    ts = g["ts_ms"].to_numpy()
+    ev = g["event"].to_numpy()
+    n = len(g)
+    codes, prices, gaps, flags = [], [], [], []
+    seen: set = set()
+    prev_cat = None
+    for i in range(n):
+        codes.append(EVENTS.index(ev[i]) + 1)
+        lr = g["log_ratio"].iat[i]
+        prices.append(0 if np.isnan(lr) else 1 + int(np.searchsorted(price_edges, lr, side="right")))
+        dt = 0 if i == 0 else ts[i] - ts[i - 1]
+        gaps.append(1 if dt <= 0 else 2 + int(np.searchsorted(gap_edges_ms, dt, side="left")))
+        pid, cat = g["product_id"].iat[i], g["category"].iat[i]
+        flag = 0
+        if pid is not None and pid in seen:
+            flag |= F.REPEAT_FLAG
+        if pid is not None:
+            seen.add(pid)
+        if cat is not None and prev_cat is not None and cat != prev_cat:
+            flag |= F.CATEGORY_FLAG
+        prev_cat = cat
+        flags.append(flag)
+
+    def last(seq):
+        tail = seq[-L:]
+        return [0] * (L - len(tail)) + tail
+
+    sessions = g["session_idx"].to_numpy()
+    n_sess = int(sessions.max()) + 1
+    counts = {e: int((ev == e).sum()) for e in EVENTS}
+    buy_sessions = cart_sessions = abandon_sessions = 0
+    for s in range(n_sess):
+        idx = np.flatnonzero(sessions == s)
+        carts = [i for i in idx if ev[i] == "cart"]
+        buys = [i for i in idx if ev[i] == "purchase"]
+        buy_sessions += bool(buys)
+        cart_sessions += bool(carts)
+        abandon_sessions += bool(carts) and (not buys or max(buys) < max(carts))
+    lrs = g["log_ratio"].to_numpy()
+    priced = lrs[~np.isnan(lrs)]
+    carts = np.flatnonzero(ev == "cart")
+    buys = np.flatnonzero(ev == "purchase")
+    products = {p for p in g["product_id"] if p is not None}
+    cats = {c for c in g["category"] if c is not None}
+    agg = {
+        "log_events": math.log1p(n),
+        "log_sessions": math.log1p(n_sess),
+        "log_events_per_session": math.log1p(n / n_sess),
+        **{F.COUNT_NAMES[e]: math.log1p(counts[e]) for e in EVENTS},
+        **{F.RATE_NAMES[e]: counts[e] / n for e in EVENTS},
+        "session_conversion": buy_sessions / n_sess,
+        "cart_abandon_rate": abandon_sessions / max(cart_sessions, 1),
+        "price_level": float(np.clip(priced, -F.PRICE_LOG_CLIP, F.PRICE_LOG_CLIP).mean()) if priced.size else 0.0,
+        "price_known_share": priced.size / n,
+        "log_recency_days": math.log1p(max(t_ref - int(ts.max()), 0) / 86_400_000),
+        "log_active_days": math.log1p(len(set((ts // 86_400_000).tolist()))),
+        "log_span_days": math.log1p((int(ts.max()) - int(ts.min())) / 86_400_000),
+        "log_distinct_products": math.log1p(len(products)),
+        "log_distinct_categories": math.log1p(len(cats)),
+        "repeat_product_share": sum(f & F.REPEAT_FLAG for f in flags) / n,
+        "log_merchants": math.log1p(g["merchant_id"].nunique()),
+    }
+    return pd.Series({
+        "seq_event": last(codes), "seq_price": last(prices), "seq_gap": last(gaps), "seq_flags": last(flags),
+        "agg_raw": [agg[name] for name in F.AGG_NAMES],
+        "label_purchase": int(counts["purchase"] > 0),
+        "label_cart_abandon": int(carts.size > 0 and (buys.size == 0 or buys.max() < carts.max())),
+        "label_depth": math.log1p(n / n_sess),
+    })
+
+
+def pandas_features(events: pa.Table, cfg) -> pd.DataFrame:
+    """The pandas `groupby().apply` baseline: the same raw features, one Python call per history.
+
+    Sessions come from the vectorised sessionizer (the baseline measures the feature computation);
+    rows are in (history_id, ts, seq) order, so each group is one history in time order.
+    """
+    df = pl.from_arrow(events)
+    stats = F.MerchantStats.from_merged(F.merge_partials(F.merchant_partials(df)))
+    sessions = sessionize(df, cfg.sessions).join(stats.prices, on="merchant_id", how="left",
+                                                 maintain_order="left")
+    pdf = sessions.select(
+        "history_id", "merchant_id", "event", "product_id", "category", "session_idx",
+        pl.col("ts").cast(pl.Int64).alias("ts_ms"),
+        pl.when(pl.col("price").is_not_null() & (pl.col("mean_price") > 0))
+        .then((pl.col("price") / pl.col("mean_price")).log()).otherwise(None).fill_null(float("nan"))
+        .alias("log_ratio"),
+    ).to_pandas()
+    edges = F.price_edges(cfg.features)
+    gap_edges = np.asarray(cfg.features.gap_edges_s) * 1000.0
+    return pdf.groupby("history_id", sort=True).apply(
+        _history_features_pandas, L=cfg.features.seq_len, price_edges=edges, gap_edges_ms=gap_edges,
+        t_ref=stats.t_ref_ms, include_groups=False,
+    )

@@ -1,0 +1,121 @@
+"""Offline evaluation of a persona model on held-out trace steps, and its persona sensitivity.
+
+  accuracy / NLL   argmax over the allowed actions == the action taken; -log p(action | allowed)
+  per-type JS      for each type, the model's action distribution over action verbs (its probability
+                   mass summed per verb, averaged over the type's held-out steps) against the verbs the
+                   type's buyers actually chose there; Jensen-Shannon divergence, base 2, in [0, 1]
+  sensitivity      sessions rolled out on the storefront model (simpersona.store.model.Shop) with
+                   actions *sampled* from the model under each persona token; the share of sessions
+                   that place an order per type, Spearman-correlated with the types' real share
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from simpersona.persona.examples import persona_of
+from simpersona.persona.planted import make_shop, session_conversion
+from simpersona.persona.scoring import ActionScorer, ScoreRequest, sample
+from simpersona.sim.observation import action_verb, allowed_actions, render
+from simpersona.store.model import Visit
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    p = np.asarray(p, dtype=np.float64) / max(np.sum(p), 1e-300)
+    q = np.asarray(q, dtype=np.float64) / max(np.sum(q), 1e-300)
+    m = 0.5 * (p + q)
+
+    def kl(a, b):
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / b[nz])))
+
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def score_steps(scorer: ActionScorer, df: pd.DataFrame, variant: str, n_types: int,
+                descriptions: list[str] | None, batch: int = 32, progress: bool = False) -> list[list[float]]:
+    personas = persona_of(df, variant, n_types, descriptions)
+    reqs = [ScoreRequest(p, o, list(h), list(a))
+            for p, o, h, a in zip(personas, df["observation"], df["history"], df["allowed"])]
+    out: list[list[float]] = []
+    for i in tqdm(range(0, len(reqs), batch), desc=f"score {variant}", disable=not progress, leave=False):
+        out += scorer.score(reqs[i: i + batch])
+    return out
+
+
+def step_metrics(df: pd.DataFrame, logprobs: list[list[float]], min_type_steps: int = 1) -> dict:
+    """Accuracy, NLL and per-type verb-distribution JS of scored held-out steps."""
+    correct, nll = [], []
+    verbs = sorted({action_verb(a) for allowed in df["allowed"] for a in allowed})
+    col = {v: i for i, v in enumerate(verbs)}
+    model_mass = np.zeros((len(df), len(verbs)))
+    real = np.zeros((len(df), len(verbs)))
+    for i, (allowed, action, lp) in enumerate(zip(df["allowed"], df["action"], logprobs)):
+        allowed = list(allowed)
+        j = allowed.index(action)
+        correct.append(int(np.argmax(lp)) == j)
+        nll.append(-lp[j])
+        for a, x in zip(allowed, lp):
+            model_mass[i, col[action_verb(a)]] += np.exp(x)
+        real[i, col[action_verb(action)]] = 1.0
+    types = df["type_id"].to_numpy()
+    js = {}
+    for k in np.unique(types):
+        rows = types == k
+        if rows.sum() >= min_type_steps:
+            js[int(k)] = js_divergence(model_mass[rows].mean(0), real[rows].mean(0))
+    return {"acc": float(np.mean(correct)), "nll": float(np.mean(nll)), "n": len(df),
+            "js_per_type": js, "js_mean": float(np.mean(list(js.values()))) if js else float("nan")}
+
+
+def rollout_conversion(scorer: ActionScorer, personas: list, merchants: list[list[str]], store_cfg: dict,
+                       n_sessions: int, max_steps: int, temperature: float, seed: int,
+                       progress: bool = False, shop_factory: Callable | None = None) -> list[float]:
+    """Share of sampled sessions that place an order, for each persona (merchants[i] to draw from)."""
+    shop_factory = shop_factory or (lambda m: make_shop(m, store_cfg))
+    shops: dict = {}
+    sessions = []  # [persona index, shop, visit, history, rng, bought]
+    for i, pool in enumerate(merchants):
+        rng = np.random.default_rng([seed, i])
+        for j in range(n_sessions):
+            m = pool[int(rng.integers(len(pool)))]
+            shop = shops.setdefault(m, shop_factory(m))
+            sessions.append([i, shop, Visit(m), [], np.random.default_rng([seed, i, j]), False])
+    for _ in tqdm(range(max_steps), desc="rollouts", disable=not progress, leave=False):
+        active = [s for s in sessions if not s[2].ended]
+        if not active:
+            break
+        states = [s[1].page_of(s[2]) for s in active]
+        reqs = [ScoreRequest(personas[s[0]], render(st), list(s[3]), allowed_actions(st))
+                for s, st in zip(active, states)]
+        for s, req, lp in zip(active, reqs, scorer.score(reqs)):
+            action = req.allowed[sample(lp, temperature, s[4])]
+            s[2], _ = s[1].apply(s[2], action, req.allowed)
+            s[3].append(action)
+            s[5] = s[5] or action == "place_order"
+    bought = np.zeros(len(personas))
+    for s in sessions:
+        bought[s[0]] += s[5]
+    return (bought / n_sessions).tolist()
+
+
+def type_sensitivity(scorer: ActionScorer, heldout: pd.DataFrame, all_steps: pd.DataFrame, n_types: int,
+                     store_cfg: dict, n_sessions: int, max_steps: int, temperature: float, seed: int,
+                     progress: bool = False) -> dict:
+    """Model vs real per-type session conversion and their Spearman correlation."""
+    real = session_conversion(all_steps)
+    types = [int(k) for k in real.index if 0 <= int(k) < n_types]
+    pools = []
+    for k in types:
+        rows = heldout[heldout["type_id"] == k]
+        pool = rows if len(rows) else all_steps[all_steps["type_id"] == k]
+        pools.append(sorted(pool["merchant_id"].astype(str).unique()))
+    model = rollout_conversion(scorer, types, pools, store_cfg, n_sessions, max_steps, temperature, seed, progress)
+    real_rates = [float(real[k]) for k in types]
+    rho = float(spearmanr(model, real_rates).statistic) if len(types) > 1 and len(set(real_rates)) > 1 else float("nan")
+    return {"types": types, "model": model, "real": real_rates, "spearman": rho}

@@ -1,0 +1,339 @@
+"""Training stages under Ray Train: one TorchTrainer run per stage, model folder in, model folder out.
+
+Stage modes (what trains; everything else is frozen and stays bit-identical):
+  full          every weight (the small model's from-scratch pre-training; stage 2 with stage2_mode=full)
+  persona_rows  only the persona-token embedding rows (stage 1): PEFT trainable tokens, which keep the
+                rest of the embedding matrix, and a tied output head, untouched
+  lora_persona  LoRA adapters + the persona rows (stage 2)
+  lora          LoRA adapters only (the no-persona and prose-persona baselines)
+
+A stage reads `input_dir` (a save_pretrained folder), trains on the "train" Ray Dataset (rows of
+token ids, see simpersona.persona.examples), and rank 0 writes the merged weights + tokenizer to
+`output_dir` with save_pretrained, then a `stage.json` marker. Resuming: a stage whose marker carries
+the same fingerprint (spec + data) is skipped; an interrupted stage is re-run under the same Ray Train
+run name, and Ray Train hands the loop its latest checkpoint (trainable weights, optimizer, scheduler,
+position), from which it continues. With GPUs and a `deepspeed` config the step goes through a
+DeepSpeed engine (bf16, ZeRO from the config); DeepSpeed is imported only on that path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simpersona.persona.examples import collate
+
+STAGE_MODES = ("full", "persona_rows", "lora_persona", "lora")
+MARKER = "stage.json"
+
+
+@dataclass
+class StageSpec:
+    name: str
+    input_dir: str
+    output_dir: str
+    mode: str
+    persona_ids: list[int] = field(default_factory=list)
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 16
+    warmup_steps: int = 0
+    max_steps: int = 0
+    steps_per_epoch: int = 1  # per worker; the driver computes it from the dataset size
+    lora: dict = field(default_factory=dict)  # PersonaLoraConfig as a dict
+    train: dict = field(default_factory=dict)  # PersonaTrainConfig as a dict
+    seed: int = 0
+    progress: bool = True
+    data_fingerprint: str = ""
+
+    def __post_init__(self):
+        if self.mode not in STAGE_MODES:
+            raise ValueError(f"stage {self.name}: mode must be one of {STAGE_MODES}, got {self.mode!r}")
+        if self.mode in ("persona_rows", "lora_persona") and not self.persona_ids:
+            raise ValueError(f"stage {self.name}: mode {self.mode} needs the persona token ids")
+
+    def fingerprint(self) -> str:
+        d = asdict(self)
+        d.pop("progress")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def total_steps(self) -> int:
+        total = self.epochs * self.steps_per_epoch
+        return min(total, self.max_steps) if self.max_steps > 0 else total
+
+
+def data_fingerprint(df) -> str:
+    h = hashlib.sha256()
+    for ids in df["input_ids"]:
+        h.update(np.asarray(ids, dtype=np.int32).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+# ---- model preparation --------------------------------------------------------------------------
+def embedding_module_name(model) -> str:
+    emb = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is emb:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("the model's input embedding is not one of its modules")
+
+
+def lora_target_modules(lora: dict):
+    targets = list(lora.get("target_modules") or ["all-linear"])
+    return "all-linear" if targets == ["all-linear"] else targets
+
+
+def wrap_for_stage(model, spec: StageSpec):
+    """The model with exactly the stage's parameters trainable (a peft model except for `full`)."""
+    from peft import LoraConfig, TrainableTokensConfig, get_peft_model
+
+    if spec.mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    emb = embedding_module_name(model)
+    if spec.mode == "persona_rows":
+        return get_peft_model(model, TrainableTokensConfig(target_modules=[emb], token_indices=list(spec.persona_ids)))
+    lora = spec.lora
+    cfg = LoraConfig(
+        r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora_target_modules(lora), task_type="CAUSAL_LM",
+        trainable_token_indices={emb: list(spec.persona_ids)} if spec.mode == "lora_persona" else None,
+    )
+    return get_peft_model(model, cfg)
+
+
+def merged(model):
+    """A plain transformers model with the stage's trained weights folded in."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; reads only `config` ({"spec": StageSpec as a dict})."""
+    import ray.train
+    import ray.train.torch
+    from tqdm.auto import tqdm
+
+    from simpersona.persona.model_loading import load_saved, save
+
+    spec = StageSpec(**config["spec"])
+    tcfg = spec.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_gpu = bool(tcfg.get("use_gpu")) and torch.cuda.is_available()
+    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+    threads = int(tcfg.get("torch_threads") or 0) or max(1, int(tcfg.get("cpus_per_worker") or 1))
+    if not use_gpu:
+        torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed + rank)
+
+    model, tokenizer = load_saved(spec.input_dir)
+    model = wrap_for_stage(model, spec).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=float(tcfg.get("weight_decay", 0.0)))
+    total = max(1, spec.total_steps())
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        t = (step - spec.warmup_steps) / max(1, total - spec.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    epoch0, skip, step = 0, 0, 0
+    history: list[dict] = []
+    checkpoint = ray.train.get_checkpoint()
+    use_ds = use_gpu and bool(tcfg.get("deepspeed"))
+    if checkpoint and not use_ds:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "trainable.pt"), map_location=device)
+            missing = set(state) - {n for n, _ in model.named_parameters()}
+            if missing:
+                raise RuntimeError(f"checkpoint of stage {spec.name} does not fit the model: {sorted(missing)[:3]}")
+            model.load_state_dict(state, strict=False)
+            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device))
+            scheduler.load_state_dict(torch.load(os.path.join(d, "scheduler.pt")))
+            progress = json.loads(Path(d, "progress.json").read_text())
+        epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
+
+    engine = None
+    if use_ds:
+        import deepspeed  # only on GPU images: pip install -e .[gpu]
+
+        ds_cfg = dict(tcfg["deepspeed"])
+        ds_cfg.setdefault("train_micro_batch_size_per_gpu", spec.batch_size)
+        ds_cfg.setdefault("gradient_clipping", float(tcfg.get("grad_clip", 1.0)))
+        ds_cfg.setdefault("bf16", {"enabled": bool(tcfg.get("bf16", True))})
+        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                               lr_scheduler=scheduler, config=ds_cfg)
+        if checkpoint:
+            with checkpoint.as_directory() as d:
+                engine.load_checkpoint(os.path.join(d, "deepspeed"), tag="latest")
+                progress = json.loads(Path(d, "progress.json").read_text())
+            epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
+        net = engine
+    else:
+        net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    autocast = use_gpu and not use_ds and bool(tcfg.get("bf16", True))
+
+    def report(metrics: dict, epoch: int, batch: int, with_checkpoint: bool) -> None:
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "progress.json").write_text(json.dumps(
+                {"epoch": epoch, "batch": batch, "step": step, "history": history}))
+            if engine is not None:
+                engine.save_checkpoint(os.path.join(d, "deepspeed"), tag="latest")  # every rank writes its shard
+            elif rank == 0:
+                torch.save(trainable_state(model), os.path.join(d, "trainable.pt"))
+                torch.save(optimizer.state_dict(), os.path.join(d, "optimizer.pt"))
+                torch.save(scheduler.state_dict(), os.path.join(d, "scheduler.pt"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d)
+                             if engine is not None or rank == 0 else None)
+
+    shard = ray.train.get_dataset_shard("train")
+    every = int(tcfg.get("checkpoint_every") or 0)
+    clip = float(tcfg.get("grad_clip", 1.0))
+    pad_id = tokenizer.pad_token_id
+    done = spec.max_steps > 0 and step >= spec.max_steps
+    t_start = time.perf_counter()
+    tokens_seen = 0
+    for epoch in range(epoch0, spec.epochs):
+        if done:
+            break
+        loss_sum, loss_tokens, t0 = 0.0, 0, time.perf_counter()
+        bar = tqdm(total=spec.steps_per_epoch, desc=f"{spec.name} epoch {epoch + 1}/{spec.epochs}",
+                   disable=not (spec.progress and rank == 0), leave=False)
+        batch_idx = -1
+        for batch_idx, rows in enumerate(shard.iter_batches(batch_size=spec.batch_size, batch_format="numpy")):
+            if epoch == epoch0 and batch_idx < skip:
+                continue
+            batch = {k: v.to(device) for k, v in collate(rows["input_ids"], rows["n_prompt"], pad_id).items()}
+            n_target = int((batch["labels"] != -100).sum())
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = net(**batch).loss
+            if engine is not None:
+                engine.backward(loss)
+                engine.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                optimizer.step()
+                scheduler.step()
+            step += 1
+            loss_sum += float(loss.detach()) * n_target
+            loss_tokens += n_target
+            tokens_seen += int(batch["attention_mask"].sum())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / max(1, loss_tokens):.3f}")
+            if spec.max_steps > 0 and step >= spec.max_steps:
+                done = True
+                break
+            if every and step % every == 0:
+                report({"stage": spec.name, "step": step, "epoch": epoch}, epoch, batch_idx + 1, True)
+        bar.close()
+        history.append({"epoch": epoch, "loss": loss_sum / max(1, loss_tokens), "wall_s": time.perf_counter() - t0})
+        report({"stage": spec.name, "step": step, "epoch": epoch, "loss": history[-1]["loss"]}, epoch + 1, 0, True)
+
+    wall = time.perf_counter() - t_start
+    final = {
+        "stage": spec.name, "step": step, "epochs": history,
+        "loss": history[-1]["loss"] if history else float("nan"),
+        "tokens_per_s": tokens_seen * max(1, world) / wall if wall > 0 and tokens_seen else 0.0,
+        "train_wall_s": wall, "peak_memory_mib": peak_memory_mib(device), "world_size": max(1, world),
+    }
+    if rank == 0:
+        base = engine.module if engine is not None else model
+        out = merged(base).eval()
+        save(out, tokenizer, spec.output_dir)
+    ray.train.report(final)
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+def steps_per_epoch(n_rows: int, batch_size: int, workers: int) -> int:
+    return max(1, math.ceil((n_rows // max(1, workers)) / batch_size))
+
+
+def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool = True) -> dict:
+    """Run one stage with a Ray Train TorchTrainer (or reuse its finished output); returns its metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    fp = spec.fingerprint()
+    marker = Path(spec.output_dir) / MARKER
+    if resume and marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == fp:
+            return dict(done["metrics"], reused=True)
+    tcfg = spec.train
+    workers = int(tcfg.get("workers", 1))
+    name = f"{spec.name}-{fp}"
+    storage = Path(storage_path).resolve()
+    if not resume:
+        shutil.rmtree(storage / name, ignore_errors=True)
+    if marker.exists():
+        marker.unlink()
+    if workers == 0:
+        scaling = ScalingConfig(num_workers=0)  # Ray Train local mode: the loop runs in this process
+    else:
+        use_gpu = bool(tcfg.get("use_gpu")) and _cluster_has_gpus()
+        resources = {"CPU": float(tcfg.get("cpus_per_worker", 1.0))}
+        if use_gpu:
+            resources["GPU"] = 1.0
+        scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources)
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": asdict(spec)},
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name=name, storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(tcfg.get("keep_checkpoints", 2))),
+            failure_config=FailureConfig(max_failures=int(tcfg.get("max_failures", 1))),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    metrics["wall_s"] = time.perf_counter() - t0
+    if not (Path(spec.output_dir) / "config.json").exists():
+        raise RuntimeError(f"stage {spec.name} finished without writing {spec.output_dir}")
+    marker.write_text(json.dumps({"fingerprint": fp, "metrics": metrics}, indent=1, default=str))
+    return metrics
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0

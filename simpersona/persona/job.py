@@ -1,0 +1,238 @@
+"""The finetune stage: DIR/preprocess/traces + DIR/vqvae/codebook.npy + DIR/assign -> DIR/finetune.
+
+Order of work (each training step is one Ray Train run, see simpersona.persona.finetune):
+  base       load the base LM (or, for `small`, train its tokenizer and pre-train it from scratch
+             on the no-persona examples)
+  tokens     add K persona tokens, rows initialised from the codebook, self-check
+  stage1     persona rows only                      -> work/stage1
+  stage2     LoRA + persona rows (or full)          -> DIR/finetune/model
+  baselines  the same stage-2 recipe from the base on the identical examples without persona
+             (`none`) and with the prose persona (`prompt`) -> DIR/finetune/baselines/<name>
+  evaluate   held-out accuracy / NLL / per-type JS, rollout conversion per type vs real
+Artifacts: model/ (save_pretrained + tokenizer + persona.json), persona.json, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simpersona.config import to_dict
+from simpersona.persona import examples as ex
+from simpersona.persona.evaluate import score_steps, step_metrics, type_sensitivity
+from simpersona.persona.finetune import StageSpec, data_fingerprint, run_stage, steps_per_epoch
+from simpersona.persona.model_loading import SMALL, load_pretrained, load_saved, resolve_name, save
+from simpersona.persona.prompts import persona_token
+from simpersona.persona.scoring import PERSONA_FILE, ActionScorer
+from simpersona.persona.tokens import add_persona_tokens, description_anchors
+
+
+class Timer:
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.wall[name] = round(time.perf_counter() - t0, 2)
+
+
+def inputs(run_dir: Path) -> dict[str, Path]:
+    return {"traces": run_dir / "preprocess" / "traces", "types": run_dir / "assign" / "types.parquet",
+            "profiles": run_dir / "assign" / "type_profiles.json", "codebook": run_dir / "vqvae" / "codebook.npy"}
+
+
+def dataset(df: pd.DataFrame, batch_size: int, seed: int):
+    import ray.data
+
+    return ray.data.from_pandas(ex.bucket_by_length(df, batch_size, seed))
+
+
+def run(cfg) -> dict:
+    pc = cfg.persona
+    run_dir = Path(cfg.run_dir)
+    out = run_dir / "finetune"
+    work = out / "work"
+    paths = inputs(run_dir)
+    if not paths["codebook"].exists():
+        raise FileNotFoundError(f"no codebook at {paths['codebook']} (run the train_vqvae stage first)")
+    timer = Timer()
+    t_total = time.perf_counter()
+    codebook = np.load(paths["codebook"])
+    n_types = int(codebook.shape[0])
+    seed = int(cfg.seed)
+    train_cfg = to_dict(pc.train)
+    with timer("load_data"):
+        steps = ex.load_steps(paths["traces"], paths["types"], paths["profiles"], n_types, pc.history_len,
+                              pc.heldout_fraction, seed)
+        train_df = ex.subsample(steps.train, pc.max_train_examples, seed)
+        eval_df = ex.subsample(steps.heldout, pc.eval.max_steps, seed)
+    if train_df.empty or eval_df.empty:
+        raise ValueError(f"too few trace histories: {len(train_df)} training and {len(eval_df)} held-out steps")
+    bad = [b for b in pc.baselines if b not in ("none", "prompt")]
+    if bad:
+        raise ValueError(f"persona.baselines may hold none and prompt, got {bad}")
+
+    def spec(name, input_dir, output_dir, mode, stage_cfg, data, persona_ids=()):
+        return StageSpec(
+            name=name, input_dir=str(input_dir), output_dir=str(output_dir), mode=mode,
+            persona_ids=list(persona_ids), epochs=int(stage_cfg.epochs), lr=float(stage_cfg.lr),
+            batch_size=int(stage_cfg.batch_size), warmup_steps=int(stage_cfg.warmup_steps),
+            max_steps=int(stage_cfg.max_steps),
+            steps_per_epoch=steps_per_epoch(len(data), int(stage_cfg.batch_size), int(pc.train.workers)),
+            lora=to_dict(pc.lora), train=train_cfg, seed=seed, progress=bool(cfg.progress),
+            data_fingerprint=data_fingerprint(data))
+
+    storage = Path(cfg.storage_path or cfg.run_dir) / "finetune" / "ray"
+    metrics: dict[str, dict] = {}
+    dropped: dict[str, int] = {}
+    base_name = resolve_name(pc.model.name_or_path)
+
+    def tokenized(tokenizer, variant: str) -> pd.DataFrame:
+        prompts = ex.prompts_for(train_df, variant, n_types, steps.descriptions)
+        df, dropped[variant] = ex.tokenize(tokenizer, prompts, train_df["action"].tolist(), pc.max_prompt_tokens)
+        if df.empty:
+            raise ValueError(f"every {variant} example is longer than persona.max_prompt_tokens={pc.max_prompt_tokens}")
+        return df
+
+    # ---- base model ---------------------------------------------------------------------------
+    base_dir = work / "base"
+    with timer("base"):
+        if base_name == SMALL:
+            from simpersona.persona import small
+
+            init_dir = work / "small_init"
+            texts = ex.prompts_for(ex.subsample(train_df, pc.model.small.tokenizer_examples, seed), "none",
+                                   n_types, None)
+            texts += [d for d in steps.descriptions or [] if d]
+            tokenizer = small.train_tokenizer(texts + train_df["action"].tolist(), pc.model.small.vocab_size)
+            save(small.build_model(tokenizer, pc.model.small, seed), tokenizer, init_dir)
+            data = tokenized(tokenizer, "none")
+            pre = pc.model.small.pretrain
+            metrics["pretrain"] = run_stage(spec("pretrain", init_dir, base_dir, "full", pre, data),
+                                            dataset(data, pre.batch_size, seed), storage, pc.train.resume)
+        elif not (base_dir / "config.json").exists() or not pc.train.resume:
+            model, tokenizer = load_pretrained(pc.model.name_or_path, pc.model.gguf_file, pc.model.revision,
+                                               pc.model.trust_remote_code)
+            save(model, tokenizer, base_dir)
+    base_model, base_tok = load_saved(base_dir)
+
+    # ---- persona tokens -----------------------------------------------------------------------
+    persona_dir = work / "persona_base"
+    with timer("tokens"):
+        anchors = None
+        if pc.init == "codebook_lstsq" and steps.descriptions and all(steps.descriptions):
+            anchors = description_anchors(base_model, base_tok, steps.descriptions)
+        ids = add_persona_tokens(base_model, base_tok, n_types, codebook, pc.init, anchors)
+        save(base_model, base_tok, persona_dir)
+    del base_model
+
+    # ---- stage 1, stage 2, baselines ------------------------------------------------------------
+    persona_data = tokenized(base_tok, "persona")
+    final_dir = out / "model"
+    with timer("stage1"):
+        s1 = spec("stage1", persona_dir, work / "stage1", "persona_rows", pc.stage1, persona_data, ids)
+        metrics["stage1"] = run_stage(s1, dataset(persona_data, pc.stage1.batch_size, seed), storage, pc.train.resume)
+    mode2 = {"lora": "lora_persona", "full": "full"}.get(pc.stage2_mode)
+    if mode2 is None:
+        raise ValueError(f"persona.stage2_mode must be lora or full, got {pc.stage2_mode!r}")
+    with timer("stage2"):
+        s2 = spec("stage2", work / "stage1", final_dir, mode2, pc.stage2, persona_data, ids)
+        metrics["stage2"] = run_stage(s2, dataset(persona_data, pc.stage2.batch_size, seed), storage, pc.train.resume)
+    baseline_dirs = {}
+    _, plain_tok = load_saved(base_dir)
+    for b in pc.baselines:
+        with timer(f"baseline_{b}"):
+            data = tokenized(plain_tok, b)
+            mode = "lora" if pc.stage2_mode == "lora" else "full"
+            bdir = out / "baselines" / b
+            metrics[f"baseline_{b}"] = run_stage(spec(f"baseline_{b}", base_dir, bdir, mode, pc.stage2, data),
+                                                 dataset(data, pc.stage2.batch_size, seed), storage, pc.train.resume)
+            baseline_dirs[b] = bdir
+
+    persona_info = {
+        "persona_tokens": [persona_token(k) for k in range(n_types)], "persona_token_ids": ids,
+        "codebook_size": n_types, "base_model": base_name, "history_len": int(pc.history_len),
+        "init": pc.init, "stage2_mode": pc.stage2_mode,
+        "baselines": {b: str(Path("baselines") / b) for b in baseline_dirs},
+    }
+    (out / PERSONA_FILE).write_text(json.dumps(persona_info, indent=1))
+    (final_dir / PERSONA_FILE).write_text(json.dumps(persona_info, indent=1))
+    for b, bdir in baseline_dirs.items():
+        (bdir / PERSONA_FILE).write_text(json.dumps(dict(persona_info, persona_tokens=[], persona_token_ids=[],
+                                                         codebook_size=0, baseline=b), indent=1))
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    ev = pc.eval
+    with timer("evaluate"):
+        scorer = ActionScorer(final_dir)
+        held: dict[str, dict] = {}
+        held["persona"] = step_metrics(eval_df, score_steps(scorer, eval_df, "persona", n_types, steps.descriptions,
+                                                            ev.batch_requests, cfg.progress), ev.min_type_steps)
+        held["mismatch"] = step_metrics(eval_df, score_steps(scorer, eval_df, "mismatch", n_types, None,
+                                                             ev.batch_requests, cfg.progress), ev.min_type_steps)
+        for b, bdir in baseline_dirs.items():
+            bscorer = ActionScorer(bdir)
+            held[b] = step_metrics(eval_df, score_steps(bscorer, eval_df, b, n_types, steps.descriptions,
+                                                        ev.batch_requests, cfg.progress), ev.min_type_steps)
+        if "none" not in held:  # no baseline trained: the persona model without its token
+            held["none"] = step_metrics(eval_df, score_steps(scorer, eval_df, "none", n_types, None,
+                                                             ev.batch_requests, cfg.progress), ev.min_type_steps)
+        all_steps = pd.concat([steps.train, steps.heldout], ignore_index=True)
+        sens = type_sensitivity(scorer, steps.heldout, all_steps, n_types, to_dict(cfg.store),
+                                ev.rollouts_per_type, ev.rollout_max_steps, pc.temperature, seed, cfg.progress)
+
+    summary = {
+        "base_model": base_name if base_name != SMALL else "small",
+        "base_model_source": pc.model.name_or_path,
+        "persona_tokens": persona_info["persona_tokens"],
+        "persona_token_ids": ids,
+        "codebook_size": n_types,
+        "init": pc.init,
+        "stage2_mode": pc.stage2_mode,
+        "pretrain_loss": metrics.get("pretrain", {}).get("loss"),
+        "stage1_loss": metrics["stage1"].get("loss"),
+        "stage2_loss": metrics["stage2"].get("loss"),
+        "baseline_loss": {b: metrics[f"baseline_{b}"].get("loss") for b in baseline_dirs},
+        "heldout_acc_persona": held["persona"]["acc"],
+        "heldout_acc_no_persona": held["none"]["acc"],
+        "heldout_acc_prompt_persona": held.get("prompt", {}).get("acc"),
+        "heldout_acc_mismatch": held["mismatch"]["acc"],
+        "heldout_nll_persona": held["persona"]["nll"],
+        "heldout_nll_no_persona": held["none"]["nll"],
+        "heldout_nll_prompt_persona": held.get("prompt", {}).get("nll"),
+        "heldout_nll_mismatch": held["mismatch"]["nll"],
+        "no_persona_model": "baselines/none" if "none" in baseline_dirs else "model without persona token",
+        "type_js_persona": held["persona"]["js_per_type"],
+        "type_js_no_persona": held["none"]["js_per_type"],
+        "mean_js_persona": held["persona"]["js_mean"],
+        "mean_js_no_persona": held["none"]["js_mean"],
+        "type_conversion_model": dict(zip(sens["types"], sens["model"])),
+        "type_conversion_real": dict(zip(sens["types"], sens["real"])),
+        "type_conversion_spearman": sens["spearman"],
+        "n_train_examples": len(train_df), "n_heldout_steps": len(eval_df),
+        "n_train_histories": int(train_df["history_id"].nunique()),
+        "untyped_trace_rows": steps.untyped_rows, "dropped_long_examples": dropped,
+        "tokens_per_s": {k: v.get("tokens_per_s") for k, v in metrics.items()},
+        "stages": {k: {kk: v.get(kk) for kk in ("loss", "step", "epochs", "tokens_per_s", "peak_memory_mib",
+                                                 "train_wall_s", "wall_s", "world_size", "reused")}
+                   for k, v in metrics.items()},
+        "ray_train_workers": int(pc.train.workers),
+        "wall_s": dict(timer.wall, total=round(time.perf_counter() - t_total, 2)),
+        "config": to_dict(pc),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    return summary
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
+

@@ -1,0 +1,122 @@
+"""Shared run-time helpers of the stages: Ray start-up, summaries, timing, atomic output folders."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from simpersona.data import io
+
+
+def init_ray(cfg) -> None:
+    """Join the cluster at `ray.address` / RAY_ADDRESS, else start a local Ray (no-op when running).
+
+    `ray.num_cpus` (0 = all cores) applies to a local Ray only; a cluster brings its own resources.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"include_dashboard": cfg.ray.include_dashboard, "log_to_driver": True}
+    if address is None:
+        kwargs["num_cpus"] = cfg.ray.num_cpus or None
+        if cfg.ray.include_dashboard:
+            kwargs["dashboard_host"] = cfg.ray.dashboard_host
+    ray.init(address=address, **kwargs)
+
+
+def configure_ray_data(progress: bool) -> None:
+    """Ray Data's progress bars on or off, and its chatty per-run logging kept quiet."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    ctx.print_on_execution_start = False
+
+
+def write_json(uri: str, obj: dict, s3cfg=None) -> str:
+    """Write `obj` as indented JSON at a local path (atomically: tmp file + rename) or an s3:// URI."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    if io.is_s3(uri):
+        with io.open_output_stream(uri, s3cfg) as f:
+            f.write(text.encode())
+        return uri
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return uri
+
+
+def write_summary(uri: str, summary: dict, s3cfg=None) -> str:
+    """A stage's summary.json."""
+    return write_json(uri, summary, s3cfg)
+
+
+class Stopwatch:
+    """Wall time of a run and of its named phases: `with sw.lap("read"): ...`; `sw.laps`, `sw.total()`."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def lap(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.laps[name] = round(self.laps.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(uri: str, s3cfg=None) -> Iterator[str]:
+    """Yield a folder to write a stage's output into; it replaces `uri` only when the block succeeds.
+
+    Locally the output is written to `<uri>.tmp-<random>` and renamed over `uri` at the end, so a
+    crashed run never leaves a half-written stage folder that looks complete. Object stores have no
+    rename: on s3:// the old contents are removed first and the output is written in place.
+    """
+    if io.is_s3(uri):
+        fs, path = io.resolve(uri, s3cfg)
+        fs.create_dir(path, recursive=True)
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+        yield uri
+        return
+    final = Path(uri).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield str(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def remove(uri: str, s3cfg=None) -> None:
+    """Delete a file or folder, local or s3:// (missing is fine)."""
+    fs, path = io.resolve(uri, s3cfg)
+    info = fs.get_file_info(path)
+    if info.type.name == "Directory":
+        fs.delete_dir(path)
+    elif info.type.name == "File":
+        fs.delete_file(path)

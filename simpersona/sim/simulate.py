@@ -1,0 +1,141 @@
+"""run_simulation(cfg): one variant's population of browser agents against the storefront.
+
+    DIR/simulate/<variant>/
+        agents.parquet          agent specs (simpersona.sim.population)
+        results/*.parquet       one row per agent, committed exactly once (simpersona.sim.actors)
+        trajectories/*.parquet  one row per agent step
+        store_log/              the storefront's raw server-side event log (every attempt)
+        events/events.parquet   the event log of committed attempts only: the simulated traffic
+        summary.json            agents, completed, crashed, steps, steps_per_s, wall_s, ...
+
+Re-running the same run dir and variant resumes: committed agents are skipped, the rest run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from simpersona.config import to_dict
+from simpersona.sim.actors import committed_results, run_workers
+from simpersona.sim.population import PersonaResolver, build_population, write_population
+
+POLICIES = ("serve", "local", "uniform")
+
+
+def variant_dir(cfg) -> Path:
+    return Path(cfg.run_dir) / "simulate" / cfg.sim.variant
+
+
+@contextlib.contextmanager
+def storefront(cfg, merchants: list[str], log_dir: Path):
+    """Serve the variant's shops for `merchants` (a child process), logging to `log_dir`; yields the
+    URL the workers use (the node's IP when store.host is 0.0.0.0, for workers on other nodes)."""
+    from simpersona.store.server import StoreServer
+
+    with StoreServer(cfg, log_dir=log_dir, variant=cfg.sim.variant, merchants=merchants) as server:
+        host = server.host
+        if host in ("0.0.0.0", "::", ""):
+            host = ray.util.get_node_ip_address()
+        yield f"http://{host}:{server.port}"
+
+
+@contextlib.contextmanager
+def policy_for(cfg):
+    """The workers' policy spec: a Serve handle (deployed here, or a running app attached), or in-process."""
+    kind = cfg.sim.policy
+    if kind not in POLICIES:
+        raise ValueError(f"sim.policy must be one of {'|'.join(POLICIES)}, got {kind!r}")
+    from simpersona.serve.app import deploy, model_dir_of, running_handle
+
+    if kind != "serve":
+        model_dir = model_dir_of(cfg)
+        if kind == "local" and not Path(model_dir).exists():
+            raise FileNotFoundError(f"no policy model at {model_dir} (run the finetune stage or set serve.model_dir)")
+        yield {"kind": "lm" if kind == "local" else "uniform", "serve": to_dict(cfg)["serve"],
+               "model_dir": str(Path(model_dir).resolve())}
+        return
+    from ray import serve
+
+    handle = running_handle(cfg.serve.app_name)
+    owned = handle is None
+    if owned:
+        handle = deploy(cfg, "lm")
+    try:
+        yield {"kind": "serve", "handle": handle}
+    finally:
+        if owned:
+            serve.delete(cfg.serve.app_name)
+
+
+def committed_events(raw: pa.Table, results: pa.Table) -> pa.Table:
+    """Events of the committed attempt of each agent (sessions of abandoned attempts are dropped)."""
+    sessions = pa.array(sorted(set(results.column("session_id").to_pylist())), pa.string())
+    return raw.filter(pc.is_in(raw.column("session_id"), value_set=sessions))
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def run_simulation(cfg) -> dict:
+    """Simulate cfg.sim.variant; returns (and writes) its summary."""
+    from simpersona.store.eventlog import read_events
+
+    t0 = time.monotonic()
+    sim = cfg.sim
+    out = variant_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = build_population(cfg.run_dir, sim, cfg.seed)
+    write_population(specs, out / "agents.parquet")
+    done_before = set(committed_results(out).column("agent_id").to_pylist())
+    todo = [s for s in specs.to_pylist() if s["agent_id"] not in done_before]
+    merchants = sorted(set(specs.column("merchant_id").to_pylist()))
+    personas = PersonaResolver.from_run_dir(cfg.run_dir).descriptions if sim.persona_mode == "prompt" else {}
+    stats: dict = {"wall_s": 0.0, "steps": 0, "requeued": 0, "workers_lost": 0, "browser_restarts": 0,
+                   "rejected": 0, "workers_started": 0}
+    if todo:
+        if not ray.is_initialized():
+            ray.init()
+        with policy_for(cfg) as policy_spec, storefront(cfg, merchants, out / "store_log") as base_url:
+            stats = run_workers(todo, out, sim, base_url, to_dict(cfg)["browser"], policy_spec, personas,
+                                cfg.serve.history, cfg.progress)
+    results = committed_results(out)
+    events = committed_events(read_events(out / "store_log"), results)
+    _write_atomic(events, out / "events" / "events.parquet")
+    wanted = set(specs.column("agent_id").to_pylist())
+    status = [s for a, s in zip(results.column("agent_id").to_pylist(), results.column("status").to_pylist())
+              if a in wanted]
+    summary = {
+        "variant": sim.variant,
+        "persona_mode": sim.persona_mode,
+        "policy": sim.policy,  # "uniform" marks a speed baseline, not a model's behaviour
+        "merchants": len(merchants),
+        "agents": specs.num_rows,
+        "completed": status.count("completed"),
+        "crashed": status.count("crashed"),
+        "resumed_skipped": len(done_before & wanted),
+        "steps": int(pc.sum(results.column("steps")).as_py() or 0),
+        "steps_this_run": int(stats["steps"]),
+        "steps_per_s": round(stats["steps"] / stats["wall_s"], 3) if stats["wall_s"] else 0.0,
+        "requeued": stats["requeued"],
+        "workers_lost": stats["workers_lost"],
+        "browser_restarts": stats["browser_restarts"],
+        "duplicate_completions_rejected": stats["rejected"],
+        "workers_started": stats["workers_started"],
+        "events": events.num_rows,
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,101 @@
+"""run_evaluation end to end on the bundled Tmall data, with simulation folders whose storefront
+logs are real buyers' events: a "simulation" that replays the rates half must score ARA = 1, one that
+replays the types half must score exactly the ceiling."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from simpersona.config import load
+from simpersona.eval import holdout
+from simpersona.eval.artifacts import ArtifactError
+from simpersona.eval.evaluate import EvaluationError, read_raw_events, run_evaluation
+from simpersona.eval.holdout import HALF_RATES, HALF_TYPES
+
+
+@pytest.fixture(scope="module")
+def real_events(tmall_csv, tmp_path_factory):
+    cfg = load("evaluate", [f"data.input={tmall_csv}", "data.adapter=tmall2014", "sessions.day_resolution=true",
+                            "progress=false"])
+    events = read_raw_events(cfg)
+    folder = tmp_path_factory.mktemp("real") / "events"
+    folder.mkdir()
+    events.write_parquet(folder / "part-0.parquet")
+    return events, folder
+
+
+def write_run(folder, events: pl.DataFrame, crash_every: int, persona_mode: str, type_of=None):
+    """A simulate/<run> folder whose agents are the buyers of `events` (one agent per history)."""
+    ev = events.with_columns(buyer_id=pl.concat_str(["buyer_id", "merchant_id"], separator="@"))
+    agents = ev.select("buyer_id", "merchant_id").unique().sort("buyer_id").rename({"buyer_id": "agent_id"})
+    agents = agents.with_columns(
+        type_id=(pl.int_range(pl.len()) % 3).cast(pl.Int32) if type_of is None else type_of(agents),
+        persona_mode=pl.lit(persona_mode))
+    (folder / "events").mkdir(parents=True)
+    (folder / "results").mkdir()
+    agents.write_parquet(folder / "agents.parquet")
+    ev.write_parquet(folder / "events" / "part-0.parquet")
+    status = pl.when(pl.int_range(pl.len()) % crash_every == 0).then(pl.lit("crashed")).otherwise(pl.lit("completed"))
+    agents.select("agent_id").with_columns(status=status, attempt=pl.lit(0)).write_parquet(
+        folder / "results" / "part-0.parquet")
+    return agents
+
+
+def test_run_evaluation_identities(real_events, tmp_path):
+    events, folder = real_events
+    run_dir = tmp_path / "run"
+    overrides = [f"run_dir={run_dir}", f"eval.real_events={folder}", "eval.ceiling_repeats=3", "eval.bootstrap=300",
+                 "progress=false"]
+    cfg = load("evaluate", overrides)
+    split = holdout.make_split(events, 42, 0, "hash", "0")
+    split.save(run_dir / "holdout")
+    rates = holdout.half_events(events, split, HALF_RATES)
+    types = holdout.half_events(events, split, HALF_TYPES)
+    write_run(run_dir / "simulate" / "base", rates, crash_every=10, persona_mode="vq")
+    write_run(run_dir / "simulate" / "persona_none", types, crash_every=4, persona_mode="none")
+    # types.parquet of the types half: the "vq" agents draw types 0,1,2 evenly, so does the empirical mix
+    typed = types.select("buyer_id", "merchant_id").unique().sort("merchant_id", "buyer_id")
+    (run_dir / "assign").mkdir()
+    typed.with_columns(type_id=(pl.int_range(pl.len()) % 3).cast(pl.Int32),
+                       kmeans_type_id=pl.lit(0, pl.Int32)).write_parquet(run_dir / "assign" / "types.parquet")
+
+    m = run_evaluation(cfg)
+    assert m["heldout_merchants"] == split.heldout
+    assert m["ara_overall"] == pytest.approx(1.0) and m["ara_minmax_overall"] == pytest.approx(1.0)
+    assert m["spearman_cr"] == pytest.approx(1.0)
+    assert all(s["ara"] == pytest.approx(1.0) for s in m["main"]["strata"].values())
+    assert m["crash_rate"] == pytest.approx(0.1, abs=0.01)
+    none = m["baselines"]["no_persona"]
+    assert none["ara_overall"] == pytest.approx(m["ara_ceiling"])  # the types half scored as a simulation
+    assert none["spearman_cr"] == pytest.approx(m["spearman_ceiling"])
+    assert none["crash_rate"] == pytest.approx(0.25, abs=0.01)
+    assert none["type_mix_js"] is None  # no persona, no type mix
+    assert m["main"]["type_mix_js"] < 0.05
+    assert 0 < m["ara_ceiling"] < 1 and m["ceiling_spread"]["ara_overall"]["n"] == 3
+    assert m["baselines"]["mismatch"] is None and m["baselines"]["kmeans"] is None
+    t = m["targets"]
+    assert t["ara_at_least"]["met"] and t["ceiling_fraction"]["met"]
+    assert t["above_baselines"]["no_persona"]["met"] and t["above_baselines"]["mismatch"]["met"] is None
+    assert t["crash_ratio"]["value"] == pytest.approx(m["crash_rate"] / none["crash_rate"])
+    assert len(m["per_merchant"]) == 42
+    row = m["per_merchant"][0]
+    assert row["real"] == pytest.approx(row["sim"]) and row["no_persona"] == pytest.approx(row["real_types_half"])
+    on_disk = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert on_disk["ara_overall"] == m["ara_overall"]
+    assert json.loads((run_dir / "evaluate" / "summary.json").read_text())["baselines"]["mismatch"] is None
+
+
+def test_run_evaluation_errors(real_events, tmp_path):
+    events, folder = real_events
+    run_dir = tmp_path / "run"
+    base = [f"run_dir={run_dir}", f"eval.real_events={folder}", "progress=false"]
+    with pytest.raises(ArtifactError, match=r"no agent specs at .*simulate/base/agents.parquet"):
+        run_evaluation(load("evaluate", base))
+    assert (run_dir / "holdout" / "heldout.json").exists()  # the split is made (and kept) before the runs
+    with pytest.raises(EvaluationError, match=r"was made with \(merchants, split, seed, salt\)=\(42, 'hash', 0, '0'\)"):
+        run_evaluation(load("evaluate", [*base, "eval.split=time"]))
+    with pytest.raises(EvaluationError, match="eval.rate='conversion' is not a metric"):
+        run_evaluation(load("evaluate", [*base, "eval.rate=conversion"]))
