@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# before torch loads OpenMP: busy-waiting threads collapse when the cores are shared (finetune.worker_env)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import ray

@@ -72,6 +72,7 @@ class SessionConfig:
     partitions: int = 0  # number of hash partitions; 0 = input rows / rows_per_partition (at least 2 per CPU)
     rows_per_partition: int = 1_000_000
     disk_shuffle: bool = False  # Ray's disk-based hash shuffle (for inputs far larger than the object store)
+    shuffle_batch_mib: int = 64  # input the shuffle's map tasks take at a time (Ray's default, 1 GiB, serialises it)
 
 
 @dataclass
@@ -232,26 +233,34 @@ class SimConfig:
     request_resources: bool = False  # ask a Ray autoscaler for `workers` worker-sized CPU bundles
 
 
-def _baseline_runs() -> dict[str, str]:
-    return {"no_persona": "persona_none", "mismatch": "persona_mismatch",
-            "prompt_persona": "persona_prompt", "kmeans": "persona_kmeans"}
+@dataclass
+class HoldoutConfig:
+    """Held-out storefront protocol (simpersona.eval.holdout); training stages read it too."""
+
+    merchants: int = 42  # the N merchants with the most buyers are held out
+    seed: int = 0  # shuffles merchants with equal buyer counts before taking the top N
+    split: str = "hash"  # hash (of buyer id) | time (earlier first visits -> types half)
+    salt: str = ""  # salt of the buyer-id hash; "" = str(seed)
+
+
+def _baselines() -> list[str]:
+    return ["no_persona", "mismatch", "prompt_persona", "kmeans"]
 
 
 @dataclass
 class EvalConfig:
     """Held-out storefront evaluation (simpersona.eval)."""
 
-    heldout_merchants: int = 42  # the N merchants with the most buyers are held out
-    holdout_seed: int = 0  # shuffles merchants with equal buyer counts before taking the top N
-    split: str = "hash"  # hash (of buyer id) | time (earlier first visits -> types half)
-    split_salt: str = ""  # salt of the buyer-id hash; "" = holdout_seed
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
     rate: str = "buyer_conversion"  # the conversion rate ARA is computed on (simpersona.eval.metrics)
     stratum_unit: str = "buyer"  # buyer | session: unit of the funnel strata A-D
-    real_events: str = ""  # canonical events (Parquet folder); "" = <run_dir>/preprocess/events, else data.*
-    main_run: str = "base"  # <run_dir>/simulate/<main_run>: the VQ-persona simulation
-    # metrics.json baseline name -> <run_dir>/simulate/<folder>
-    baseline_runs: dict[str, str] = field(default_factory=_baseline_runs)
-    require_baselines: bool = False  # missing baseline runs: error (true) or null entries (false)
+    real_events: str = ""  # canonical events (Parquet); "" = <run_dir>/preprocess/events, else data.*
+    # run the simulations (true) or only read <run_dir>/simulate/<run_prefix><mode>/ made earlier (false)
+    simulate: bool = True
+    run_prefix: str = "eval_"  # simulation folders: eval_vq, eval_none, eval_mismatch, ...
+    baselines: list[str] = field(default_factory=_baselines)  # of no_persona|mismatch|prompt_persona|kmeans
+    require_baselines: bool = True  # with simulate=false: a missing baseline folder is an error (else null)
+    type_smoothing: float = 0.1  # additive smoothing of a held-out merchant's type histogram (types half)
     bootstrap: int = 2000  # bootstrap replicates for intervals
     ci_level: float = 0.95
     ceiling_repeats: int = 20  # extra random hash splits to show the ceiling's own spread
@@ -274,11 +283,15 @@ class WhatifConfig:
     """What-if experiments: store variants on one agent population (simpersona.eval.whatif)."""
 
     base_variant: str = "whatif_base"  # sim.variant of the unchanged storefront
-    variants: dict[str, dict[str, Any]] = field(default_factory=_whatif_variants)  # name -> store.* knobs
+    # name -> store knobs (as in store.variants: {knob: value, merchant_overrides: {merchant: {knob: value}}})
+    variants: dict[str, dict[str, Any]] = field(default_factory=_whatif_variants)
     only: list[str] = field(default_factory=list)  # run just these variants ([] = all of `variants`)
     grid_knob: str = "price_multiplier"  # store knob swept by the grid ("" = no grid)
     grid_values: list[float] = field(default_factory=lambda: [0.8, 0.9, 1.2])
     outcomes: list[str] = field(default_factory=lambda: ["converted", "carted", "product_pages", "events"])
+    # the population: N merchants with the most typed buyers, or a list of ids (replaces sim.merchants)
+    merchants: Any = 8
+    agents_per_merchant: int = 0  # 0 = sim.agents_per_merchant
     bootstrap: int = 2000
     ci_level: float = 0.95
 
@@ -308,9 +321,10 @@ class VQModelConfig:
     kmeans_iters: int = 10
     ema_decay: float = 0.9  # EMA codebook updates
     dead_code_threshold: float = 1.0  # codes whose EMA usage falls below this are re-seeded from the batch
-    commitment_weight: float = 0.25
-    diversity_weight: float = 0.0  # > 0 adds the batch code-entropy bonus of vector-quantize-pytorch
-    diversity_temperature: float = 100.0
+    commitment_weight: float = 0.0  # the encoder is pulled to its E-step code by `code_weight` instead
+    em_temperature: float = 1.0  # responsibilities = softmax(-weighted NLL / this); 1 = the posterior
+    code_temperature: float = 0.1  # cosine logits of the encoder's code prediction are divided by this
+    code_weight: float = 1.0  # weight of the encoder's cross-entropy to the E-step responsibilities
 
 
 @dataclass
@@ -342,13 +356,13 @@ class VQTrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     shuffle_buffer: int = 16384  # local shuffle buffer (rows) of each worker's shard
-    materialize: bool = True  # keep the features in the object store across epochs
     checkpoint_every: int = 200  # steps; every epoch end is checkpointed too
     keep_checkpoints: int = 2
     max_failures: int = 2  # worker-group restarts, each resuming from the last checkpoint
     max_steps: int = 0  # > 0: stop (with a checkpoint) after this many steps; a later run resumes
-    resume: bool = True  # continue from <storage>/vqvae/<name>'s last checkpoint when one exists
-    name: str = "train"  # Ray Train run name under <storage_path>/vqvae/
+    resume: bool = True  # continue from the last checkpoint of <storage_path>/checkpoints/vqvae/<name>
+    name: str = "train"  # Ray Train run name
+    exclude_heldout: bool = True  # train only on histories at training merchants (eval.holdout)
     metrics_rows: int = 20000  # rows per worker kept each epoch for the behaviour-head AUCs
     fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
 
@@ -417,6 +431,9 @@ class SmallLMConfig:
     max_positions: int = 512
     tie_embeddings: bool = True
     tokenizer_examples: int = 20000  # training examples whose text trains the tokenizer
+    # example variants of the from-scratch pre-training (prompt = prose persona, used when every type has a
+    # description): a model that has read persona lines attends to the prompt's first line
+    pretrain_variants: list[str] = field(default_factory=lambda: ["none", "prompt"])
     # from-scratch training on the no-persona examples (the small model's "pre-training")
     pretrain: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=3e-3, batch_size=32))
 

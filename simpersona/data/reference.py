@@ -28,6 +28,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 from simpersona.data import features as F
 from simpersona.data import io
@@ -36,6 +37,7 @@ from simpersona.data.schema import EVENTS, SCHEMA
 from simpersona.data.sessions import check as check_sessions
 from simpersona.data.sessions import sessionize
 from simpersona.data.traces import as_mapping
+from simpersona.data.validate import FileReport, Validator, file_seq_base, iter_file_canonical, list_inputs
 
 PLANTED_COLUMNS = ("buyer_id", "merchant_id", "planted_type")
 
@@ -135,18 +137,21 @@ def transform(events: pl.DataFrame, planted: pl.DataFrame | None, ctx: Transform
     """Sessions, raw features and traces of a set of whole buyers (all of their events)."""
     sessions = sessionize(events, ctx.section("sessions"))
     raw = F.raw_features(sessions, ctx.stats, ctx.section("features"), ctx.unit, planted)
-    types = dict(zip(raw.column("history_id").to_pylist(), raw.column("planted_type").to_pylist()))
+    ids = pl.from_arrow(raw.select(["history_id", "buyer_id", "planted_type"]))
+    types = None
+    if planted is not None:
+        typed = ids.filter(pl.col("planted_type") >= 0)
+        types = dict(zip(typed["history_id"].to_list(), typed["planted_type"].to_list()))
     traces, skipped, steps = T.build_traces(sessions, shops, ctx.section("traces"), types)
-    hids = raw.column("history_id").to_pylist()
-    buyers = raw.column("buyer_id").to_numpy(zero_copy_only=False)
-    first_of_buyer = np.ones(len(buyers), dtype=np.int8)
-    if len(buyers):
-        first_of_buyer[1:] = buyers[1:] != buyers[:-1]  # rows are sorted by history_id: buyer first
-    raw = raw.append_column("n_trace_steps", pa.array([steps.get(h, 0) for h in hids], pa.int64()))
-    raw = raw.append_column("first_of_buyer", pa.array(first_of_buyer))
+    n_steps = ids.join(pl.DataFrame({"history_id": list(steps), "n": list(steps.values())},
+                                    schema={"history_id": pl.Utf8, "n": pl.Int64}),
+                       on="history_id", how="left", maintain_order="left")["n"].fill_null(0)  # fmt: skip
+    first_of_buyer = (ids["buyer_id"] != ids["buyer_id"].shift(1)).fill_null(True).cast(pl.Int8)
+    raw = raw.append_column("n_trace_steps", n_steps.to_arrow())
+    raw = raw.append_column("first_of_buyer", first_of_buyer.to_arrow())  # a buyer's histories are adjacent
     for name, reason in zip(SKIP_COLUMNS, T.SKIP_REASONS):
-        counts = np.zeros(len(hids), dtype=np.int64)
-        if len(hids):
+        counts = np.zeros(raw.num_rows, dtype=np.int64)
+        if raw.num_rows:
             counts[0] = skipped.get(reason, 0)  # block totals ride on the first row: sums stay exact
         raw = raw.append_column(name, pa.array(counts))
     out_events = sessions.select(SCHEMA.names).to_arrow().cast(SCHEMA)
@@ -195,8 +200,8 @@ def counts_summary(totals: dict, report, stats: F.MerchantStats, unit: str) -> d
     }
 
 
-def finish_features(raw: pa.Table, mean: list[float], std: list[float]) -> pa.Table:
-    return F.normalise(raw, mean, std)
+def finish_features(raw: pa.Table, mean: list[float], std: list[float], seq_len: int) -> pa.Table:
+    return F.normalise(raw, mean, std, seq_len)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,29 +215,47 @@ def read_planted(uri: str | None, s3cfg=None) -> pl.DataFrame | None:
     return pl.from_arrow(table)
 
 
+def read_events(data_cfg, quarantine_uri: str | None, progress: bool = False):
+    """All valid events of the input in one table, and the validation report (checked).
+
+    Like `validate.read_canonical`, but each file's `seq` starts at `validate.file_seq_base(index)`,
+    the numbering parallel readers use, so that both implementations write the same `seq` values."""
+    listing = list_inputs(data_cfg.input, data_cfg.s3, data_cfg.format)
+    validator = Validator(data_cfg, quarantine_uri)
+    validator.report.skipped_files.extend(listing.skipped)
+    tables = []
+    for index, file in enumerate(tqdm(listing.files, unit="file", desc="read", disable=not progress)):
+        for chunk in iter_file_canonical(file.uri, data_cfg, file_seq_base(index), file.format):
+            good = validator.add(chunk)
+            if good.num_rows:
+                tables.append(good)
+        validator.report.files.setdefault(file.uri, FileReport())
+    report = validator.finish(data_cfg.input)
+    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()), report
+
+
 def run_reference(cfg, out: str) -> dict:
     """Preprocess `cfg.data.input` in this process; write DIR-style artifacts under `out`."""
-    from simpersona.data.validate import ValidationReport, read_canonical
     from simpersona.runtime import Stopwatch, write_json
 
     check_config(cfg)
     sw = Stopwatch()
     uris = output_uris(out)
     data_cfg = cfg.data
-    report = ValidationReport()
     with sw.lap("read"):
         quarantine = io.join_uri(uris["quarantine"], "part-00000.parquet")
-        tables = list(read_canonical(data_cfg, quarantine, report, progress=cfg.progress))
-        events = pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(SCHEMA.empty_table())
+        table, report = read_events(data_cfg, quarantine, cfg.progress)
+        events = pl.from_arrow(table)
         planted = read_planted(resolve_planted(cfg), data_cfg.s3)
     with sw.lap("transform"):
         ctx = TransformContext.build(cfg, F.merge_partials(F.merchant_partials(events)))
         result = transform(events, planted, ctx, T.ShopCache(ctx.catalogs, ctx.store))
         totals = combine_stats([block_stats(result.raw)])
-        feats = finish_features(result.raw, totals["mean"], totals["std"])
+        feats = finish_features(result.raw, totals["mean"], totals["std"], cfg.features.seq_len)
     with sw.lap("write"):
         io.write_parquet(result.events, io.join_uri(uris["events"], "part-00000.parquet"), data_cfg.s3)
-        io.write_parquet(feats, io.join_uri(uris["features"], "part-00000.parquet"), data_cfg.s3)
+        io.write_parquet(feats, io.join_uri(uris["features"], "part-00000.parquet"), data_cfg.s3,
+                         use_dictionary=["history_id", "buyer_id", "merchant_id"])
         io.write_parquet(result.traces, io.join_uri(uris["traces"], "part-00000.parquet"), data_cfg.s3)
         spec = F.feature_spec(ctx.section("features"), ctx.unit, totals["mean"], totals["std"])
         write_json(uris["feature_spec"], spec, data_cfg.s3)
@@ -254,7 +277,7 @@ def vectorised_features(events: pa.Table, cfg, planted: pl.DataFrame | None = No
     raw = F.raw_features(sessions, stats, cfg.features, cfg.sessions.unit, planted)
     n, s1, s2 = F.partial_moments(F.agg_matrix(raw))
     mean, std = F.finish_moments(n, s1, s2)
-    return F.normalise(raw, mean, std)
+    return F.normalise(raw, mean, std, cfg.features.seq_len)
 
 
 def _history_features_pandas(g: pd.DataFrame, L: int, price_edges: np.ndarray, gap_edges_ms: np.ndarray,
@@ -273,6 +296,8 @@ def _history_features_pandas(g: pd.DataFrame, L: int, price_edges: np.ndarray, g
         dt = 0 if i == 0 else ts[i] - ts[i - 1]
         gaps.append(1 if dt <= 0 else 2 + int(np.searchsorted(gap_edges_ms, dt, side="left")))
         pid, cat = g["product_id"].iat[i], g["category"].iat[i]
+        pid = None if pd.isna(pid) else pid  # pandas gives NaN or None for a missing string
+        cat = None if pd.isna(cat) else cat
         flag = 0
         if pid is not None and pid in seen:
             flag |= F.REPEAT_FLAG
@@ -302,8 +327,8 @@ def _history_features_pandas(g: pd.DataFrame, L: int, price_edges: np.ndarray, g
     priced = lrs[~np.isnan(lrs)]
     carts = np.flatnonzero(ev == "cart")
     buys = np.flatnonzero(ev == "purchase")
-    products = {p for p in g["product_id"] if p is not None}
-    cats = {c for c in g["category"] if c is not None}
+    products = set(g["product_id"].dropna())
+    cats = set(g["category"].dropna())
     agg = {
         "log_events": math.log1p(n),
         "log_sessions": math.log1p(n_sess),

@@ -64,7 +64,9 @@ def as_frame(events: pa.Table | pl.DataFrame) -> pl.DataFrame:
 def sessionize(events: pa.Table | pl.DataFrame, cfg) -> pl.DataFrame:
     """Canonical events (whole buyers) → the same rows with history_id, session_id, session_idx.
 
-    Rows come back sorted by (history_id, ts, seq); `ts` stays timestamp[ms].
+    Rows come back grouped by history (buyer_merchant: in (buyer_id, merchant_id) order; buyer: in
+    buyer_id order) and within a history sorted by (ts, seq); a buyer's histories are adjacent.
+    `ts` stays timestamp[ms].
     """
     check(cfg)
     df = as_frame(events)
@@ -113,4 +115,7 @@ def sessionize(events: pa.Table | pl.DataFrame, cfg) -> pl.DataFrame:
             "session_id"
         )
     )
-    return df.drop("_visit").sort(["history_id", "ts", "seq"])
+    df = df.drop("_visit")
+    # buyer_merchant rows are already in (buyer, merchant, ts, seq) order; whole-buyer histories
+    # interleave their merchants in time
+    return df if cfg.unit == "buyer_merchant" else df.sort(["buyer_id", "ts", "seq", "merchant_id"])

@@ -134,50 +134,49 @@ def build_catalog(merchant_id: str, rows: list | None, store: dict) -> list[Prod
     return generate_catalog(merchant_id, n, seed)
 
 
-class ReplayShop(Shop):
-    """A Shop whose pages are memoised: replaying millions of events shows the same pages again and
-    again. Page states are immutable, so sharing them changes nothing the Shop would do."""
+class Memo:
+    """Page and transition caches shared by all shops of a worker, bounded in entries (then cleared)."""
 
-    def __init__(self, merchant_id: str, catalog: list[Product], knobs: Knobs, cache_size: int = 4096):
+    def __init__(self, limit: int = 200_000):
+        self.limit = limit
+        self.pages: dict[tuple, tuple[PageState, str, list[str]]] = {}
+        self.moves: dict[tuple, Visit] = {}
+
+
+class ReplayShop(Shop):
+    """A Shop whose pages and transitions are memoised: replaying millions of events shows the same
+    pages again and again. Page states are immutable and visits are only ever replaced (never
+    mutated) by `Shop.apply`, so sharing them changes nothing the Shop would do."""
+
+    def __init__(self, merchant_id: str, catalog: list[Product], knobs: Knobs, memo: Memo | None = None):
         super().__init__(merchant_id, catalog, knobs)
-        self._pages: dict[tuple, tuple[PageState, str, list[str]]] = {}
-        self._moves: dict[tuple, Visit] = {}
-        self._cache_size = cache_size
+        self.memo = memo or Memo()
 
     def view(self, v: Visit) -> tuple[PageState, str, list[str]]:
         """(page state, its rendering, its allowed actions) for visit `v`."""
-        key = (v.kind, v.query, v.page, v.product_id, v.checkout_step, tuple(v.cart), v.order_id)
-        hit = self._pages.get(key)
+        key = (self.merchant_id, v.kind, v.query, v.page, v.product_id, v.checkout_step, tuple(v.cart), v.order_id)
+        pages = self.memo.pages
+        hit = pages.get(key)
         if hit is None:
-            if len(self._pages) >= self._cache_size:
-                self._pages.clear()
+            if len(pages) >= self.memo.limit:
+                pages.clear()
             state = Shop.page_of(self, v)
-            hit = self._pages[key] = (state, render(state), allowed_actions(state))
+            hit = pages[key] = (state, render(state), allowed_actions(state))
         return hit
 
     def page_of(self, v: Visit) -> PageState:
         return self.view(v)[0]
 
     def step(self, v: Visit, action: str, allowed: list[str]) -> Visit:
-        """`Shop.apply`, memoised on (visit, action): visits are only ever replaced, never mutated."""
-        key = (
-            v.kind,
-            v.query,
-            v.page,
-            v.product_id,
-            v.checkout_step,
-            v.back_to,
-            tuple(v.cart),
-            v.orders,
-            v.order_id,
-            v.ended,
-            action,
-        )
-        nxt = self._moves.get(key)
+        """`Shop.apply` of `action`, memoised on (visit, action)."""
+        key = (self.merchant_id, v.kind, v.query, v.page, v.product_id, v.checkout_step, v.back_to,
+               tuple(v.cart), v.orders, v.order_id, v.ended, action)  # fmt: skip
+        moves = self.memo.moves
+        nxt = moves.get(key)
         if nxt is None:
-            if len(self._moves) >= self._cache_size:
-                self._moves.clear()
-            nxt = self._moves[key] = self.apply(v, action, allowed)[0]
+            if len(moves) >= self.memo.limit:
+                moves.clear()
+            nxt = moves[key] = self.apply(v, action, allowed)[0]
         return nxt
 
 
@@ -336,12 +335,17 @@ class SessionReplay:
 
 
 class ShopCache:
-    """Shops per merchant for one worker (catalog rows from the merged merchant statistics)."""
+    """The shops of one worker, built on first use (catalog rows from the merged merchant statistics).
 
-    def __init__(self, catalogs: dict[str, list], store_cfg, max_shops: int = 2048):
+    Shops are small (a catalog of store.products_per_merchant products); their pages live in one
+    shared, bounded Memo."""
+
+    def __init__(self, catalogs: dict[str, list], store_cfg, max_shops: int = 100_000,
+                 memo_entries: int = 200_000):
         self.catalogs = catalogs
         self.store_cfg = as_mapping(store_cfg)
         self.max_shops = max_shops
+        self.memo = Memo(memo_entries)
         self.shops: dict[str, ReplayShop] = {}
 
     def get(self, merchant_id: str) -> ReplayShop:
@@ -351,14 +355,14 @@ class ShopCache:
                 self.shops.clear()
             knobs = Knobs.from_config(self.store_cfg, merchant_id)
             catalog = build_catalog(merchant_id, self.catalogs.get(merchant_id), self.store_cfg)
-            shop = self.shops[merchant_id] = ReplayShop(merchant_id, catalog, knobs)
+            shop = self.shops[merchant_id] = ReplayShop(merchant_id, catalog, knobs, self.memo)
         return shop
 
 
 def build_traces(
     sessions: pl.DataFrame, shops: ShopCache, cfg, planted_types: dict[str, int] | None = None
 ) -> tuple[pa.Table, Counter, dict[str, int]]:
-    """Sessionized events (sorted by history_id, ts, seq) → (trace steps, skip counts, steps per history).
+    """Sessionized events (`sessionize` order) → (trace steps, skip counts, steps per history).
 
     Steps are built in Python (the replay walks the storefront model), but every string column is
     assembled by Arrow: distinct pages are rendered once and expanded with `take`.
@@ -373,11 +377,19 @@ def build_traces(
     if keep_n:
         n_sess = pl.col("session_idx").max().over("history_id")
         sel = sel.filter(pl.col("session_idx") > n_sess - keep_n)
-    if cfg.history_fraction < 1.0:
+    if cfg.history_fraction <= 0.0:
+        sel = sel.clear()
+    elif cfg.history_fraction < 1.0:
         hids = sel["history_id"].unique().to_list()
         chosen = [h for h in hids if keep_history(h, cfg.history_fraction)]
         sel = sel.filter(pl.col("history_id").is_in(chosen))
-    sel = sel.sort(["history_id", "session_idx", "ts", "seq"])
+    sid = sel["session_id"]
+    if int((sid != sid.shift(1)).fill_null(True).sum()) != sid.n_unique():
+        # whole-buyer histories interleave the sessions of their merchants: group them (stable, so the
+        # (ts, seq) order inside each session stays)
+        sel = sel.sort(["history_id", "session_idx"], maintain_order=True)
+    if sel.height == 0:
+        return TRACE_SCHEMA.empty_table(), skipped, per_history
 
     page_ids: dict[int, int] = {}  # id(allowed list) → row in the page table (pages are memoised)
     page_obs: list[str] = []

@@ -113,7 +113,11 @@ def run(cfg) -> dict:
             texts += [d for d in steps.descriptions or [] if d]
             tokenizer = small.train_tokenizer(texts + train_df["action"].tolist(), pc.model.small.vocab_size)
             save(small.build_model(tokenizer, pc.model.small, seed), tokenizer, init_dir)
-            data = tokenized(tokenizer, "none")
+            usable = [v for v in pc.model.small.pretrain_variants
+                      if v == "none" or (v == "prompt" and steps.descriptions and all(steps.descriptions))]
+            if not usable:
+                raise ValueError("persona.model.small.pretrain_variants needs none (or prompt with type descriptions)")
+            data = pd.concat([tokenized(tokenizer, v) for v in usable], ignore_index=True)
             pre = pc.model.small.pretrain
             metrics["pretrain"] = run_stage(spec("pretrain", init_dir, base_dir, "full", pre, data),
                                             dataset(data, pre.batch_size, seed), storage, pc.train.resume)

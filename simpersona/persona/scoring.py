@@ -10,6 +10,7 @@ be returned. `score_naive` is the reference: one full forward per (prompt, candi
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ class ActionScorer:
         self.n_personas = int(info.get("codebook_size") or _count_personas(tokenizer))
         self.max_candidates = max_candidates
         self.targets = TargetCache(tokenizer)
+        # transformers 5 renamed past_key_values to cache; older releases only know the old name
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     # ---- prompts ------------------------------------------------------------------------------
     def prompt(self, r: ScoreRequest) -> str:
@@ -143,12 +146,12 @@ class ActionScorer:
                     cids[j, :n] = torch.tensor(c[:-1])
                     nxt[j, :n] = torch.tensor(c[1:])
                     cmask[j, :n] = 1
-            cache = out.past_key_values
+            cache = getattr(out, "cache", None) or out.past_key_values
             cache.batch_select_indices(owner_t)
             attn = torch.cat([mask.to(dev)[owner_t], cmask.to(dev)], dim=1)
             cpos = lens.to(dev)[owner_t, None] + torch.arange(rest, device=dev)[None, :]
             out2 = self.model(input_ids=cids.to(dev), attention_mask=attn, position_ids=cpos,
-                              past_key_values=cache, use_cache=True)
+                              use_cache=True, **{self.cache_arg: cache})
             lp = torch.log_softmax(out2.logits.float(), dim=-1).gather(-1, nxt.to(dev)[..., None])[..., 0]
             total = total + (lp * cmask.to(dev)).sum(1)
         return _normalise(total.cpu().double(), reqs)

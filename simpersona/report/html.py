@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import jinja2
@@ -246,3 +247,18 @@ def build_report(cfg) -> Path:
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def run_report(cfg) -> dict:
+    """The report stage: build the report, write <run_dir>/report/summary.json, return the summary."""
+    t0 = time.time()
+    path = build_report(cfg)
+    run_dir = Path(cfg.run_dir)
+    summary = {"report": str(path), "bytes": path.stat().st_size, "seconds": round(time.time() - t0, 2),
+               "sections": {"evaluate": (run_dir / "evaluate" / "metrics.json").exists(),
+                            "whatif": (run_dir / "whatif" / "deltas.json").exists(),
+                            "types": (run_dir / "assign" / "type_profiles.json").exists()}}
+    out = run_dir / "report" / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    return summary

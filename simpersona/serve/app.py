@@ -57,6 +57,8 @@ def policy_app(cfg, kind: str = "lm") -> Application:
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.replica_cpus},
+        # one access-log line per decision would flood the driver at hundreds of agents
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     ).bind(to_dict(cfg)["serve"], str(Path(model_dir).resolve()) if kind == "lm" else model_dir, kind)
 
 

@@ -104,12 +104,20 @@ class ActionPolicy:
         for r in requests:
             if not r.allowed:
                 raise ValueError("policy request has no allowed actions")
-        scored = self.scorer.score([
-            ScoreRequest(r.persona, r.observation, r.history[-self.history:] if self.history else [], r.allowed)
-            for r in requests
-        ])
+        # Agents on the same page with the same persona and history ask the same question (every
+        # agent of a type starts on its merchant's home page): score each distinct prompt once.
+        keys, unique = [], {}
+        for r in requests:
+            history = r.history[-self.history:] if self.history else []
+            key = (r.persona if not isinstance(r.persona, int) else ("#", r.persona), r.observation,
+                   tuple(history), tuple(r.allowed))
+            if key not in unique:
+                unique[key] = ScoreRequest(r.persona, r.observation, history, r.allowed)
+            keys.append(key)
+        scored = dict(zip(unique, self.scorer.score(list(unique.values())), strict=True))
         out = []
-        for r, lps in zip(requests, scored, strict=True):
+        for r, key in zip(requests, keys, strict=True):
+            lps = scored[key]
             if len(lps) != len(r.allowed):
                 raise RuntimeError(f"scorer returned {len(lps)} scores for {len(r.allowed)} actions")
             i = sample(lps, self.temperature, request_rng(self.seed, r.seed, r.step))

@@ -8,9 +8,9 @@ Exactly once. An agent is *leased* to a worker for one attempt. The AgentQueue a
 completion per agent_id and rejects any later one, and only accepted agents reach the results. When
 a worker actor dies (the driver sees RayActorError) all its leases return to the queue with the
 next attempt number; when its Chromium dies, the worker itself releases its in-flight agents and
-relaunches the browser. The storefront session of an attempt is "<agent_id>.<attempt>", so the
-event log of abandoned attempts can be told apart from the committed one (simulate.py keeps only
-committed sessions).
+relaunches the browser. Each attempt has its own storefront session "<agent_id>.<run tag>.<attempt>",
+so the events of abandoned attempts (in this run or an interrupted earlier one) can be told apart
+from the committed one (simulate.py keeps only committed sessions).
 
 Durable commit. Accepted agents are buffered and written as a pair of shards with the same name,
 trajectories/<part>.parquet then results/<part>.parquet, each via write-then-rename. The results
@@ -55,8 +55,10 @@ RESULT_SCHEMA = pa.schema([
 DONE = "done"  # AgentQueue.take: every agent is committed; the worker may exit
 
 
-def session_of(agent_id: str, attempt: int) -> str:
-    return f"{agent_id}.{attempt}"
+def session_of(agent_id: str, run_tag: str, attempt: int) -> str:
+    """Storefront session of one attempt; the run tag keeps a resumed run's attempts apart from
+    the abandoned ones of the run it resumes."""
+    return f"{agent_id}.{run_tag}.{attempt}"
 
 
 # ---- durable results ----------------------------------------------------------------------------
@@ -109,7 +111,7 @@ class AgentQueue:
         self.commit_interval_s = commit_interval_s
         self.results: list[dict] = []
         self.rows: list[dict] = []
-        self.part_prefix = uuid.uuid4().hex[:8]
+        self.run_tag = uuid.uuid4().hex[:8]  # names this run's shards and storefront sessions
         self.parts = 0
         self.last_flush = time.monotonic()
         self.counts = {"completed": 0, "crashed": 0, "steps": 0, "requeued": 0, "rejected": 0,
@@ -122,7 +124,8 @@ class AgentQueue:
             if agent_id in self.committed or agent_id in self.leases:
                 continue
             self.leases[agent_id] = (worker, attempt)
-            return {"spec": self.specs[agent_id], "attempt": attempt}
+            return {"spec": self.specs[agent_id], "attempt": attempt,
+                    "session_id": session_of(agent_id, self.run_tag, attempt)}
         return DONE if len(self.committed) == len(self.specs) else None
 
     def commit(self, worker: str, attempt: int, outcome: AgentOutcome) -> bool:
@@ -130,6 +133,8 @@ class AgentQueue:
         agent_id = outcome.agent_id
         if agent_id in self.committed or agent_id not in self.specs:
             self.counts["rejected"] += 1
+            if self.leases.get(agent_id) == (worker, attempt):  # a duplicate attempt: drop its lease
+                del self.leases[agent_id]
             return False
         if self.leases.get(agent_id, (None, None))[0] == worker:
             del self.leases[agent_id]
@@ -162,7 +167,7 @@ class AgentQueue:
             self.pending.appendleft((agent_id, attempt + 1))  # first in line: it has waited already
         else:
             out = AgentOutcome(agent_id, "crashed", 0, error_kind, f"gave up after {attempt} attempts: {error}",
-                               session_of(agent_id, attempt))
+                               session_of(agent_id, self.run_tag, attempt))
             self._record(out, worker, attempt)
 
     def _record(self, outcome: AgentOutcome, worker: str, attempt: int) -> None:
@@ -172,7 +177,7 @@ class AgentQueue:
         self.results.append({
             "agent_id": outcome.agent_id, "status": outcome.status, "steps": outcome.steps,
             "error_kind": outcome.error_kind, "worker": worker, "attempt": attempt, "error": outcome.error,
-            "session_id": outcome.session_id or session_of(outcome.agent_id, attempt),
+            "session_id": outcome.session_id or session_of(outcome.agent_id, self.run_tag, attempt),
             "merchant_id": self.specs[outcome.agent_id]["merchant_id"],
         })
         self.rows += outcome.rows
@@ -184,7 +189,7 @@ class AgentQueue:
         self.last_flush = time.monotonic()
         if not self.results:
             return 0
-        name = f"part-{self.part_prefix}-{self.parts:05d}.parquet"
+        name = f"part-{self.run_tag}-{self.parts:05d}.parquet"
         self.parts += 1
         _write_atomic(pa.Table.from_pylist(self.rows, schema=TRAJECTORY_SCHEMA), self.out / "trajectories" / name)
         _write_atomic(pa.Table.from_pylist(self.results, schema=RESULT_SCHEMA), self.out / "results" / name)
@@ -203,19 +208,12 @@ class AgentQueue:
 # ---- the worker -----------------------------------------------------------------------------------
 
 
-def chromium_pids(root_pid: int | None = None) -> list[int]:
-    """Main Chromium processes under `root_pid` (default: this process): their parent is not Chromium."""
-    import psutil
-
-    root = psutil.Process(root_pid or os.getpid())
-    out = []
-    for p in root.children(recursive=True):
+async def _close_quietly(env) -> None:
+    if env is not None:
         try:
-            if "chrom" in p.name().lower() and "--type=" not in " ".join(p.cmdline()):
-                out.append(p.pid)
-        except psutil.Error:
-            continue
-    return out
+            await env.close()
+        except Exception:  # a dead browser's contexts cannot be closed; nothing leaks
+            pass
 
 
 def make_policy_client(policy_spec: dict):
@@ -224,9 +222,11 @@ def make_policy_client(policy_spec: dict):
 
     if policy_spec["kind"] == "serve":
         return HandlePolicyClient(policy_spec["handle"])
+    import torch
     from omegaconf import OmegaConf
 
     serve_cfg = OmegaConf.create(policy_spec["serve"])
+    torch.set_num_threads(serve_cfg.torch_threads or 1)  # the worker's CPUs are Chromium's too
     policy = make_policy(serve_cfg, policy_spec.get("model_dir", ""), policy_spec["kind"])
     return LocalPolicyClient(policy, serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s)
 
@@ -264,10 +264,11 @@ class BrowserWorker:
         if self.browser is None:
             await self._launch()
         return {"worker": self.worker, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "browser_pids": chromium_pids()}
+                "browser_pid": self.browser.pid}
 
-    def browser_pids(self) -> list[int]:
-        return chromium_pids()
+    def browser_pid(self) -> int | None:
+        """Chromium's main process (tests kill it to check that agents are re-queued)."""
+        return self.browser.pid if self.browser is not None else None
 
     async def _restart_browser(self, seen_generation: int) -> None:
         """Relaunch Chromium once per crash, however many agents noticed it."""
@@ -284,35 +285,40 @@ class BrowserWorker:
             await self.queue.browser_restarted.remote()
 
     async def _slot(self, policy) -> None:
+        """One agent at a time in one browser context, reused across agents (reset clears cookies)."""
         from simpersona.sim.browser import BrowserEnv
 
-        while True:
-            lease = await self.queue.take.remote(self.worker)
-            if lease == DONE:
-                return
-            if lease is None:  # agents are in flight elsewhere and may come back: wait
-                await asyncio.sleep(0.2)
-                continue
-            spec, attempt = lease["spec"], lease["attempt"]
-            generation = self.generation
-            env = BrowserEnv(self.browser, self.base_url, self.browser_cfg)
-            try:
-                persona = self.persona(spec["persona_mode"], int(spec["type_id"]))
-                outcome = await run_agent(env, policy, spec, persona, self.history_len,
-                                          session_id=session_of(spec["agent_id"], attempt))
-            except BrowserCrash as exc:
-                await self.queue.release.remote(self.worker, spec["agent_id"], attempt, exc.kind, str(exc))
-                await self._restart_browser(generation)
-                continue
-            finally:
+        env = None
+        try:
+            while True:
+                if not self.browser.connected:  # found dead between agents: relaunch before leasing
+                    await self._restart_browser(self.generation)
+                lease = await self.queue.take.remote(self.worker)
+                if lease == DONE:
+                    return
+                if lease is None:  # agents are in flight elsewhere and may come back: wait
+                    await asyncio.sleep(0.2)
+                    continue
+                spec, attempt = lease["spec"], lease["attempt"]
+                generation = self.generation
+                if env is None or env.browser is not self.browser:
+                    env = BrowserEnv(self.browser, self.base_url, self.browser_cfg)
                 try:
-                    await env.close()
-                except Exception:  # a dead browser's contexts cannot be closed; nothing leaks
-                    pass
-            self.stats["agents"] += 1
-            self.stats["steps"] += outcome.steps
-            if not await self.queue.commit.remote(self.worker, attempt, outcome):
-                self.stats["rejected"] += 1
+                    persona = self.persona(spec["persona_mode"], int(spec["type_id"]))
+                    outcome = await run_agent(env, policy, spec, persona, self.history_len,
+                                              session_id=lease["session_id"])
+                except BrowserCrash as exc:
+                    await self.queue.release.remote(self.worker, spec["agent_id"], attempt, exc.kind, str(exc))
+                    await _close_quietly(env)
+                    env = None
+                    await self._restart_browser(generation)
+                    continue
+                self.stats["agents"] += 1
+                self.stats["steps"] += outcome.steps
+                if not await self.queue.commit.remote(self.worker, attempt, outcome):
+                    self.stats["rejected"] += 1
+        finally:
+            await _close_quietly(env)
 
     async def run(self) -> dict:
         """Run agents until the queue is done; returns this worker's counters."""
@@ -343,11 +349,11 @@ def _placeable(worker_cpus: float) -> bool:
 
 def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, browser_cfg: dict,
                 policy_spec: dict, personas: dict | None = None, history_len: int = 8,
-                progress: bool = True, on_worker_started=None) -> dict:
+                progress: bool = True, on_progress=None) -> dict:
     """Run `specs` (agents not yet committed) to completion; returns counters and per-worker stats.
 
-    `on_worker_started(name, handle)` is called for each worker once its Chromium is up (tests use it
-    to kill workers mid-run).
+    `on_progress(state, workers)` is called on every turn of the driver loop with the queue's
+    counters and {name: handle} of the running workers (tests use it to kill a worker mid-run).
     """
     here = ray.get_runtime_context().get_node_id()
     queue = AgentQueue.options(
@@ -363,7 +369,8 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
     serial = 0
     t0 = time.monotonic()
     no_worker_since = time.monotonic()
-    bar = tqdm(total=len(specs), desc="agents", unit="agent", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(specs), desc="agents", unit="agent", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5)
     state = ray.get(queue.progress.remote())
     try:
         while state["done"] < state["total"]:
@@ -384,8 +391,6 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                     try:
                         ray.get(ready_ref)
                         live[name] = (handle, handle.run.remote())
-                        if on_worker_started is not None:
-                            on_worker_started(name, handle)
                     except RayError as exc:  # Chromium would not launch there, or the actor died
                         ray.kill(handle)
                         tqdm.write(f"worker {name} failed to start: {_first_line(exc)}")
@@ -413,10 +418,11 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                 time.sleep(0.1)
             state = ray.get(queue.progress.remote())
             elapsed = max(time.monotonic() - t0, 1e-9)
-            bar.n = state["done"]
             bar.set_postfix(steps_s=f"{state['steps'] / elapsed:.1f}", crashed=state["crashed"],
                             requeued=state["requeued"], workers=len(live), refresh=False)
-            bar.refresh()
+            bar.update(state["done"] - bar.n)
+            if on_progress is not None:
+                on_progress(state, {name: h for name, (h, _) in live.items()})
         ray.get(queue.flush.remote())
         # workers exit by themselves once take() says DONE; wait for their counters
         for _, ref in list(live.values()):
@@ -427,6 +433,10 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
         state = ray.get(queue.progress.remote())
     finally:
         bar.close()
+        try:  # interrupted or failed: what was accepted so far is still committed
+            ray.get(queue.flush.remote(), timeout=60)
+        except Exception:
+            pass
         for handle, _ in live.values():
             ray.kill(handle)
         if starting is not None:

@@ -66,21 +66,29 @@ def error_for(kind: str, reason: str) -> SimError:
         raise ValueError(f"unknown error kind {kind!r}; expected one of {ERROR_KINDS}") from None
 
 
-def classify(exc: BaseException, during: str = "") -> SimError:
-    """Map a Playwright (or other) exception to one of the kinds, keeping its first line as reason."""
+def classify(exc: BaseException, during: str = "", browser_alive: bool | None = None) -> SimError:
+    """Map a Playwright (or other) exception to one of the kinds, keeping its first line as reason.
+
+    "Target closed" errors mean a browser crash unless `browser_alive` says Chromium still runs
+    (then only the page or context went away: a page crash).
+    """
     if isinstance(exc, SimError):
         return exc
-    text = str(exc) or type(exc).__name__
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
     reason = f"{during}: {first}" if during else first
     low = text.lower()
-    if ("target page, context or browser has been closed" in low or "browser has been closed" in low
-            or "browser closed" in low or "connection closed" in low or "disconnected" in low):
-        return BrowserCrash(reason)
+    if "err_blocked_by_client" in low or "err_proxy_connection_failed" in low:  # off-origin: see browser.py
+        return OffOrigin(reason)
+    if any(s in low for s in ("has been closed", "browser closed", "connection closed", "disconnected",
+                              "target closed")):
+        return PageCrash(reason) if browser_alive else BrowserCrash(reason)
     if "crash" in low:
         return PageCrash(reason)
-    if "timeout" in low or type(exc).__name__ == "TimeoutError":
+    if "timeout" in low or isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":
         return NavigationTimeout(reason)
-    if "err_blocked_by_client" in low or "net::err_aborted" in low:
-        return OffOrigin(reason)
+    if "net::err_" in low:  # the navigation failed (connection refused, reset, ...)
+        return NavigationTimeout(reason)
+    if "execution context was destroyed" in low or "frame was detached" in low:
+        return ElementMissing(reason)  # the page changed under the action
     return PageCrash(reason)

@@ -25,8 +25,10 @@ _PRELUDE = r"""
   const usable = (el) => !el.disabled && visible(el) && (target(el) === null || onOrigin(target(el)));
 """
 
-# -> {kind, actions, version, url, state} ; state is None on pages without #sp-page
+# -> {kind, actions, version, url, state} ; state is None on pages without #sp-page ; {loading: true}
+# while the document is still being parsed
 EXTRACT_JS = "(origins) => {" + _PRELUDE + r"""
+  if (document.readyState === 'loading') return {loading: true};
   const actions = [];
   for (const el of document.querySelectorAll('[data-action]')) if (usable(el)) actions.push(el.dataset.action);
   const root = document.getElementById('sp-page');
@@ -60,6 +62,7 @@ FIND_ACTION_JS = "([action, origins, click]) => {" + _PRELUDE + r"""
 
 # ([origins, maxElements, selectors]) -> generic snapshot; tags the listed elements with data-sp-idx
 SNAPSHOT_JS = "([origins, maxElements, selectors]) => {" + _PRELUDE + r"""
+  if (document.readyState === 'loading') return {loading: true};
   for (const el of document.querySelectorAll('[data-sp-idx]')) el.removeAttribute('data-sp-idx');
   const query = 'a[href], button, input[type=submit], input[type=button], input[type=image], [role=button], [role=link]';
   const elements = [];

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import ray
 
 from simpersona.config import to_dict
+from simpersona.runtime import init_ray
 from simpersona.sim.actors import committed_results, run_workers
 from simpersona.sim.population import PersonaResolver, build_population, write_population
 
@@ -89,12 +90,15 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_simulation(cfg) -> dict:
-    """Simulate cfg.sim.variant; returns (and writes) its summary."""
+def run_simulation(cfg, on_progress=None) -> dict:
+    """Simulate cfg.sim.variant; returns (and writes) its summary. `on_progress`: see run_workers."""
     from simpersona.store.eventlog import read_events
 
     t0 = time.monotonic()
     sim = cfg.sim
+    for key in ("workers", "contexts_per_worker", "max_attempts"):
+        if sim[key] < 1:
+            raise ValueError(f"sim.{key} must be >= 1, got {sim[key]}")
     out = variant_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     specs = build_population(cfg.run_dir, sim, cfg.seed)
@@ -106,11 +110,10 @@ def run_simulation(cfg) -> dict:
     stats: dict = {"wall_s": 0.0, "steps": 0, "requeued": 0, "workers_lost": 0, "browser_restarts": 0,
                    "rejected": 0, "workers_started": 0}
     if todo:
-        if not ray.is_initialized():
-            ray.init()
+        init_ray(cfg)
         with policy_for(cfg) as policy_spec, storefront(cfg, merchants, out / "store_log") as base_url:
             stats = run_workers(todo, out, sim, base_url, to_dict(cfg)["browser"], policy_spec, personas,
-                                cfg.serve.history, cfg.progress)
+                                cfg.serve.history, cfg.progress, on_progress)
     results = committed_results(out)
     events = committed_events(read_events(out / "store_log"), results)
     _write_atomic(events, out / "events" / "events.parquet")

@@ -32,6 +32,7 @@ from simpersona.data.schema import SCHEMA
 
 LOG_SCHEMA = SCHEMA.append(pa.field("variant", pa.string(), nullable=False))
 COLUMNS = tuple(LOG_SCHEMA.names)
+SEQ = COLUMNS.index("seq")
 EVENT_FIELDS = ("buyer_id", "merchant_id", "event", "product_id", "category", "price", "session_id")
 
 
@@ -71,7 +72,7 @@ def _table(rows: list[list]) -> pa.Table:
 
 
 def _write_shard(directory: Path, rows: list[list]) -> Path:
-    first, last = rows[0][COLUMNS.index("seq")], rows[-1][COLUMNS.index("seq")]
+    first, last = rows[0][SEQ], rows[-1][SEQ]
     final = directory / f"part-{first:012d}-{last:012d}.parquet"
     tmp = directory / f".{final.name}.tmp"
     pq.write_table(_table(rows), tmp)
@@ -201,7 +202,7 @@ class EventLog:
         data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows).encode()
         with self._io:
             if self._wal is None:
-                self._wal = open(self.directory / f"wal-{rows[0][COLUMNS.index('seq')]:012d}.jsonl", "ab")
+                self._wal = open(self.directory / f"wal-{rows[0][SEQ]:012d}.jsonl", "ab")
                 _fsync_dir(self.directory)
             size = self._wal.tell()
             try:
@@ -237,7 +238,7 @@ class EventLog:
             return []
         rows = self._encode(events)
         self._write(rows)
-        return [r[3] for r in rows]
+        return [r[SEQ] for r in rows]
 
     async def append(self, events: list[dict]) -> list[int]:
         """Write `events` durably; concurrent callers share one write + fsync (group commit)."""
@@ -252,7 +253,7 @@ class EventLog:
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
         await fut
-        return [r[3] for r in rows]
+        return [r[SEQ] for r in rows]
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -91,7 +91,7 @@ def _listing(s: PageState, acts: _Actions) -> str:
     if s.kind == "home":
         cats = "".join(acts.button(f"category {c}", c, category_link=c) for c in s.categories)
         parts.append(f'<section><h2>Categories</h2><div class="chips">{cats}</div></section>')
-        searches = "".join(acts.button(f"search {c}", f"\U0001f50e {c}") for c in s.categories)
+        searches = "".join(acts.button(f"search {c}", f"Search {c}") for c in s.categories)
         parts.append(f'<section><h2>Popular searches</h2><div class="chips">{searches}</div></section>')
     return "".join(parts)
 
@@ -150,7 +150,7 @@ def _toolbar(s: PageState, acts: _Actions) -> str:
     if s.kind not in ("home", "confirmation"):
         buttons.append(acts.button("back", "\u2190 Back"))
     if s.kind not in ("cart", "checkout", "confirmation"):
-        buttons.append(acts.button("view_cart", f"\U0001f6d2 Cart ({s.cart_count})"))
+        buttons.append(acts.button("view_cart", f"Cart ({s.cart_count})"))
     buttons.append(acts.button("leave", "Leave shop"))
     return f'<nav class="toolbar">{"".join(buttons)}</nav>'
 

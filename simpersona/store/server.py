@@ -55,6 +55,42 @@ def _plain(cfg: Any) -> dict:
     return OmegaConf.to_container(store, resolve=True) if not isinstance(store, dict) else dict(store)
 
 
+class AppThread:
+    """Any ASGI app under uvicorn in a daemon thread of this process, on a free port (tests, tools)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 30.0):
+        sock = _bind(host, port)
+        self.host, self.port = host, sock.getsockname()[1]
+        self.server = server = _uvicorn_server(app)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                asyncio.run(server.serve(sockets=[sock]))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                sock.close()
+
+        self.thread = threading.Thread(target=run, name=f"asgi-{self.port}", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + startup_timeout_s
+        while not server.started:
+            if errors or not self.thread.is_alive():
+                raise RuntimeError(f"server failed to start: {errors[0] if errors else 'thread exited'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server did not start within {startup_timeout_s} s")
+            time.sleep(0.01)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
 class StoreServer:
     """A running storefront: `base_url`, `port`, `pid` (process mode), `stop()`, `kill()`."""
 
@@ -72,8 +108,7 @@ class StoreServer:
         self.port = int(port if port is not None else self.store.get("port") or 0)
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
-        self._thread: threading.Thread | None = None
-        self._server = None
+        self._app_thread: AppThread | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -95,29 +130,9 @@ class StoreServer:
     def _start_thread(self) -> None:
         from simpersona.store.app import create_app
 
-        sock = _bind(self.host, self.port)
-        self.port = sock.getsockname()[1]
         app = create_app({"store": self.store}, self.log_dir, self.variant, self.merchants)
-        self._server = server = _uvicorn_server(app)
-        errors: list[BaseException] = []
-
-        def run():
-            try:
-                asyncio.run(server.serve(sockets=[sock]))
-            except BaseException as exc:  # reported by start()
-                errors.append(exc)
-            finally:
-                sock.close()
-
-        self._thread = threading.Thread(target=run, name=f"store-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout_s
-        while not server.started:
-            if errors or not self._thread.is_alive():
-                raise RuntimeError(f"storefront failed to start: {errors[0] if errors else 'thread exited'}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"storefront did not start within {self.startup_timeout_s} s")
-            time.sleep(0.01)
+        self._app_thread = AppThread(app, self.host, self.port, self.startup_timeout_s)
+        self.port = self._app_thread.port
 
     def _start_process(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="simpersona-store-")
@@ -152,10 +167,9 @@ class StoreServer:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Graceful shutdown: in-flight requests finish, the event log is rolled into Parquet."""
-        if self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout_s)
-            self._thread = None
+        if self._app_thread is not None:
+            self._app_thread.stop(timeout_s)
+            self._app_thread = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

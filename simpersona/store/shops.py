@@ -151,3 +151,20 @@ class ShopSet:
             shop = Shop(merchant_id, self.catalog(merchant_id), knobs_for(self.store, merchant_id, self.variant))
             self._shops[merchant_id] = shop
         return shop
+
+
+def write_catalog_file(rows: Mapping[str, list[tuple[str, str | None, float | None]]], path: str | Path) -> Path:
+    """Write merchant -> [(product_id, category, price), ...] in catalog order, for store.catalog_path.
+
+    The trace builder and the storefront then build identical catalogs (catalog_from_log of the
+    same rows), so live observations show the products the traces showed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = [(m, pid, cat, price) for m, items in rows.items() for pid, cat, price in items]
+    table = pa.table({name: pa.array([r[i] for r in flat], pa.float64() if name == "price" else pa.string())
+                      for i, name in enumerate(CATALOG_COLUMNS)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path

@@ -12,8 +12,8 @@ import pytest
 from simpersona.config import load
 from simpersona.eval import holdout
 from simpersona.eval.artifacts import ArtifactError
-from simpersona.eval.evaluate import EvaluationError, read_raw_events, run_evaluation
-from simpersona.eval.holdout import HALF_RATES, HALF_TYPES
+from simpersona.eval.evaluate import EvaluationError, run_evaluation
+from simpersona.eval.holdout import HALF_RATES, HALF_TYPES, read_raw_events
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +48,24 @@ def test_run_evaluation_identities(real_events, tmp_path):
     events, folder = real_events
     run_dir = tmp_path / "run"
     overrides = [f"run_dir={run_dir}", f"eval.real_events={folder}", "eval.ceiling_repeats=3", "eval.bootstrap=300",
-                 "progress=false"]
+                 "eval.simulate=false", "eval.require_baselines=false", "progress=false"]
     cfg = load("evaluate", overrides)
-    split = holdout.make_split(events, 42, 0, "hash", "0")
-    split.save(run_dir / "holdout")
+    split = holdout.holdout_for(cfg)
+    assert holdout.holdout_dir(cfg) == run_dir / "holdout" / "hash-n42-seed0-salt0"
+    assert split.heldout == holdout.make_split(events, 42, 0, "hash", "0").heldout
     rates = holdout.half_events(events, split, HALF_RATES)
     types = holdout.half_events(events, split, HALF_TYPES)
-    write_run(run_dir / "simulate" / "base", rates, crash_every=10, persona_mode="vq")
-    write_run(run_dir / "simulate" / "persona_none", types, crash_every=4, persona_mode="none")
+    write_run(run_dir / "simulate" / "eval_vq", rates, crash_every=10, persona_mode="vq")
+    write_run(run_dir / "simulate" / "eval_none", types, crash_every=4, persona_mode="none")
     # types.parquet of the types half: the "vq" agents draw types 0,1,2 evenly, so does the empirical mix
     typed = types.select("buyer_id", "merchant_id").unique().sort("merchant_id", "buyer_id")
     (run_dir / "assign").mkdir()
     typed.with_columns(type_id=(pl.int_range(pl.len()) % 3).cast(pl.Int32),
                        kmeans_type_id=pl.lit(0, pl.Int32)).write_parquet(run_dir / "assign" / "types.parquet")
 
-    m = run_evaluation(cfg)
+    summary = run_evaluation(cfg)
+    m = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert summary["ara_overall"] == m["ara_overall"] and summary["targets_met"]["above_no_persona"] is True
     assert m["heldout_merchants"] == split.heldout
     assert m["ara_overall"] == pytest.approx(1.0) and m["ara_minmax_overall"] == pytest.approx(1.0)
     assert m["spearman_cr"] == pytest.approx(1.0)
@@ -70,6 +73,7 @@ def test_run_evaluation_identities(real_events, tmp_path):
     assert m["crash_rate"] == pytest.approx(0.1, abs=0.01)
     none = m["baselines"]["no_persona"]
     assert none["ara_overall"] == pytest.approx(m["ara_ceiling"])  # the types half scored as a simulation
+    assert none["ara_ceiling"] == m["ara_ceiling"] and none["ara_ci"][0] < none["ara_overall"] < none["ara_ci"][1]
     assert none["spearman_cr"] == pytest.approx(m["spearman_ceiling"])
     assert none["crash_rate"] == pytest.approx(0.25, abs=0.01)
     assert none["type_mix_js"] is None  # no persona, no type mix
@@ -83,8 +87,6 @@ def test_run_evaluation_identities(real_events, tmp_path):
     assert len(m["per_merchant"]) == 42
     row = m["per_merchant"][0]
     assert row["real"] == pytest.approx(row["sim"]) and row["no_persona"] == pytest.approx(row["real_types_half"])
-    on_disk = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    assert on_disk["ara_overall"] == m["ara_overall"]
     assert json.loads((run_dir / "evaluate" / "summary.json").read_text())["baselines"]["mismatch"] is None
 
 
@@ -92,10 +94,14 @@ def test_run_evaluation_errors(real_events, tmp_path):
     events, folder = real_events
     run_dir = tmp_path / "run"
     base = [f"run_dir={run_dir}", f"eval.real_events={folder}", "progress=false"]
-    with pytest.raises(ArtifactError, match=r"no agent specs at .*simulate/base/agents.parquet"):
-        run_evaluation(load("evaluate", base))
-    assert (run_dir / "holdout" / "heldout.json").exists()  # the split is made (and kept) before the runs
-    with pytest.raises(EvaluationError, match=r"was made with \(merchants, split, seed, salt\)=\(42, 'hash', 0, '0'\)"):
-        run_evaluation(load("evaluate", [*base, "eval.split=time"]))
+    with pytest.raises(ArtifactError, match=r"no agent specs at .*simulate/eval_vq/agents.parquet"):
+        run_evaluation(load("evaluate", [*base, "eval.simulate=false"]))
+    # the split is made (and kept) before the runs are read; another setting gets its own folder
+    assert (run_dir / "holdout" / "hash-n42-seed0-salt0" / "heldout.json").exists()
+    with pytest.raises(EvaluationError, match=r"no buyer types at .*assign/types.parquet \(run the assign stage\)"):
+        run_evaluation(load("evaluate", [*base, "eval.holdout.split=time"]))
+    assert (run_dir / "holdout" / "time-n42-seed0-salt0" / "halves.parquet").exists()
     with pytest.raises(EvaluationError, match="eval.rate='conversion' is not a metric"):
         run_evaluation(load("evaluate", [*base, "eval.rate=conversion"]))
+    with pytest.raises(EvaluationError, match=r"eval.baselines: unknown \['larger_model'\]"):
+        run_evaluation(load("evaluate", [*base, "eval.baselines=[no_persona,larger_model]"]))

@@ -4,6 +4,7 @@ real-vs-real ceiling on the bundled Tmall data."""
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -11,8 +12,7 @@ import pytest
 
 from simpersona.config import load
 from simpersona.eval import holdout
-from simpersona.eval.evaluate import read_raw_events
-from simpersona.eval.holdout import HALF_RATES, HALF_TYPES, HoldoutSplit
+from simpersona.eval.holdout import HALF_RATES, HALF_TYPES, HoldoutSplit, read_raw_events
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,18 @@ def test_tmall_heldout_42_and_ceiling(tmall_events):
     assert 0 < ceil["ara_pooled"] <= 1 and ceil["spearman_cr"] > 0.3
     # half 0 and half 1 are different buyers: rates differ somewhere, so the ceiling is below 1
     assert ceil["ara_overall"] < 1
+
+
+def test_holdout_for_reuses_only_a_split_of_the_same_events(tmp_path):
+    events = toy_events()
+    src = tmp_path / "events.parquet"
+    events.write_parquet(src)
+    cfg = load("evaluate", [f"run_dir={tmp_path / 'run'}", f"eval.real_events={src}", "eval.holdout.merchants=2"])
+    first = holdout.holdout_for(cfg)
+    assert first.heldout == ["m0", "m1"]
+    info = holdout.holdout_dir(cfg) / "heldout.json"
+    stamp = info.stat().st_mtime_ns
+    assert holdout.holdout_for(cfg).halves.equals(first.halves) and info.stat().st_mtime_ns == stamp  # reused
+    events.filter(pl.col("merchant_id") != "m0").write_parquet(src)  # other data under the same name
+    os.utime(src, (1, 1))
+    assert holdout.holdout_for(cfg).heldout[0] == "m1"  # made afresh from the new events

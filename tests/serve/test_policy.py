@@ -38,13 +38,13 @@ def requests_for(pages, personas=(None, 0, 3, "a thrifty buyer who compares pric
 
 
 def test_policy_never_chooses_an_action_absent_from_the_page(scorer):
-    pages = random_pages(400, seed=11)
+    pages = random_pages(240, seed=11)
     assert {p.kind for p in pages} >= {"home", "listing", "search", "product", "cart", "checkout"}
     # a high temperature flattens the untrained model's preferences, so rare actions get sampled too
     policy = ActionPolicy(scorer, temperature=4.0, seed=5)
     decisions = []
-    for i in range(0, len(pages), 50):
-        decisions += policy.decide(requests_for(pages[i:i + 50]))
+    for i in range(0, len(pages), 40):
+        decisions += policy.decide(requests_for(pages[i:i + 40]))
     for page, d in zip(pages, decisions, strict=True):
         allowed = allowed_actions(page)
         assert d.action in allowed, (page.kind, d.action, allowed)

@@ -1,0 +1,380 @@
+"""Simulation benchmark: agents in real Chromium against the storefront, and the Serve policy.
+
+    python benchmarks/simulate.py [compare_agents=16] [levels=[50,100,200]] [duration_s=20] [key=value ...]
+
+Measured in one run, against one storefront process (simpersona.store.server):
+  browser.shared       N agents = N browser contexts in ONE Chromium (what a BrowserWorker does)
+  browser.per_agent    the same N agents, one Chromium each (the UXAgent / browser-use pattern)
+                       both with the uniform policy (a SPEED BASELINE, no model), so the browsers are
+                       what is compared: agent-steps/s, and Chromium PSS (psutil memory_full_info().pss
+                       summed over each Chromium process tree, sampled every second; peak reported)
+  ramp                 shared mode at increasing concurrency (bench.levels) until the step error rate
+                       passes bench.max_error_rate, a browser crashes, p99 step latency passes the
+                       browser step timeout, or Chromium's PSS would pass bench.mem_fraction of RAM:
+                       the largest level that passed is `max_sustained_agents`
+  policy               the Ray Serve policy deployment with @serve.batch (max_batch_size=bench.batch_size)
+                       vs the same deployment with max_batch_size=1, under bench.policy_clients
+                       concurrent closed-loop clients (one request in flight each, like agents)
+  e2e                  bench.e2e_agents agents in one Chromium with the batched Serve policy: agent
+                       step latency = policy decision + browser step, p50/p99
+The policy model is serve.model_dir / bench.model_dir when given, else an UNTRAINED `small` LM
+(persona.model.small sizes: the CPU default architecture), labelled as such: it measures serving
+speed, not behaviour. Prints one JSON object (also written to <bench.dir>/simulate.json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simpersona.config import load, to_dict  # noqa: E402
+
+DEFAULTS = {
+    "dir": "runs/bench_simulate",
+    "model_dir": "",  # "" = serve.model_dir, else an untrained small LM written under dir
+    "merchants": 4,
+    "compare_agents": 16,  # N for shared vs one-browser-per-agent
+    "duration_s": 20.0,  # measured seconds per browser configuration
+    "warmup_s": 4.0,
+    "levels": [50, 100, 200],  # concurrency ramp in one Chromium
+    "max_steps": 20,  # steps per session before an agent starts a new one
+    "max_error_rate": 0.01,
+    "mem_fraction": 0.6,
+    "policy_clients": 200,
+    "policy_duration_s": 20.0,
+    "batch_size": 32,
+    "batch_wait_timeout_s": 0.01,
+    "replica_cpus": 1.0,
+    "e2e_agents": 200,
+    "e2e_duration_s": 30.0,
+    "sample_s": 1.0,
+    "sections": ["browser", "ramp", "policy", "e2e"],  # which measurements to run
+}
+GIB = 1024**3
+MIB = 1024**2
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 4) if xs else None
+
+
+class PssSampler:
+    """Peak and mean of the summed PSS of Chromium process trees, sampled in a thread."""
+
+    def __init__(self, browsers: list, every_s: float):
+        self.browsers = browsers
+        self.every_s = every_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> int:
+        return sum(b.pss_bytes() for b in self.browsers)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append(self.sample())
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(self.sample())
+
+
+class Recorder:
+    def __init__(self):
+        self.steps = 0
+        self.errors = 0
+        self.crashes = 0
+        self.sessions = 0
+        self.latency: list[float] = []
+        self.policy_latency: list[float] = []
+        self.counting = False
+
+
+async def agent_loop(idx: int, env, decide, merchants: list[str], max_steps: int, stop_at: float, rec: Recorder):
+    """One agent, session after session, until stop_at; counts steps once rec.counting is set."""
+    from simpersona.sim.errors import SimError
+
+    n = 0
+    while time.monotonic() < stop_at:
+        try:
+            obs = await env.reset(merchants[idx % len(merchants)], f"bench-{idx}-{n}")
+            rec.sessions += 1
+            history: list[str] = []
+            for step in range(max_steps):
+                t0 = time.perf_counter()
+                d = await decide({"persona": idx % 4, "observation": obs.text, "history": history[-8:],
+                                  "allowed": list(obs.allowed), "seed": idx * 1000 + n, "step": step})
+                t1 = time.perf_counter()
+                obs, done, info = await env.step(d["action"])
+                if rec.counting:
+                    rec.steps += 1
+                    rec.latency.append(time.perf_counter() - t0)
+                    rec.policy_latency.append(t1 - t0)
+                    rec.errors += bool(info.get("error"))
+                history.append(d["action"])
+                if done or time.monotonic() >= stop_at:
+                    break
+        except SimError:
+            rec.crashes += 1
+            await asyncio.sleep(0.5)
+        n += 1
+
+
+def uniform_decider(seed: int = 0):
+    from simpersona.serve.policy import PolicyRequest, UniformPolicy
+
+    policy = UniformPolicy(seed=seed)
+
+    async def decide(req: dict) -> dict:
+        return policy.decide([PolicyRequest.from_dict(req)])[0].to_dict()
+
+    return decide
+
+
+async def run_browsers(base_url: str, browser_cfg, n_agents: int, per_agent: bool, decide, merchants, b) -> dict:
+    """n_agents agents in one Chromium (per_agent=False) or one Chromium each; steps/s, PSS, latency."""
+    from simpersona.sim.browser import Browser, BrowserEnv
+
+    t_launch = time.monotonic()
+    browsers = []
+    for _ in range(n_agents if per_agent else 1):
+        browsers.append(await Browser(browser_cfg).start())
+    envs = [BrowserEnv(browsers[i if per_agent else 0], base_url, browser_cfg) for i in range(n_agents)]
+    launch_s = time.monotonic() - t_launch
+    rec = Recorder()
+    stop_at = time.monotonic() + b["warmup_s"] + b["duration_s"]
+    try:
+        with PssSampler(browsers, b["sample_s"]) as pss:
+            tasks = [asyncio.create_task(agent_loop(i, env, decide, merchants, b["max_steps"], stop_at, rec))
+                     for i, env in enumerate(envs)]
+            await asyncio.sleep(b["warmup_s"])
+            rec.counting = True
+            t0 = time.monotonic()
+            await asyncio.gather(*tasks)
+            measured = time.monotonic() - t0
+        alive = all(br.connected for br in browsers)
+    finally:
+        for env in envs:
+            try:
+                await env.close()
+            except Exception:
+                pass
+        for br in browsers:
+            await br.close()
+    peak = max(pss.samples)
+    return {
+        "agents": n_agents, "browsers": len(browsers), "browser_launch_s": round(launch_s, 2),
+        "steps": rec.steps, "steps_per_s": round(rec.steps / measured, 2), "sessions": rec.sessions,
+        "step_errors": rec.errors, "error_rate": round(rec.errors / max(1, rec.steps), 4),
+        "agent_crashes": rec.crashes, "browsers_alive": alive,
+        "step_latency_p50_s": pct(rec.latency, 50), "step_latency_p99_s": pct(rec.latency, 99),
+        "policy_latency_p50_s": pct(rec.policy_latency, 50), "policy_latency_p99_s": pct(rec.policy_latency, 99),
+        "pss_peak_gib": round(peak / GIB, 3), "pss_mean_gib": round(float(np.mean(pss.samples)) / GIB, 3),
+        "pss_mib_per_agent": round(peak / MIB / n_agents, 1), "agents_per_gib": round(n_agents / (peak / GIB), 2),
+    }
+
+
+async def policy_load(handle, clients: int, duration_s: float, warmup_s: float, reqs: list[dict]) -> dict:
+    """Closed-loop clients (one request in flight each) against a Serve handle: throughput and latency."""
+    lat: list[float] = []
+    done = 0
+    counting = False
+    stop_at = time.monotonic() + warmup_s + duration_s
+
+    async def client(i: int):
+        nonlocal done
+        k = i
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            out = await handle.decide.remote(reqs[k % len(reqs)])
+            assert out["action"] in reqs[k % len(reqs)]["allowed"]
+            if counting:
+                lat.append(time.perf_counter() - t0)
+                done += 1
+            k += clients
+
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+    await asyncio.sleep(warmup_s)
+    await handle.reset_stats.remote()
+    counting = True
+    t0 = time.monotonic()
+    await asyncio.gather(*tasks)
+    measured = time.monotonic() - t0
+    stats = await handle.stats.remote()
+    return {"clients": clients, "requests": done, "requests_per_s": round(done / measured, 2),
+            "latency_p50_s": pct(lat, 50), "latency_p99_s": pct(lat, 99), "mean_batch": round(stats["mean_batch"], 2),
+            "max_batch": stats["max_batch"]}
+
+
+def policy_requests(n: int) -> list[dict]:
+    from simpersona.serve.untrained import random_pages
+    from simpersona.sim.observation import allowed_actions, render
+
+    hist = ["open 1", "back", "open 2", "add_to_cart", "view_cart"]
+    return [{"persona": [None, 0, 1, 2, 3][i % 5], "observation": render(p), "history": hist[: i % 6],
+             "allowed": allowed_actions(p), "seed": i, "step": i % 9} for i, p in enumerate(random_pages(n, seed=5))]
+
+
+def deploy_policy(cfg, model_dir: str, name: str, batch_size: int, b):
+    from omegaconf import OmegaConf
+
+    from simpersona.serve.app import deploy
+
+    c = OmegaConf.merge(cfg, {"serve": {"model_dir": model_dir, "app_name": name, "route_prefix": f"/{name}",
+                                        "max_batch_size": batch_size, "replica_cpus": b["replica_cpus"],
+                                        "batch_wait_timeout_s": b["batch_wait_timeout_s"], "http": False}})
+    return deploy(c)
+
+
+def log(obj: dict) -> None:
+    print(json.dumps(obj), file=sys.stderr, flush=True)
+
+
+def bench_browsers(base_url: str, cfg, merchants: list[str], b: dict) -> dict:
+    """Shared Chromium vs one Chromium per agent: the same N agents, the same storefront, one run."""
+    n = int(b["compare_agents"])
+    uniform = uniform_decider()
+    shared = asyncio.run(run_browsers(base_url, cfg.browser, n, False, uniform, merchants, b))
+    per_agent = asyncio.run(run_browsers(base_url, cfg.browser, n, True, uniform, merchants, b))
+    out = {"policy": "uniform (speed baseline, no model)", "shared": shared, "per_agent": per_agent,
+           "agents_per_gib_ratio": round(shared["agents_per_gib"] / per_agent["agents_per_gib"], 2),
+           "steps_per_s_ratio": round(shared["steps_per_s"] / max(per_agent["steps_per_s"], 1e-9), 2)}
+    out["targets"] = {"agents_per_gib_ratio>=5": out["agents_per_gib_ratio"] >= 5,
+                      "steps_per_s_ratio>=3": out["steps_per_s_ratio"] >= 3}
+    return out
+
+
+def bench_ramp(base_url: str, cfg, merchants: list[str], b: dict, mib_per_agent: float) -> dict:
+    """Concurrency levels in one Chromium until one is not sustained (or would not fit in memory)."""
+    uniform = uniform_decider()
+    ramp, sustained = [], 0
+    for level in b["levels"]:
+        projected = level * mib_per_agent * MIB
+        if projected > b["mem_fraction"] * psutil.virtual_memory().available:
+            ramp.append({"agents": level, "skipped": f"projected PSS {projected / GIB:.1f} GiB passes "
+                                                    f"{b['mem_fraction']} of available RAM"})
+            break
+        r = asyncio.run(run_browsers(base_url, cfg.browser, level, False, uniform, merchants, b))
+        r["sustained"] = bool(r["error_rate"] <= b["max_error_rate"] and r["browsers_alive"]
+                              and r["agent_crashes"] == 0
+                              and (r["step_latency_p99_s"] or 0) < cfg.browser.step_timeout_s)
+        ramp.append(r)
+        log({"ramp": r})
+        if not r["sustained"]:
+            break
+        sustained = level
+        mib_per_agent = r["pss_mib_per_agent"]
+    out: dict = {"levels": ramp, "max_sustained_agents": sustained}
+    measured = [r for r in ramp if "steps_per_s" in r]
+    if len(measured) >= 2:  # what one more agent costs, the browser's own base excluded
+        lo, hi = measured[0], measured[-1]
+        out["marginal_pss_mib_per_agent"] = round(
+            (hi["pss_peak_gib"] - lo["pss_peak_gib"]) * 1024 / (hi["agents"] - lo["agents"]), 1)
+    return out
+
+
+def bench_policy(cfg, model_dir: str, b: dict) -> dict:
+    """The Serve deployment with @serve.batch vs max_batch_size=1, under the same closed-loop clients."""
+    from ray import serve
+
+    reqs = policy_requests(2000)
+    out: dict = {}
+    for name, size in (("batched", int(b["batch_size"])), ("unbatched", 1)):
+        handle = deploy_policy(cfg, model_dir, f"bench_{name}", size, b)
+        out[name] = asyncio.run(policy_load(handle, int(b["policy_clients"]), b["policy_duration_s"],
+                                            b["warmup_s"], reqs))
+        out[name]["max_batch_size"] = size
+        serve.delete(f"bench_{name}")
+        log({"policy": {name: out[name]}})
+    out["throughput_ratio"] = round(out["batched"]["requests_per_s"] / max(out["unbatched"]["requests_per_s"], 1e-9), 2)
+    out["target_ratio>=5"] = out["throughput_ratio"] >= 5
+    return out
+
+
+def bench_e2e(base_url: str, cfg, model_dir: str, merchants: list[str], b: dict) -> dict:
+    """e2e_agents agents in one Chromium deciding through the batched Serve policy."""
+    from ray import serve
+
+    handle = deploy_policy(cfg, model_dir, "bench_e2e", int(b["batch_size"]), b)
+
+    async def served(req: dict) -> dict:
+        return await handle.decide.remote(req)
+
+    try:
+        out = asyncio.run(run_browsers(base_url, cfg.browser, int(b["e2e_agents"]), False, served, merchants,
+                                       {**b, "duration_s": b["e2e_duration_s"]}))
+    finally:
+        serve.delete("bench_e2e")
+    return {"policy": "serve (batched)", **out}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+    from ray import serve
+
+    from simpersona.runtime import init_ray
+    from simpersona.serve.untrained import build_untrained_model
+    from simpersona.store.server import StoreServer
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = load("simulate", argv, aliases={k: f"bench.{k}" for k in DEFAULTS})
+    b = {**DEFAULTS, **to_dict(cfg)["bench"]}
+    sections = set(b["sections"])
+    out = Path(b["dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = b["model_dir"] or cfg.serve.model_dir
+    model_note = f"fine-tuned model at {model_dir}"
+    if not model_dir:
+        model_dir = str(out / "untrained_small")
+        if not Path(model_dir, "config.json").exists():
+            build_untrained_model(model_dir, n_types=8, seed=0, small_cfg=cfg.persona.model.small)
+        model_note = "UNTRAINED small LM (persona.model.small sizes): serving speed only, not behaviour"
+    merchants = [f"bench{i}" for i in range(b["merchants"])]
+    result: dict = {"machine": {"cpus": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / GIB, 1),
+                                "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
+                    "policy_model": model_note, "settings": b}
+    store = StoreServer(cfg, log_dir=out / "store_log", variant="bench", merchants=merchants).start()
+    try:
+        if "browser" in sections:
+            result["browser"] = bench_browsers(store.base_url, cfg, merchants, b)
+            log({"browser": result["browser"]})
+        if "ramp" in sections:
+            start_mib = result.get("browser", {}).get("shared", {}).get("pss_mib_per_agent", 100.0)
+            result["ramp"] = bench_ramp(store.base_url, cfg, merchants, b, start_mib)
+        if sections & {"policy", "e2e"}:
+            init_ray(cfg)
+        if "policy" in sections:
+            result["policy"] = bench_policy(cfg, model_dir, b)
+        if "e2e" in sections:
+            result["e2e"] = bench_e2e(store.base_url, cfg, model_dir, merchants, b)
+            log({"e2e": result["e2e"]})
+    finally:
+        store.stop()
+        if ray.is_initialized():
+            serve.shutdown()
+    result["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    text = json.dumps(result, indent=2, default=str)
+    (out / "simulate.json").write_text(text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

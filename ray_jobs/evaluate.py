@@ -1,0 +1,25 @@
+"""Held-out storefront evaluation + the HTML report (run command: configs/evaluate.yaml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from simpersona.config import load
+from simpersona.eval.evaluate import run_evaluation
+from simpersona.report.html import run_report
+from simpersona.runtime import init_ray
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load("evaluate", sys.argv[1:] if argv is None else argv)
+    init_ray(cfg)  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
+    summary = run_evaluation(cfg)
+    report = run_report(cfg)
+    print(json.dumps(summary, indent=1))
+    print(f"metrics: {summary['metrics']}  report: {report['report']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

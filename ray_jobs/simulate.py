@@ -1,0 +1,31 @@
+"""Simulate a variant's buyer population in Chromium (run command: configs/simulate.yaml).
+
+    python ray_jobs/simulate.py run_dir=DIR [merchants=N|[ids]] [agents_per_merchant=N] [variant=NAME]
+        [workers=N] [contexts_per_worker=N] [max_steps=N] [key=value ...]
+    ray job submit --working-dir . -- python ray_jobs/simulate.py run_dir=DIR ...   (on a cluster)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from simpersona.config import load
+from simpersona.runtime import init_ray
+from simpersona.sim.simulate import run_simulation, variant_dir
+
+ALIASES = {k: f"sim.{k}" for k in
+           ("merchants", "agents_per_merchant", "variant", "workers", "contexts_per_worker", "max_steps")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load("simulate", sys.argv[1:] if argv is None else argv, aliases=ALIASES)
+    init_ray(cfg)  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
+    summary = run_simulation(cfg)
+    print(json.dumps(summary))
+    print(f"simulation: {variant_dir(cfg)}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

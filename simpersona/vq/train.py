@@ -1,0 +1,330 @@
+"""Training the VQ-VAE with Ray Train, then the k-means peer and the stage summary.
+
+`train_loop_per_worker(config)` reads only its config and its Ray Data shard. It checkpoints every
+`checkpoint_every` steps and at every epoch end (model, optimiser, step, position in the epoch and the
+per-epoch metrics so far) to the run's storage; whenever it starts with a checkpoint — a worker-group
+restart after a failure, or a new run of the job with the same storage and run name — it resumes from
+it, skipping the batches of the current epoch it had already trained on.
+
+`run_training(cfg)` (the `vqvae` stage): validates the features, trains on the histories of training
+merchants (eval.holdout's held-out merchants are excluded), writes DIR/vqvae/model/ (+ kmeans.npz),
+codebook.npy, metrics.json and summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from simpersona.data import io
+from simpersona.vq import metrics
+from simpersona.vq.engine import make_engine
+from simpersona.vq.features import LABEL_COLUMNS, SEQ_COLUMNS, FeatureError, FeatureSpec, arrays_from_arrow, load_spec
+from simpersona.vq.model import LOSS_NAMES, build_model, to_tensors
+
+TRAIN_COLUMNS: tuple[str, ...] = SEQ_COLUMNS + ("agg",) + LABEL_COLUMNS
+REPORTED_LOSSES: tuple[str, ...] = ("total", "code", "commit") + LOSS_NAMES
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint written for another model or feature layout than the current config's."""
+
+
+def lr_at(step: int, total: int, train: Mapping) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at `total` steps."""
+    lr, warm = float(train["lr"]), int(train["warmup_steps"])
+    if step < warm:
+        return lr * (step + 1) / warm
+    frac = min(1.0, (step - warm) / max(1, total - warm))
+    floor = float(train["min_lr_ratio"])
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class EpochMeter:
+    """Per-epoch sums on one worker, combined across workers in `finish`."""
+
+    def __init__(self, k: int, sample_per_batch: int):
+        self.k, self.sample_per_batch = k, sample_per_batch
+        self.rows = 0
+        self.loss_sums = {name: 0.0 for name in REPORTED_LOSSES}
+        self.counts = np.zeros(k, dtype=np.int64)
+        self.samples: dict[str, list[np.ndarray]] = {c: [] for c in ("p", "yp", "c", "yc", "d", "yd")}
+        self.start = time.perf_counter()
+
+    def update(self, batch: Mapping, outputs: Mapping, indices: torch.Tensor, losses: Mapping) -> None:
+        n = len(indices)
+        self.rows += n
+        for name in REPORTED_LOSSES:
+            if name in losses:
+                self.loss_sums[name] += float(losses[name].detach()) * n
+        self.counts += np.bincount(indices.cpu().numpy(), minlength=self.k)[: self.k]
+        m = self.sample_per_batch
+        with torch.no_grad():
+            for key, value in (("p", torch.sigmoid(outputs["purchase_logit"].float())), ("yp", batch["label_purchase"]),
+                               ("c", torch.sigmoid(outputs["cart_abandon_logit"].float())),
+                               ("yc", batch["label_cart_abandon"]), ("d", outputs["depth"].float()),
+                               ("yd", batch["label_depth"])):
+                self.samples[key].append(value[:m].detach().float().cpu().numpy())
+
+    def finish(self, world_size: int) -> dict:
+        """Metrics over all workers: mean losses, code usage, head AUCs, throughput."""
+        sums = np.array([self.rows, *self.loss_sums.values()], dtype=np.float64)
+        counts = self.counts.astype(np.float64)
+        samples = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.samples.items()}
+        elapsed = time.perf_counter() - self.start
+        if world_size > 1:
+            import torch.distributed as dist
+
+            t = torch.from_numpy(np.concatenate([sums, counts]))
+            dist.all_reduce(t)
+            sums, counts = t[: len(sums)].numpy(), t[len(sums):].numpy()
+            gathered: list = [None] * world_size
+            dist.all_gather_object(gathered, samples)
+            samples = {k: np.concatenate([g[k] for g in gathered]) for k in samples}
+            e = torch.tensor([elapsed], dtype=torch.float64)
+            dist.all_reduce(e, op=dist.ReduceOp.MAX)
+            elapsed = float(e[0])
+        rows = max(sums[0], 1.0)
+        out = {f"loss_{name}": float(s / rows) for name, s in zip(self.loss_sums, sums[1:])}
+        out.update(metrics.usage_from_counts(counts))
+        out["auc_purchase"] = metrics.auc(samples["yp"], samples["p"])
+        out["auc_cart_abandon"] = metrics.auc(samples["yc"], samples["c"])
+        out["depth_mse"] = float(np.mean((samples["d"] - samples["yd"]) ** 2)) if samples["d"].size else None
+        out["histories"] = int(sums[0])
+        out["epoch_s"] = round(elapsed, 3)
+        out["histories_per_s"] = round(sums[0] / max(elapsed, 1e-9), 1)
+        return out
+
+
+def _fingerprint(config: Mapping) -> dict:
+    """What a checkpoint must agree with to be resumed: the architecture and the feature layout."""
+    return {"model": dict(config["model"]), "feature_spec": dict(config["feature_spec"])}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: train on this worker's shard of the "train" dataset (see module doc)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    train = config["train"]
+    torch.set_num_threads(int(train["torch_threads"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    spec = FeatureSpec.from_dict(config["feature_spec"])
+    torch.manual_seed(int(config["seed"]))  # identical initial weights on every worker
+    model = build_model(spec, config["model"], config["loss"])
+    engine = make_engine(model, train, world)
+    device = next(engine.module.parameters()).device
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "fingerprint": _fingerprint(config)}
+    checkpoint = ray.train.get_checkpoint()
+    resumed = checkpoint is not None
+    if resumed:
+        with checkpoint.as_directory() as d:
+            loaded = engine.load(d)
+        if loaded["fingerprint"] != state["fingerprint"]:
+            raise CheckpointMismatch(
+                "the checkpoint to resume from was trained with another vq.model config or feature spec; "
+                "rerun with vq.train.resume=false to start over")
+        state = loaded
+
+    epochs, per_epoch = int(train["epochs"]), int(config["steps_per_epoch"])
+    total = epochs * per_epoch
+    if int(train["max_steps"]) > 0:
+        total = min(total, int(train["max_steps"]))
+    every, fail_at = int(train["checkpoint_every"]), int(train["fail_at_step"])
+    shard = ray.train.get_dataset_shard("train")
+
+    # Ray Train copies a reported checkpoint to storage; in local mode (workers=0) it keeps pointing at
+    # the folder, so the latest folder lives until the next one is reported
+    local_mode = type(ctx).__name__.startswith("Local")
+    folders: list[str] = []
+
+    def save(metrics_: dict) -> None:
+        d = tempfile.mkdtemp(prefix="vqvae-ckpt-")
+        engine.save(d, state, rank)
+        has_files = bool(os.listdir(d))
+        ray.train.report({**metrics_, "step": state["step"], "epoch": state["epoch"]},
+                         checkpoint=Checkpoint.from_directory(d) if has_files else None)
+        folders.append(d)
+        while len(folders) > (1 if local_mode else 0):
+            shutil.rmtree(folders.pop(0), ignore_errors=True)
+
+    while state["epoch"] < epochs and state["step"] < total:
+        epoch, skip = state["epoch"], state["batch_in_epoch"]
+        meter = EpochMeter(model.codebook_size, max(1, int(train["metrics_rows"]) // max(per_epoch, 1)))
+        batches, stopped = 0, False
+        seed = int(config["seed"]) * 100003 + epoch * 101 + rank
+        for i, table in enumerate(shard.iter_batches(batch_size=int(train["batch_size"]), batch_format="pyarrow",
+                                                     local_shuffle_buffer_size=int(train["shuffle_buffer"]) or None,
+                                                     local_shuffle_seed=seed)):
+            batches += 1
+            if i < skip:  # trained on before the checkpoint we resumed from
+                continue
+            if state["step"] >= total:  # max_steps reached with batches left in this epoch
+                stopped = True
+                break
+            batch = to_tensors(arrays_from_arrow(table, spec), device)
+            outputs, indices, losses = engine.step(batch, lr_at(state["step"], total, train))
+            meter.update(batch, outputs, indices, losses)
+            state["step"] += 1
+            state["batch_in_epoch"] = i + 1
+            if state["step"] % every == 0 or state["step"] == total or state["step"] == fail_at:
+                save({"loss_total": float(losses["total"].detach())})
+            if fail_at and state["step"] == fail_at and not resumed and rank == 0:
+                raise RuntimeError(f"injected failure at step {fail_at} (vq.train.fail_at_step)")
+        if batches == 0:
+            raise FeatureError(f"worker {rank}: its shard of the training data is empty "
+                               f"(epoch {epoch}); give it more histories or fewer workers")
+        if stopped:
+            return  # mid-epoch; the checkpoint at step == total was saved above
+        epoch_metrics = {"epoch": epoch, "step": state["step"], "lr": lr_at(state["step"], total, train),
+                         **meter.finish(world)}
+        state["history"] = state["history"] + [epoch_metrics]
+        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+        save({k: v for k, v in epoch_metrics.items() if v is not None})
+
+
+# ---- driver
+
+
+def loop_config(cfg, spec: FeatureSpec, train_rows: int) -> dict:
+    vq = OmegaConf.to_container(cfg.vq, resolve=True)
+    workers = max(1, int(vq["train"]["workers"]))
+    per_worker = train_rows // workers
+    return {"feature_spec": spec.to_dict(), "model": vq["model"], "loss": vq["loss"], "train": vq["train"],
+            "seed": int(cfg.seed), "steps_per_epoch": max(1, math.ceil(per_worker / int(vq["train"]["batch_size"])))}
+
+
+def checkpoint_storage(cfg) -> str:
+    """Ray Train storage: beside, not inside, DIR/vqvae — the stage runner clears the stage folder
+    before a run, and a killed run must find its checkpoints when it is started again."""
+    return io.join_uri(cfg.storage_path or cfg.run_dir, "checkpoints", "vqvae")
+
+
+def fit(cfg, train_ds, config: dict):
+    """Run TorchTrainer; returns (final model state dict, client state) from its last checkpoint."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.vq.train
+    storage_fs, storage_path = io.resolve(checkpoint_storage(cfg), cfg.data.s3)
+    run_path = f"{storage_path}/{t.name}"
+    if not t.resume and storage_fs.get_file_info(run_path).type.name == "Directory":
+        storage_fs.delete_dir(run_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=int(t.workers), use_gpu=bool(t.use_gpu),
+                                     resources_per_worker={"CPU": float(t.cpus_per_worker)}),
+        run_config=RunConfig(name=t.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=int(t.keep_checkpoints)),
+                             failure_config=FailureConfig(max_failures=int(t.max_failures))),
+        datasets={"train": train_ds},
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # a worker's one-line error, not Ray Train's wrapper around it
+        for cls in (FeatureError, CheckpointMismatch):
+            err = _unwrap(exc, cls)
+            if err is not None:
+                raise cls(str(err).strip().splitlines()[-1]) from None
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    return state["model"], state["client"]
+
+
+def _unwrap(exc: BaseException, cls):
+    from simpersona.vq.dataset import unwrap_error
+
+    return unwrap_error(exc, cls)
+
+
+def run_training(cfg) -> dict:
+    """The vqvae stage (see module doc); returns the summary written to DIR/vqvae/summary.json."""
+    from simpersona.runtime import Stopwatch, configure_ray_data, init_ray, write_json
+    from simpersona.vq import dataset
+    from simpersona.vq.evaluate import evaluate
+    from simpersona.vq.kmeans import fit_kmeans
+    from simpersona.vq.model import save_model
+
+    sw = Stopwatch()
+    s3 = cfg.data.s3
+    spec = load_spec(cfg.run_dir, s3)
+    out = io.join_uri(cfg.storage_path or cfg.run_dir, "vqvae")
+    init_ray(cfg)
+    configure_ray_data(cfg.progress)
+    workers = int(cfg.vq.train.workers)
+
+    with sw.lap("validate"):
+        heldout = dataset.heldout_merchants(cfg) if cfg.vq.train.exclude_heldout else []
+        ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("merchant_id",), s3)
+        ds = dataset.validated(dataset.without_merchants(ds, heldout).drop_columns(["merchant_id"]), spec)
+        train_rows = ds.count()
+    if train_rows < workers:
+        raise FeatureError(f"{train_rows} training histories for {workers} workers: every worker needs data")
+
+    config = loop_config(cfg, spec, train_rows)
+    with sw.lap("train"):
+        state_dict, client = fit(cfg, ds, config)
+    model = build_model(spec, config["model"], config["loss"])
+    model.load_state_dict(state_dict)
+    model.eval()
+
+    with sw.lap("sample"):
+        sample_ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("planted_type", "merchant_id"), s3)
+        arrays = dataset.take_arrays(sample_ds, spec, int(cfg.vq.eval.max_rows), extra=("merchant_id",))
+    km = None
+    if cfg.vq.kmeans.enabled:
+        with sw.lap("kmeans"):
+            train_mask = ~np.isin(arrays["merchant_id"], np.array(heldout, dtype=object))
+            fit_rows = {k: v[train_mask][: int(cfg.vq.kmeans.fit_rows)] for k, v in arrays.items()}
+            km = fit_kmeans(fit_rows, spec, model.codebook_size, int(cfg.vq.kmeans.batch_size),
+                            int(cfg.vq.kmeans.n_init), int(cfg.vq.kmeans.max_iter), int(cfg.seed))
+    arrays.pop("merchant_id")
+    with sw.lap("evaluate"):
+        summary = evaluate(model, km, arrays, spec, int(cfg.vq.eval.batch_size), int(cfg.vq.eval.silhouette_rows),
+                           int(cfg.seed))
+
+    model_dir = io.join_uri(out, "model")
+    save_model(model, spec, model_dir, extra={"steps": client["step"], "epochs": client["epoch"]})
+    if km is not None:
+        with io.open_output_stream(io.join_uri(model_dir, "kmeans.npz"), s3) as fh:
+            fh.write(km.to_bytes())
+    with io.open_output_stream(io.join_uri(out, "codebook.npy"), s3) as fh:
+        buf = _npy(model.codebook.detach().float().cpu().numpy().astype(np.float32))
+        fh.write(buf)
+    history = client["history"]
+    write_json(io.join_uri(out, "metrics.json"), {"epochs": history}, s3)
+    last = history[-1] if history else {}
+    summary.update({
+        "training": {
+            "histories": train_rows, "heldout_merchants": len(heldout), "workers": workers,
+            "steps": client["step"], "epochs": client["epoch"], "final_loss": last.get("loss_total"),
+            "histories_per_s_per_epoch": [h["histories_per_s"] for h in history],
+            "checkpoints": io.join_uri(checkpoint_storage(cfg), cfg.vq.train.name),
+        },
+        "out": out, "wall_s": sw.total(), "phases_s": sw.laps,
+    })
+    write_json(io.join_uri(out, "summary.json"), summary, s3)
+    return summary
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()

@@ -1,0 +1,171 @@
+"""Trace replay: every real event appears as an action in order, each observation is what the
+storefront model shows, purchases end in a placed order, skips and cuts are counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import polars as pl
+import pytest
+
+from simpersona.config import SessionConfig, StoreConfig, SynthConfig, TraceConfig
+from simpersona.data import features as F
+from simpersona.data import traces as T
+from simpersona.data.sessions import sessionize
+from simpersona.sim.observation import allowed_actions, render
+from simpersona.store.model import Shop, Visit
+from tests.data.canonical_rows import canonical
+
+
+def replay(events, trace_cfg=None, sessions_cfg=None):
+    df = pl.from_arrow(events)
+    stats = F.MerchantStats.from_merged(F.merge_partials(F.merchant_partials(df)))
+    store = StoreConfig()
+    shops = T.ShopCache(T.top_catalog_rows(stats.products, store.products_per_merchant), store)
+    sessions = sessionize(events, sessions_cfg or SessionConfig())
+    table, skipped, per_history = T.build_traces(sessions, shops, trace_cfg or TraceConfig(max_steps_per_session=0))
+    return sessions, table, skipped, per_history, shops
+
+
+def steps_by_session(table) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        out.setdefault(row["session_id"], []).append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from simpersona.data.synthetic import generate_shard
+
+    events, _ = generate_shard(SynthConfig(buyers=400, shard_buyers=400, merchants=8, seed=5), 0)
+    return events
+
+
+def test_every_event_is_replayed_in_order_and_observations_match_the_shop(synthetic):
+    sessions, table, skipped, _, shops = replay(synthetic)
+    assert set(sessions["event"].unique().to_list()) == {"view", "cart", "remove_cart", "favorite", "purchase",
+                                                         "search"}  # fmt: skip
+    by_session = steps_by_session(table)
+    real = sessions.group_by("session_id", maintain_order=True).agg("event", pl.col("merchant_id").first())
+    removes_skipped = 0
+    for sid, events, merchant in real.iter_rows():
+        steps = by_session[sid]
+        assert [s["step"] for s in steps] == list(range(len(steps)))
+        replayed = [s["event"] for s in steps if s["event"]]
+        if replayed != events:  # only a remove_cart with nothing in the cart may be missing
+            missing = Counter(events) - Counter(replayed)
+            assert set(missing) == {"remove_cart"}, (sid, events, replayed)
+            removes_skipped += missing["remove_cart"]
+        # walk the lead's plain Shop (no memoisation) along the actions: same pages, same offers
+        plain = Shop(merchant, shops.get(merchant).catalog, shops.get(merchant).knobs)
+        v = Visit(merchant)
+        for s in steps:
+            page = plain.page_of(v)
+            assert s["observation"] == render(page)
+            assert s["allowed"] == allowed_actions(page)
+            assert s["action"] in s["allowed"]
+            v, logged = plain.apply(v, s["action"])
+            if s["event"]:  # the storefront logs exactly the replayed event for an event step
+                assert {e.event for e in logged} == {s["event"]}
+        assert steps[-1]["action"] == "leave" and v.ended
+    assert skipped == Counter({"remove_cart_empty_cart": removes_skipped, "truncated_events": 0})
+
+
+def test_purchase_ends_in_a_placed_order():
+    events = canonical([
+        ("b1", "m1", "2014-06-01 10:00", "view", "p1", "c1", 30.0),
+        ("b1", "m1", "2014-06-01 10:01", "cart", "p1", "c1", 30.0),
+        ("b1", "m1", "2014-06-01 10:02", "purchase", "p1", "c1", 30.0),
+        ("b2", "m1", "2014-06-01 11:00", "purchase", "p2", "c2", 55.0),  # a purchase without a view
+    ])  # fmt: skip
+    _, table, _, _, _ = replay(events)
+    s = steps_by_session(table)
+    # b1: through the cart (the product is already in it); two checkout steps (store.checkout_steps)
+    assert [(x["action"], x["event"]) for x in s["b1|m1#0"]] == [
+        ("open 1", "view"), ("add_to_cart", "cart"), ("view_cart", ""), ("checkout", ""), ("continue", ""),
+        ("place_order", "purchase"), ("leave", ""),
+    ]  # fmt: skip
+    # b2: opens a product (navigation), buy_now, continue, place_order
+    assert [x["action"].split()[0] for x in s["b2|m1#0"]] == ["open", "buy_now", "continue", "place_order", "leave"]
+    for steps in s.values():
+        assert steps[-1]["observation"].startswith("page: confirmation")  # leave from the confirmation page
+        assert "order placed: m1-o1" in steps[-1]["observation"]
+
+
+def test_views_open_the_logged_product_or_the_nearest_price():
+    events = canonical([
+        ("b0", "m1", "2014-06-01 09:00", "view", "p1", "c1", 10.0),
+        ("b0", "m1", "2014-06-01 09:01", "view", "p2", "c1", 100.0),
+        ("b1", "m1", "2014-06-01 10:00", "view", "p2", "c1", 100.0),  # p2 is on the home page
+        ("b2", "m2", "2014-06-01 10:00", "view", None, None, 12.0),  # no product: nearest price
+    ])  # fmt: skip
+    _, table, _, _, shops = replay(events)
+    s = steps_by_session(table)
+    home = shops.get("m1").home(1, [])
+    slot = next(c.slot for c in home.cards if c.product_id == "p2")
+    assert s["b1|m1#0"][0]["action"] == f"open {slot}"
+    cards = shops.get("m2").home(1, []).cards
+    nearest = min(cards, key=lambda c: abs(c.price - 12.0)).slot
+    assert s["b2|m2#0"][0]["action"] == f"open {nearest}"
+
+
+def test_remove_search_favorite_and_skips():
+    events = canonical([
+        ("b1", "m1", "2014-06-01 10:00", "remove_cart", "p1", "c1", 20.0),  # empty cart: skipped, counted
+        ("b1", "m1", "2014-06-01 10:01", "search", None, "C2", None),  # closest shop category: c2
+        ("b1", "m1", "2014-06-01 10:02", "view", "p2", "c2", 40.0),
+        ("b1", "m1", "2014-06-01 10:03", "favorite", "p2", "c2", 40.0),
+        ("b1", "m1", "2014-06-01 10:04", "cart", "p2", "c2", 40.0),
+        ("b1", "m1", "2014-06-01 10:05", "remove_cart", "p2", "c2", 40.0),
+        ("b1", "m1", "2014-06-01 10:06", "view", "p1", "c1", 20.0),
+    ])  # fmt: skip
+    _, table, skipped, per_history, _ = replay(events)
+    steps = steps_by_session(table)["b1|m1#0"]
+    assert [(x["action"].split()[0], x["event"]) for x in steps] == [
+        ("search", "search"), ("open", "view"), ("favorite", "favorite"), ("add_to_cart", "cart"),
+        ("view_cart", ""), ("remove", "remove_cart"), ("back", ""), ("open", "view"), ("leave", ""),
+    ]  # fmt: skip
+    assert steps[0]["action"] == "search c2"
+    assert skipped["remove_cart_empty_cart"] == 1
+    assert per_history == {"b1|m1": len(steps)}
+
+
+def test_long_sessions_are_cut_and_old_sessions_dropped():
+    rows = [("b1", "m1", f"2014-06-01 10:{m:02d}", "view", f"p{m}", "c1", 10.0 + m) for m in range(10)]
+    rows += [("b1", "m1", f"2014-06-0{d} 10:00", "view", "p1", "c1", 10.0) for d in (3, 4, 5)]
+    events = canonical(rows)
+    cfg = TraceConfig(max_steps_per_session=5, max_sessions_per_history=3)
+    _, table, skipped, _, _ = replay(events, cfg)
+    s = steps_by_session(table)
+    assert sorted(s) == ["b1|m1#1", "b1|m1#2", "b1|m1#3"]  # the 3 most recent of 4 sessions
+    _, table, skipped, _, _ = replay(events, TraceConfig(max_steps_per_session=5, max_sessions_per_history=0))
+    first = steps_by_session(table)["b1|m1#0"]
+    assert len(first) == 5 and first[-1]["action"] == "leave"  # 4 views, then leave
+    assert skipped["truncated_events"] == 6
+
+
+def test_tmall_day_sessions_replay_deterministically(tmall_csv):
+    import pyarrow as pa
+
+    from simpersona.config import DataConfig
+    from simpersona.data.validate import read_canonical
+
+    events = pa.concat_tables(list(read_canonical(DataConfig(input=str(tmall_csv))))).slice(0, 5000)
+    cfg = TraceConfig(max_steps_per_session=0, max_sessions_per_history=0)
+    sessions, a, skipped, _, _ = replay(events, cfg, SessionConfig(day_resolution=True))
+    _, b, _, _, _ = replay(events, cfg, SessionConfig(day_resolution=True))
+    assert a.equals(b)
+    assert a.schema.equals(T.TRACE_SCHEMA)
+    assert sum(skipped.values()) == 0
+    # every event replayed, in session order; one leave per session
+    assert Counter(e for e in a.column("event").to_pylist() if e) == Counter(sessions["event"].to_list())
+    assert a.column("action").to_pylist().count("leave") == sessions["session_id"].n_unique()
+
+
+def test_history_fraction_is_a_stable_sample(synthetic):
+    cfg = TraceConfig(history_fraction=0.3, max_steps_per_session=0)
+    sessions, table, _, per_history, _ = replay(synthetic, cfg)
+    chosen = set(table.column("history_id").to_pylist())
+    assert chosen == {h for h in sessions["history_id"].unique().to_list() if T.keep_history(h, 0.3)}
+    assert 0.2 < len(chosen) / sessions["history_id"].n_unique() < 0.4
