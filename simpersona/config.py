@@ -69,10 +69,12 @@ class SessionConfig:
     day_resolution: bool = False
     unit: str = "buyer_merchant"  # buyer_merchant | buyer (whole-buyer histories)
     # Ray pipeline: events are hash-partitioned by buyer so that whole histories meet in one block
+    shuffle: str = "files"  # files (bucket files in storage) | ray (Ray Data's repartition(keys=...))
     partitions: int = 0  # number of hash partitions; 0 = input rows / rows_per_partition (at least 2 per CPU)
     rows_per_partition: int = 1_000_000
-    disk_shuffle: bool = False  # Ray's disk-based hash shuffle (for inputs far larger than the object store)
-    shuffle_batch_mib: int = 64  # input the shuffle's map tasks take at a time (Ray's default, 1 GiB, serialises it)
+    read_tasks_per_cpu: int = 2  # files shuffle: read tasks (each writes one file per bucket)
+    disk_shuffle: bool = False  # ray shuffle: Ray's disk-based hash shuffle instead of the object store
+    shuffle_batch_mib: int = 64  # ray shuffle: input per map task (Ray's default, 1 GiB, serialises the map)
 
 
 @dataclass
@@ -329,13 +331,13 @@ class VQModelConfig:
 
 @dataclass
 class VQLossConfig:
-    """Weights of the reconstruction and behaviour-head losses."""
+    """Weights of each term of a history's NLL under a code, in the E-step and in the loss."""
 
-    agg: float = 1.0  # MSE of the aggregate vector
-    seq: float = 1.0  # cross-entropy of the event type at each sequence position
+    agg: float = 0.5  # aggregate vector: half squared error (unit-variance Gaussian)
+    seq: float = 1.0  # token sequence: Markov chain over events + price / gap / flags + length
     purchase: float = 1.0  # BCE: the history has a purchase
     cart_abandon: float = 1.0  # BCE: a cart event with no purchase after it
-    depth: float = 0.5  # MSE: log1p(events per session)
+    depth: float = 0.5  # half squared error of log1p(events per session)
 
 
 @dataclass
@@ -364,6 +366,9 @@ class VQTrainConfig:
     name: str = "train"  # Ray Train run name
     exclude_heldout: bool = True  # train only on histories at training merchants (eval.holdout)
     metrics_rows: int = 20000  # rows per worker kept each epoch for the behaviour-head AUCs
+    # first steps take the k-means peer's clusters as the E-step (EM initialised by k-means, as mixture
+    # models usually are); 0 = start EM from the k-means-initialised codebook alone
+    em_init_steps: int = 200
     fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
 
 

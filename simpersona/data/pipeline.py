@@ -1,25 +1,35 @@
 """The preprocess stage on Ray Data: raw logs → DIR/preprocess/{events,quarantine,features,traces}.
 
-Two streaming Ray Data executions; the driver only ever holds per-file, per-merchant/product and
-per-block statistics, never events or histories:
+Every history must meet in one place before sessions, features and traces can be computed, so the
+events are hash-partitioned by buyer (a buyer's histories then lie together, whatever the unit).
+Two shuffles are available (`sessions.shuffle`):
 
-1. histories  input files → tasks running the ingest reader (`validate.iter_file_canonical`) → valid
-              canonical rows → `repartition(keys=["buyer_id"])` (Ray's hash shuffle; planted types
-              ride along as extra rows), so that every buyer, hence every history, lies in one block
-              → per block, vectorised polars: sessions, raw features and the trace replay
-              (`reference.transform`) → raw features to a scratch folder (`write_parquet`).
-              Each read task also writes its file's bad rows (quarantine/part-<file>.parquet), a small
-              validation report and its (merchant, product) partial sums, before it hands over its
-              file's last rows. A hash shuffle is a barrier (a partition is complete only when every
-              map task is done), so when a block is processed all partial sums exist: each worker
-              merges them once into the merchant statistics (mean prices, reference time, catalogs).
-              Each block task writes its sessionized events, traces and exact partial statistics.
-2. features   the driver merges the validation reports (bad-row limit), adds up the block statistics
-              exactly (feature mean/std, run counts); `map_batches` z-scores the raw features →
-              features/ (`write_parquet`).
+files (default)  Spark-style, through storage. Pass 1: Ray Data tasks read the input files with the
+                 ingest reader (`validate.iter_file_canonical`) and write each valid row to the Parquet
+                 file of its bucket, hash(buyer_id) mod P (DIR/preprocess/_buckets/<bucket>/). Pass 2:
+                 one Ray Data task per bucket reads it whole and runs the per-history transform. No
+                 event passes through the object store, so memory stays flat whatever the input size,
+                 and the bad-row limit is checked between the passes, before the heavy work.
+ray              Ray's own hash shuffle in one execution: read tasks → `repartition(P, keys=
+                 ["buyer_id"])` → the transform per partition (Ray's SHUFFLE_V2 keeps a partition in one
+                 block). Shuffled data lives in the object store (spilling to disk; or Ray's disk-based
+                 shuffle with sessions.disk_shuffle).
+
+Either way, each read task also writes, per input file, its bad rows (quarantine/part-<file>.parquet),
+a small validation report and (merchant, product) partial sums. Each worker merges the partial sums
+once into the merchant statistics the transform needs (mean prices, reference time, catalogs): with
+the files shuffle they are complete after pass 1; with Ray's shuffle a partition is complete only when
+every read task has finished, and each read task writes its partial sums before its file's last rows.
+
+The transform of a block (`reference.transform`: sessions, raw features, trace replay; vectorised
+polars except the replay) writes the block's sessionized events, traces and exact partial statistics,
+and returns its raw features (packed) to a scratch folder (`write_parquet`). Last pass: the driver
+merges the validation reports and adds up the block statistics (integers: exact), and `map_batches`
+z-scores the raw features → features/ (`write_parquet`). The driver only ever holds per-file,
+per-merchant/product and per-block statistics, never events or histories.
 
 The per-history computation is the function the single-process reference (`reference.py`) applies to
-the whole input, and every global statistic is an exact integer sum, so both write identical tables.
+the whole input, and every global statistic is exact, so both implementations write identical tables.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import uuid
 from collections.abc import Iterator
 
 import polars as pl
@@ -62,11 +73,19 @@ from simpersona.data.validate import (
 
 log = logging.getLogger(__name__)
 
+SHUFFLES = ("files", "ray")
 DAY_RESOLUTION_ADAPTERS = ("tmall2014",)  # sources that log days only
-
 # Rows of the history shuffle: canonical events plus planted-type rows (event null) in one schema.
 SHUFFLE_SCHEMA = pa.schema([pa.field(f.name, f.type) for f in SCHEMA] + [pa.field("planted_type", pa.int32())])
-SCRATCH = ("reports", "merchants", "raw", "stats")  # DIR/preprocess/_<name>, removed at the end
+SCRATCH = ("reports", "merchants", "buckets", "raw", "stats")  # DIR/preprocess/_<name>, removed at the end
+
+
+class PipelineConfigError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# Storage helpers (local paths and s3:// alike)
 
 
 def _read_parquet(uri: str, s3cfg, **kwargs):
@@ -96,37 +115,151 @@ def _listing(uri: str, s3cfg, suffix: str) -> list[str]:
     return sorted(io.to_uri(fs, i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
+def _unwrap(exc: BaseException) -> BaseException | None:
+    """The DataError inside a Ray task error (Ray wraps exceptions raised in UDFs), if there is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _execute(action):
+    """Run a Ray Data action; an input error raised in a task surfaces as its own one-line error."""
+    try:
+        return action()
+    except Exception as exc:
+        data_error = _unwrap(exc)
+        if data_error is not None:
+            raise data_error.with_traceback(None) from None
+        raise
+
+
 # ---------------------------------------------------------------------------------------------------
-# Reading (inside the shuffle's map side)
+# Shuffle rows and buckets
 
 
-def _read_files(batch: pa.Table, data_cfg, quarantine_dir: str, scratch: dict) -> Iterator[pa.Table]:
-    """Ray Data UDF: input files (index, uri, format) → their valid canonical rows, streamed.
+def _as_shuffle_rows(batch: pa.Table) -> pa.Table:
+    cols = [batch.column(n).cast(SHUFFLE_SCHEMA.field(n).type) for n in SCHEMA.names]
+    cols.append(pa.nulls(batch.num_rows, pa.int32()))
+    return pa.Table.from_arrays(cols, schema=SHUFFLE_SCHEMA)
 
-    The file's side outputs (quarantine, report, merchant partials) are written before its last rows
-    are yielded, so they exist once the shuffle downstream has seen every row."""
+
+def _planted_as_shuffle_rows(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
+    cols = [batch.column(f.name).cast(f.type) if f.name in PLANTED_COLUMNS else pa.nulls(n, f.type)
+            for f in SHUFFLE_SCHEMA]  # fmt: skip
+    return pa.Table.from_arrays(cols, schema=SHUFFLE_SCHEMA)
+
+
+def bucket_of(buyer_ids, buckets: int):
+    """Bucket per row: a hash of buyer_id mod `buckets`, the same in every worker of a run."""
+    ids = pl.from_arrow(buyer_ids) if not isinstance(buyer_ids, pl.Series) else buyer_ids
+    return (ids.hash(seed=0, seed_1=1, seed_2=2, seed_3=3) % buckets).cast(pl.Int32).to_numpy()
+
+
+def bucket_dir(scratch: dict, bucket: int) -> str:
+    return io.join_uri(scratch["buckets"], f"{bucket:05d}")
+
+
+class BucketWriter:
+    """One read task's rows, split by bucket into `_buckets/<bucket>/part-<task>.parquet` (buffered, so
+    that row groups are not tiny)."""
+
+    def __init__(self, scratch: dict, task: int, buckets: int, flush_rows: int, s3cfg):
+        self.scratch, self.task, self.buckets, self.flush_rows, self.s3cfg = scratch, task, buckets, flush_rows, s3cfg
+        self.pending: dict[int, list[pa.Table]] = {}
+        self.pending_rows: dict[int, int] = {}
+        self.writers: dict[int, object] = {}
+        self.rows = 0
+
+    def add(self, rows: pa.Table) -> None:
+        self.rows += rows.num_rows
+        keys = bucket_of(rows.column("buyer_id"), self.buckets)
+        order = keys.argsort(kind="stable")
+        keys, rows = keys[order], rows.take(pa.array(order))
+        bounds = (keys[1:] != keys[:-1]).nonzero()[0] + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(keys)]
+        for lo, hi in zip(starts, ends):
+            b = int(keys[lo])
+            self.pending.setdefault(b, []).append(rows.slice(lo, hi - lo))
+            self.pending_rows[b] = self.pending_rows.get(b, 0) + hi - lo
+            if self.pending_rows[b] >= self.flush_rows:
+                self._flush(b)
+
+    def _flush(self, b: int) -> None:
+        tables = self.pending.pop(b, [])
+        self.pending_rows.pop(b, None)
+        if not tables:
+            return
+        writer = self.writers.get(b)
+        if writer is None:
+            uri = io.join_uri(bucket_dir(self.scratch, b), f"part-{self.task:05d}.parquet")
+            writer = self.writers[b] = io.parquet_writer(uri, SHUFFLE_SCHEMA, self.s3cfg)
+        writer.write_table(pa.concat_tables(tables))
+
+    def close(self) -> None:
+        for b in list(self.pending):
+            self._flush(b)
+        for writer in self.writers.values():
+            writer.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading (Ray Data UDF)
+
+
+def _read_task(batch: pa.Table, data_cfg, quarantine_dir: str, scratch: dict, buckets: int,
+               flush_rows: int) -> Iterator[pa.Table]:
+    """Ray Data UDF: a group of input files → their valid rows (and planted types) as shuffle rows.
+
+    `buckets` > 0: the rows go to bucket files and the task yields one row of counts; else they are
+    yielded. A file's side outputs (quarantine, report, merchant partials) are written before its last
+    rows leave the task."""
     from simpersona.runtime import write_json
 
-    for index, uri, fmt in zip(*(batch.column(c).to_pylist() for c in ("index", "uri", "format"))):
-        name = f"part-{index:05d}"
-        validator = Validator(data_cfg, io.join_uri(quarantine_dir, f"{name}.parquet"))
-        partials, held = [], None
-        try:
-            for chunk in iter_file_canonical(uri, data_cfg, file_seq_base(index), fmt):
-                good = validator.add(chunk)  # also stops early when this file passes the bad-row limit
-                if good.num_rows:
-                    partials.append(F.merchant_partials(pl.from_arrow(good)))
-                    if held is not None:
-                        yield _as_shuffle_rows(held)
-                    held = good
-        finally:
-            validator.close()
-        validator.report.files.setdefault(uri, FileReport())
-        merged = F.merge_partials(pl.concat(partials)) if partials else pl.DataFrame(schema=F.PARTIAL_SCHEMA)
-        io.write_parquet(merged.to_arrow(), io.join_uri(scratch["merchants"], f"{name}.parquet"), data_cfg.s3)
-        write_json(io.join_uri(scratch["reports"], f"{name}.json"), validator.report.to_dict(), data_cfg.s3)
-        if held is not None:
-            yield _as_shuffle_rows(held)
+    for task, files_json in zip(batch.column("task").to_pylist(), batch.column("files").to_pylist()):
+        writer = BucketWriter(scratch, task, buckets, flush_rows, data_cfg.s3) if buckets else None
+        for item in json.loads(files_json):
+            for rows in _read_item(item, data_cfg, quarantine_dir, scratch, write_json):
+                if writer is None:
+                    yield rows
+                else:
+                    writer.add(rows)
+        if writer is not None:
+            writer.close()
+            yield pa.table({"task": [task], "rows": [writer.rows]})
+
+
+def _read_item(item: dict, data_cfg, quarantine_dir: str, scratch: dict, write_json) -> Iterator[pa.Table]:
+    if item["kind"] == "planted":
+        fs, path = io.resolve(item["uri"], data_cfg.s3)
+        for table in io.iter_parquet(fs, path, data_cfg.parquet_batch_rows):
+            yield _planted_as_shuffle_rows(table.select(list(PLANTED_COLUMNS)))
+        return
+    index, uri = item["index"], item["uri"]
+    name = f"part-{index:05d}"
+    validator = Validator(data_cfg, io.join_uri(quarantine_dir, f"{name}.parquet"))
+    partials, held = [], None
+    try:
+        for chunk in iter_file_canonical(uri, data_cfg, file_seq_base(index), item["format"]):
+            good = validator.add(chunk)  # also stops early when this file passes the bad-row limit
+            if good.num_rows:
+                partials.append(F.merchant_partials(pl.from_arrow(good)))
+                if held is not None:
+                    yield _as_shuffle_rows(held)
+                held = good
+    finally:
+        validator.close()
+    validator.report.files.setdefault(uri, FileReport())
+    merged = F.merge_partials(pl.concat(partials)) if partials else pl.DataFrame(schema=F.PARTIAL_SCHEMA)
+    io.write_parquet(merged.to_arrow(), io.join_uri(scratch["merchants"], f"{name}.parquet"), data_cfg.s3)
+    write_json(io.join_uri(scratch["reports"], f"{name}.json"), validator.report.to_dict(), data_cfg.s3)
+    if held is not None:
+        yield _as_shuffle_rows(held)
 
 
 def _report_from_dict(d: dict) -> ValidationReport:
@@ -157,33 +290,8 @@ def merged_partials(merchants_dir: str, s3cfg) -> pl.DataFrame:
     return merged
 
 
-def _unwrap(exc: BaseException) -> BaseException | None:
-    """The DataError inside a Ray task error (Ray wraps exceptions raised in UDFs), if there is one."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DataError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 # ---------------------------------------------------------------------------------------------------
-# 1. histories
-
-
-def _as_shuffle_rows(batch: pa.Table) -> pa.Table:
-    cols = [batch.column(n).cast(SHUFFLE_SCHEMA.field(n).type) for n in SCHEMA.names]
-    cols.append(pa.nulls(batch.num_rows, pa.int32()))
-    return pa.Table.from_arrays(cols, schema=SHUFFLE_SCHEMA)
-
-
-def _planted_as_shuffle_rows(batch: pa.Table) -> pa.Table:
-    n = batch.num_rows
-    cols = [batch.column(f.name).cast(f.type) if f.name in PLANTED_COLUMNS else pa.nulls(n, f.type)
-            for f in SHUFFLE_SCHEMA]  # fmt: skip
-    return pa.Table.from_arrays(cols, schema=SHUFFLE_SCHEMA)
-
+# The transform of a block (Ray Data UDFs)
 
 _WORKER: dict[str, tuple] = {}  # per worker process: the run's context and shops, built once
 
@@ -208,25 +316,44 @@ def block_name(raw: pa.Table) -> str:
     return f"part-{hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}"
 
 
-def _process_block(block: pa.Table, run: str, sections: dict, uris: dict, scratch: dict, s3cfg) -> pa.Table:
-    """Ray Data UDF on one hash partition (whole buyers): writes the block's sessionized events,
-    traces and statistics; returns its raw features (packed)."""
+def _transform_rows(rows: pa.Table, ctx: TransformContext, shops: T.ShopCache, uris: dict, scratch: dict,
+                    s3cfg) -> pa.Table:
+    """Shuffle rows of whole buyers → their events, traces and statistics written; raw features returned."""
     from simpersona.runtime import write_json
 
-    ctx, shops = _worker_state(run, sections, scratch, s3cfg)
-    df = pl.from_arrow(block)
+    df = pl.from_arrow(rows)
     is_event = pl.col("event").is_not_null()
     planted = df.filter(~is_event).select(PLANTED_COLUMNS)
     events = df.filter(is_event).drop("planted_type")
     result = transform(events, planted if planted.height else None, ctx, shops)
-    if result.raw.num_rows == 0:
-        return F.pack_raw(result.raw)
-    name = block_name(result.raw)
-    io.write_parquet(result.events, io.join_uri(uris["events"], f"{name}.parquet"), s3cfg)
-    if result.traces.num_rows:
-        io.write_parquet(result.traces, io.join_uri(uris["traces"], f"{name}.parquet"), s3cfg)
-    write_json(io.join_uri(scratch["stats"], f"{name}.json"), block_stats(result.raw), s3cfg)
+    if result.raw.num_rows:
+        name = block_name(result.raw)
+        io.write_parquet(result.events, io.join_uri(uris["events"], f"{name}.parquet"), s3cfg)
+        if result.traces.num_rows:
+            io.write_parquet(result.traces, io.join_uri(uris["traces"], f"{name}.parquet"), s3cfg)
+        write_json(io.join_uri(scratch["stats"], f"{name}.json"), block_stats(result.raw), s3cfg)
     return F.pack_raw(result.raw)
+
+
+def _process_partition(block: pa.Table, run: str, sections: dict, uris: dict, scratch: dict, s3cfg) -> pa.Table:
+    """Ray Data UDF on one partition of Ray's hash shuffle (whole buyers)."""
+    ctx, shops = _worker_state(run, sections, scratch, s3cfg)
+    return _transform_rows(block, ctx, shops, uris, scratch, s3cfg)
+
+
+def _process_buckets(batch: pa.Table, run: str, sections: dict, uris: dict, scratch: dict,
+                     s3cfg) -> Iterator[pa.Table]:
+    """Ray Data UDF: bucket numbers → each bucket's files read whole and transformed."""
+    ctx, shops = _worker_state(run, sections, scratch, s3cfg)
+    for b in batch.column("bucket").to_pylist():
+        files = _listing(bucket_dir(scratch, b), s3cfg, ".parquet")
+        if files:
+            rows = pa.concat_tables([io.read_parquet(f, s3cfg) for f in files])
+            yield _transform_rows(rows, ctx, shops, uris, scratch, s3cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning
 
 
 def estimated_rows(files, s3cfg) -> int:
@@ -250,42 +377,66 @@ def num_partitions(cfg, rows: int) -> int:
     return max(2 * cpus, math.ceil(rows / max(1, cfg.sessions.rows_per_partition)))
 
 
-def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> tuple:
-    """Pass 1; returns (the input listing, hash partitions, planted-types input or "")."""
-    import uuid
+def read_tasks(items: list[dict], tasks: int) -> list[dict]:
+    """Input items dealt round-robin into `tasks` read tasks (sizes of sorted shards stay balanced)."""
+    groups = [items[i::tasks] for i in range(min(tasks, len(items)))]
+    return [{"task": i, "files": json.dumps(g)} for i, g in enumerate(groups)]
 
+
+def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> dict:
+    """Read, shuffle and transform; returns what the summary needs (listing, report, partitions, ...)."""
     import ray
 
     s3cfg = data_cfg.s3
+    shuffle = cfg.sessions.shuffle
+    if shuffle not in SHUFFLES:
+        raise PipelineConfigError(f"sessions.shuffle={shuffle!r}: expected one of {', '.join(SHUFFLES)}")
     listing = list_inputs(data_cfg.input, s3cfg, data_cfg.format)
-    items = [{"index": i, "uri": f.uri, "format": f.format} for i, f in enumerate(listing.files)]
-    rows = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_files, batch_format="pyarrow", batch_size=1,
-        fn_kwargs={"data_cfg": data_cfg, "quarantine_dir": uris["quarantine"], "scratch": scratch},
-    )  # fmt: skip
+    items = [{"kind": "events", "index": i, "uri": f.uri, "format": f.format} for i, f in enumerate(listing.files)]
     planted_uri = resolve_planted(cfg)
     if planted_uri is not None:
-        planted = _read_parquet(planted_uri, s3cfg).select_columns(list(PLANTED_COLUMNS))
-        rows = rows.union(planted.map_batches(_planted_as_shuffle_rows, batch_format="pyarrow", batch_size=None))
+        items += [{"kind": "planted", "uri": f.uri} for f in list_inputs(planted_uri, s3cfg, "parquet").files]
     partitions = num_partitions(cfg, estimated_rows(listing.files, s3cfg))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     sections = {name: as_mapping(cfg[name]) for name in ("sessions", "features", "traces", "store")}
-    raw = rows.repartition(partitions, keys=["buyer_id"]).map_batches(
-        _process_block, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"run": uuid.uuid4().hex, "sections": sections, "uris": uris, "scratch": scratch,
-                   "s3cfg": s3cfg},
-    )  # fmt: skip
-    try:
-        _write_parquet(raw, scratch["raw"], s3cfg)
-    except Exception as exc:
-        data_error = _unwrap(exc)
-        if data_error is not None:  # the ingest error's own one-line message, not Ray's wrapping
-            raise data_error.with_traceback(None) from None
-        raise
-    return listing, partitions, planted_uri or ""
+    transform_kwargs = {"run": uuid.uuid4().hex, "sections": sections, "uris": uris, "scratch": scratch,
+                        "s3cfg": s3cfg}  # fmt: skip
+    read_kwargs = {"data_cfg": data_cfg, "quarantine_dir": uris["quarantine"], "scratch": scratch}
+
+    def report() -> ValidationReport:
+        rep = merged_report(scratch["reports"], s3cfg, listing.skipped, data_cfg.quarantine_examples,
+                            uris["quarantine"])
+        rep.check(data_cfg.max_bad_fraction, final=True, what=data_cfg.input)
+        return rep
+
+    if shuffle == "files":
+        tasks = read_tasks(items, max(1, cfg.sessions.read_tasks_per_cpu * cpus))
+        flush_rows = max(4096, cfg.sessions.rows_per_partition // 32)
+        reader = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+            _read_task, batch_format="pyarrow", batch_size=1,
+            fn_kwargs={**read_kwargs, "buckets": partitions, "flush_rows": flush_rows},
+        )  # fmt: skip
+        _execute(reader.materialize)
+        rep = report()  # before the heavy work
+        buckets = ray.data.from_items([{"bucket": b} for b in range(partitions)], override_num_blocks=partitions)
+        raw = buckets.map_batches(_process_buckets, batch_format="pyarrow", batch_size=1, fn_kwargs=transform_kwargs)
+        _execute(lambda: _write_parquet(raw, scratch["raw"], s3cfg))
+    else:
+        tasks = read_tasks(items, len(items))  # one file per task: the rows stream into the shuffle
+        rows = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+            _read_task, batch_format="pyarrow", batch_size=1, fn_kwargs={**read_kwargs, "buckets": 0, "flush_rows": 0}
+        )
+        raw = rows.repartition(partitions, keys=["buyer_id"]).map_batches(
+            _process_partition, batch_format="pyarrow", batch_size=None, fn_kwargs=transform_kwargs
+        )
+        _execute(lambda: _write_parquet(raw, scratch["raw"], s3cfg))
+        rep = report()
+    return {"listing": listing, "report": rep, "partitions": partitions, "planted": planted_uri or "",
+            "shuffle": shuffle}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
-# 2. features
+# Features and the run
 
 
 def _normalise(batch: pa.Table, mean: list[float], std: list[float], seq_len: int) -> pa.Table:
@@ -314,10 +465,7 @@ def run_pipeline(cfg, out: str) -> dict:
     scratch = {name: io.join_uri(out, f"_{name}") for name in SCRATCH}
 
     with sw.lap("histories"):
-        listing, partitions, planted = process_histories(cfg, data_cfg, uris, scratch)
-        report = merged_report(scratch["reports"], s3cfg, listing.skipped, data_cfg.quarantine_examples,
-                               uris["quarantine"])
-        report.check(data_cfg.max_bad_fraction, final=True, what=data_cfg.input)
+        run = process_histories(cfg, data_cfg, uris, scratch)
         stats = F.MerchantStats.from_merged(merged_partials(scratch["merchants"], s3cfg))
     with sw.lap("features"):
         parts = [json.loads(_read_small(u, s3cfg)) for u in _listing(scratch["stats"], s3cfg, ".json")]
@@ -333,11 +481,12 @@ def run_pipeline(cfg, out: str) -> dict:
     for path in scratch.values():
         remove(path, s3cfg)
     summary = {
-        **counts_summary(totals, report, stats, cfg.sessions.unit),
+        **counts_summary(totals, run["report"], stats, cfg.sessions.unit),
         "engine": "ray",
-        "partitions": partitions,
-        "input_files": len(listing.files),
-        "planted": planted,
+        "shuffle": run["shuffle"],
+        "partitions": run["partitions"],
+        "input_files": len(run["listing"].files),
+        "planted": run["planted"],
         "wall_s": sw.total(),
         "phases_s": sw.laps,
         "out": out,

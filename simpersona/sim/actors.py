@@ -106,6 +106,7 @@ class AgentQueue:
         self.pending: deque[tuple[str, int]] = deque((a, 1) for a in self.specs)
         self.leases: dict[str, tuple[str, int]] = {}  # agent_id -> (worker, attempt)
         self.committed: set[str] = set()
+        self.lost: set[str] = set()  # workers declared dead: no more leases for them
         self.max_attempts = max_attempts
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
@@ -118,7 +119,10 @@ class AgentQueue:
                        "workers_lost": 0, "browser_restarts": 0}
 
     def take(self, worker: str) -> dict | str | None:
-        """The next agent as {"spec", "attempt"}; None = nothing free now (agents in flight); DONE."""
+        """The next agent as {"spec", "attempt", "session_id"}; None = nothing free now (agents in
+        flight elsewhere may come back); DONE = every agent is committed (or the caller was declared lost)."""
+        if worker in self.lost:  # a take sent just before the worker died can arrive after worker_lost
+            return DONE
         while self.pending:
             agent_id, attempt = self.pending.popleft()
             if agent_id in self.committed or agent_id in self.leases:
@@ -150,8 +154,12 @@ class AgentQueue:
     def worker_lost(self, worker: str, error: str) -> int:
         """A worker actor died: every agent it held goes back to the queue. Returns how many."""
         self.counts["workers_lost"] += 1
-        lost = [(a, att) for a, (w, att) in self.leases.items() if w == worker]
-        for agent_id, attempt in lost:
+        self.lost.add(worker)
+        return self._requeue_held_by({worker}, error)
+
+    def _requeue_held_by(self, workers: set[str], error: str) -> int:
+        lost = [(a, w, att) for a, (w, att) in self.leases.items() if w in workers]
+        for agent_id, worker, attempt in lost:
             del self.leases[agent_id]
             self._retry(agent_id, attempt, worker, "worker_lost", error)
         return len(lost)
@@ -197,8 +205,17 @@ class AgentQueue:
         self.results, self.rows = [], []
         return n
 
-    def progress(self) -> dict:
-        """Counters for the driver's progress bar; also flushes when the commit interval has passed."""
+    def progress(self, alive: list[str] | None = None) -> dict:
+        """Counters for the driver's progress bar; flushes when the commit interval has passed.
+
+        `alive`: the workers the driver knows to be running; leases held by any other worker are
+        re-queued (a safety net under worker_lost, whatever the order in which calls arrive).
+        """
+        if alive is not None:
+            stale = {w for w, _ in self.leases.values()} - set(alive)
+            if stale:
+                self.lost |= stale
+                self._requeue_held_by(stale, "worker no longer running")
         if time.monotonic() - self.last_flush >= self.commit_interval_s:
             self.flush()
         return {**self.counts, "done": len(self.committed), "total": len(self.specs),
@@ -364,27 +381,34 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
 
         request_resources(bundles=[{"CPU": sim_cfg.worker_cpus}] * sim_cfg.workers)
     live: dict[str, tuple] = {}  # name -> (handle, run ObjectRef)
-    starting: tuple | None = None  # (name, handle, ready ref, since)
+    starting: tuple | None = None  # (name, handle, ready ref)
     finished: list[dict] = []
     serial = 0
     t0 = time.monotonic()
     no_worker_since = time.monotonic()
+    last_probe = float("-inf")
     bar = tqdm(total=len(specs), desc="agents", unit="agent", disable=not progress, dynamic_ncols=True,
                mininterval=0.5)
     state = ray.get(queue.progress.remote())
     try:
         while state["done"] < state["total"]:
-            # start another worker when agents wait and the cluster has room for one more
+            # start another worker when agents wait and the cluster has room for one more (looked
+            # at every scale_interval_s, so CPUs that an autoscaler adds are noticed)
+            probe = time.monotonic() - last_probe >= sim_cfg.scale_interval_s
             if (starting is None and len(live) < sim_cfg.workers and state["pending"] > 0
-                    and (not live or _placeable(sim_cfg.worker_cpus))):
+                    and (not live or (probe and _placeable(sim_cfg.worker_cpus)))):
                 name = f"w{serial}"
                 serial += 1
                 handle = BrowserWorker.options(num_cpus=sim_cfg.worker_cpus, name=None).remote(
                     name, queue, base_url, browser_cfg, policy_spec, sim_cfg.contexts_per_worker, history_len,
                     personas or {})
-                starting = (name, handle, handle.ready.remote(), time.monotonic())
+                starting = (name, handle, handle.ready.remote())
+            if probe:
+                last_probe = time.monotonic()
             if starting is not None:
-                name, handle, ready_ref, since = starting
+                # a worker that cannot be placed stays pending: that is the demand an autoscaler
+                # answers with a new node; it starts there, or is dropped when the run ends
+                name, handle, ready_ref = starting
                 done_refs, _ = ray.wait([ready_ref], timeout=0)
                 if done_refs:
                     starting = None
@@ -394,10 +418,6 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                     except RayError as exc:  # Chromium would not launch there, or the actor died
                         ray.kill(handle)
                         tqdm.write(f"worker {name} failed to start: {_first_line(exc)}")
-                elif live and time.monotonic() - since > sim_cfg.scale_interval_s:
-                    # no room came up for it: drop the request and look again later
-                    ray.kill(handle)
-                    starting = None
             if live:
                 no_worker_since = time.monotonic()
             elif time.monotonic() - no_worker_since > sim_cfg.worker_start_timeout_s:
@@ -416,7 +436,7 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                     tqdm.write(f"worker {name} died ({_first_line(exc)}); {n} in-flight agent(s) re-queued")
             if not refs:
                 time.sleep(0.1)
-            state = ray.get(queue.progress.remote())
+            state = ray.get(queue.progress.remote(list(live)))
             elapsed = max(time.monotonic() - t0, 1e-9)
             bar.set_postfix(steps_s=f"{state['steps'] / elapsed:.1f}", crashed=state["crashed"],
                             requeued=state["requeued"], workers=len(live), refresh=False)

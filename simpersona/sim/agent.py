@@ -49,7 +49,6 @@ async def run_agent(env, policy, spec: dict, persona, history_len: int = 8, sess
     agent_id = spec["agent_id"]
     rows: list[dict] = []
     history: list[str] = []
-    obs = None
     try:
         obs = await env.reset(spec["merchant_id"], agent_id, session_id=session_id or None)
         for step in range(int(spec["max_steps"])):
@@ -63,8 +62,8 @@ async def run_agent(env, policy, spec: dict, persona, history_len: int = 8, sess
             rows.append(row)
             history.append(action)
             obs, done, info = await env.step(action)
-            if info.get("error"):
-                row["error"] = str(info["error"])
+            if info.get("error"):  # the action did not go through (after the env's retries)
+                row["error"] = f"{info['error']}: {info.get('reason', '')}".rstrip(": ")
             if done:
                 break
     except BrowserCrash:

@@ -22,6 +22,7 @@ from simpersona.vq.features import (
     concat_arrays,
     features_uri,
 )
+from simpersona.vq.kmeans import KMeansModel
 
 
 def feature_files(run_dir: str, s3=None) -> tuple[pafs.FileSystem, list[str]]:
@@ -70,15 +71,22 @@ def unwrap_error(exc: BaseException, cls: type[BaseException] = FeatureError) ->
     return None
 
 
-def _validate(batch: pa.Table, spec: dict) -> pa.Table:
-    arrays_from_arrow(batch, FeatureSpec.from_dict(spec))
+def _prepare(batch: pa.Table, spec: dict, kmeans: bytes | None) -> pa.Table:
+    spec_ = FeatureSpec.from_dict(spec)
+    arrays = arrays_from_arrow(batch, spec_)
+    if kmeans is not None:
+        codes = KMeansModel.from_bytes(kmeans).assign(arrays, spec_)
+        batch = batch.append_column("init_code", pa.array(codes, pa.int32()))
     return batch
 
 
-def validated(ds, spec: FeatureSpec):
-    """`ds` after a validation pass over every row, materialised (the training epochs reuse it)."""
+def validated(ds, spec: FeatureSpec, kmeans: KMeansModel | None = None):
+    """`ds` after a validation pass over every row, materialised (the training epochs reuse it); with
+    `kmeans`, each row gains `init_code`, its k-means cluster (the partition EM starts from)."""
     try:
-        return ds.map_batches(_validate, batch_format="pyarrow", fn_kwargs={"spec": spec.to_dict()}).materialize()
+        return ds.map_batches(_prepare, batch_format="pyarrow",
+                              fn_kwargs={"spec": spec.to_dict(),
+                                         "kmeans": kmeans.to_bytes() if kmeans is not None else None}).materialize()
     except Exception as exc:
         err = unwrap_error(exc)
         if err is not None:

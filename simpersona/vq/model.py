@@ -200,7 +200,11 @@ class BuyerVQVAE(nn.Module):
         if not all(col in batch for col in LABELS.values()):
             return outputs, indices, losses
         terms = self.code_nll(batch, decoded)
-        if self.training:
+        if self.training and "init_code" in batch:  # initialisation steps: the given partition is the E-step
+            resp = F.one_hot(batch["init_code"].long(), self.codebook_size).to(latent.dtype)
+            with torch.no_grad():
+                self.vq.update_indices(latent.detach(), batch["init_code"].long())
+        elif self.training:
             with torch.no_grad():
                 resp = F.softmax(-self.weighted_nll(terms) / float(self.hparams.get("em_temperature", 1.0)), dim=1)
                 self.vq.update_indices(latent.detach(), resp.argmax(1))

@@ -27,10 +27,19 @@ from omegaconf import OmegaConf
 from simpersona.data import io
 from simpersona.vq import metrics
 from simpersona.vq.engine import make_engine
-from simpersona.vq.features import LABEL_COLUMNS, SEQ_COLUMNS, FeatureError, FeatureSpec, arrays_from_arrow, load_spec
+from simpersona.vq.features import (
+    LABEL_COLUMNS,
+    SEQ_COLUMNS,
+    FeatureError,
+    FeatureSpec,
+    arrays_from_arrow,
+    features_uri,
+    load_spec,
+)
 from simpersona.vq.model import LOSS_NAMES, build_model, to_tensors
 
 TRAIN_COLUMNS: tuple[str, ...] = SEQ_COLUMNS + ("agg",) + LABEL_COLUMNS
+INIT_COLUMN = "init_code"  # the k-means peer's cluster per history (simpersona.vq.dataset.validated)
 REPORTED_LOSSES: tuple[str, ...] = ("total", "code", "commit") + LOSS_NAMES
 
 
@@ -134,13 +143,14 @@ def train_loop_per_worker(config: dict) -> None:
             raise CheckpointMismatch(
                 "the checkpoint to resume from was trained with another vq.model config or feature spec; "
                 "rerun with vq.train.resume=false to start over")
-        state = loaded
+        state = {**loaded, "resumed_from": loaded.get("resumed_from", []) + [loaded["step"]]}
 
     epochs, per_epoch = int(train["epochs"]), int(config["steps_per_epoch"])
     total = epochs * per_epoch
     if int(train["max_steps"]) > 0:
         total = min(total, int(train["max_steps"]))
     every, fail_at = int(train["checkpoint_every"]), int(train["fail_at_step"])
+    init_steps = int(train["em_init_steps"])
     shard = ray.train.get_dataset_shard("train")
 
     # Ray Train copies a reported checkpoint to storage; in local mode (workers=0) it keeps pointing at
@@ -173,6 +183,8 @@ def train_loop_per_worker(config: dict) -> None:
                 stopped = True
                 break
             batch = to_tensors(arrays_from_arrow(table, spec), device)
+            if state["step"] < init_steps and INIT_COLUMN in table.column_names:
+                batch[INIT_COLUMN] = torch.from_numpy(table[INIT_COLUMN].to_numpy().astype(np.int64)).to(device)
             outputs, indices, losses = engine.step(batch, lr_at(state["step"], total, train))
             meter.update(batch, outputs, indices, losses)
             state["step"] += 1
@@ -268,12 +280,28 @@ def run_training(cfg) -> dict:
     configure_ray_data(cfg.progress)
     workers = int(cfg.vq.train.workers)
 
-    with sw.lap("validate"):
+    if dataset.count_rows(cfg.run_dir, s3) == 0:
+        raise FeatureError(f"no histories in {features_uri(cfg.run_dir)}: nothing to train on")
+    with sw.lap("sample"):  # the evaluation rows; the k-means peer is fitted on their training-merchant part
         heldout = dataset.heldout_merchants(cfg) if cfg.vq.train.exclude_heldout else []
+        sample_ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("planted_type", "merchant_id"), s3)
+        arrays = dataset.take_arrays(sample_ds, spec, int(cfg.vq.eval.max_rows), extra=("merchant_id",))
+    km = None
+    k = int(cfg.vq.model.codebook_size)
+    if cfg.vq.kmeans.enabled:
+        with sw.lap("kmeans"):
+            train_mask = ~np.isin(arrays["merchant_id"], np.array(heldout, dtype=object))
+            fit_rows = {name: v[train_mask][: int(cfg.vq.kmeans.fit_rows)] for name, v in arrays.items()}
+            km = fit_kmeans(fit_rows, spec, k, int(cfg.vq.kmeans.batch_size), int(cfg.vq.kmeans.n_init),
+                            int(cfg.vq.kmeans.max_iter), int(cfg.seed))
+    arrays.pop("merchant_id")
+
+    with sw.lap("validate"):
         ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("merchant_id",), s3)
-        ds = dataset.validated(dataset.without_merchants(ds, heldout).drop_columns(["merchant_id"]), spec)
+        ds = dataset.without_merchants(ds, heldout).drop_columns(["merchant_id"])
+        ds = dataset.validated(ds, spec, km)  # + init_code: the k-means partition that starts EM
         train_rows = ds.count()
-    if train_rows < workers:
+    if train_rows < max(workers, 1):
         raise FeatureError(f"{train_rows} training histories for {workers} workers: every worker needs data")
 
     config = loop_config(cfg, spec, train_rows)
@@ -282,18 +310,6 @@ def run_training(cfg) -> dict:
     model = build_model(spec, config["model"], config["loss"])
     model.load_state_dict(state_dict)
     model.eval()
-
-    with sw.lap("sample"):
-        sample_ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("planted_type", "merchant_id"), s3)
-        arrays = dataset.take_arrays(sample_ds, spec, int(cfg.vq.eval.max_rows), extra=("merchant_id",))
-    km = None
-    if cfg.vq.kmeans.enabled:
-        with sw.lap("kmeans"):
-            train_mask = ~np.isin(arrays["merchant_id"], np.array(heldout, dtype=object))
-            fit_rows = {k: v[train_mask][: int(cfg.vq.kmeans.fit_rows)] for k, v in arrays.items()}
-            km = fit_kmeans(fit_rows, spec, model.codebook_size, int(cfg.vq.kmeans.batch_size),
-                            int(cfg.vq.kmeans.n_init), int(cfg.vq.kmeans.max_iter), int(cfg.seed))
-    arrays.pop("merchant_id")
     with sw.lap("evaluate"):
         summary = evaluate(model, km, arrays, spec, int(cfg.vq.eval.batch_size), int(cfg.vq.eval.silhouette_rows),
                            int(cfg.seed))
@@ -314,6 +330,7 @@ def run_training(cfg) -> dict:
             "histories": train_rows, "heldout_merchants": len(heldout), "workers": workers,
             "steps": client["step"], "epochs": client["epoch"], "final_loss": last.get("loss_total"),
             "histories_per_s_per_epoch": [h["histories_per_s"] for h in history],
+            "resumed_from_steps": client.get("resumed_from", []),
             "checkpoints": io.join_uri(checkpoint_storage(cfg), cfg.vq.train.name),
         },
         "out": out, "wall_s": sw.total(), "phases_s": sw.laps,

@@ -46,17 +46,29 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
+def synth_args(synth_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"data.input={synth_dir}/events", "data.adapter=canonical", "progress=false",
+            "sessions.day_resolution=false", "sessions.partitions=3", f"run_dir={run_dir}", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synth_reference(synth_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("ref")
+    cfg = load("preprocess", synth_args(synth_dir, out))
+    return out, run_reference(cfg, str(out))
+
+
 @pytest.mark.slow
-def test_ray_pipeline_equals_reference_on_synthetic_data(ray_local, synth_dir, tmp_path):
-    cfg = load("preprocess", [f"data.input={synth_dir}/events", "data.adapter=canonical", "progress=false",
-                              "sessions.day_resolution=false", "sessions.partitions=3", f"run_dir={tmp_path}/run"])
-    summary = run_preprocess(cfg)
-    ref = run_reference(cfg, str(tmp_path / "ref"))
+@pytest.mark.parametrize("shuffle", ["files", "ray"])
+def test_ray_pipeline_equals_reference_on_synthetic_data(ray_local, synth_dir, synth_reference, tmp_path, shuffle):
+    ref_out, ref = synth_reference
+    summary = run_preprocess(load("preprocess", synth_args(synth_dir, tmp_path / "run", f"sessions.shuffle={shuffle}")))
     out = tmp_path / "run" / "preprocess"
     assert json.loads((out / "summary.json").read_text()) == summary
     assert {k: summary[k] for k in COUNT_KEYS} == {k: ref[k] for k in COUNT_KEYS}
-    assert summary["partitions"] == 3 and summary["planted"] == str(synth_dir / "planted")
-    assert_identical(out, tmp_path / "ref")
+    assert (summary["shuffle"], summary["partitions"]) == (shuffle, 3)
+    assert summary["planted"] == str(synth_dir / "planted")
+    assert_identical(out, ref_out)
     # planted types joined to every history; counts agree with the generator's own summary
     planted = pq.read_table(synth_dir / "planted")
     feats = table(out, "features")

@@ -24,3 +24,19 @@ def planted_arrays(planted_dir):
     spec = load_spec(planted_dir)
     table = pq.read_table(f"{planted_dir}/preprocess/features")
     return spec, arrays_from_arrow(table, spec)
+
+
+# the Ray Train run of the planted set: K = 8 planted types, 2 DDP workers (gloo), 8 epochs of 32 steps
+TRAIN_ARGS = ["config=vq_planted", "vq.train.exclude_heldout=false", "vq.train.epochs=8", "vq.train.batch_size=256",
+              "vq.train.em_init_steps=60", "vq.train.checkpoint_every=50", "vq.eval.silhouette_rows=2000",
+              "progress=false"]
+
+
+@pytest.fixture(scope="session")
+def trained(planted_dir, ray_local):
+    """(run_dir, summary) of one training run on the planted set, shared by the train and assign tests."""
+    from simpersona.config import load
+    from simpersona.vq.train import run_training
+
+    cfg = load("train_vqvae", [f"run_dir={planted_dir}", *TRAIN_ARGS])
+    return planted_dir, run_training(cfg)
