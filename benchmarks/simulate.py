@@ -96,6 +96,50 @@ class PssSampler:
         self.samples.append(self.sample())
 
 
+def _tree_cpu(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds spent, per process group, between start() and stop(): where a step's cost goes."""
+
+    def __init__(self, browsers: list, store_pid: int | None):
+        self.browsers, self.store_pid = browsers, store_pid
+
+    def _sample(self) -> dict:
+        me = psutil.Process()
+        t = me.cpu_times()
+        chromium = sum(_tree_cpu(b.pid) for b in self.browsers if b.pid)
+        drivers = 0.0
+        for child in me.children():  # Playwright's node drivers (Chromium runs under them)
+            try:
+                if "node" in child.name():
+                    t2 = child.cpu_times()
+                    drivers += t2.user + t2.system
+            except psutil.Error:
+                pass
+        return {"python_driver": t.user + t.system, "playwright_node": drivers, "chromium": chromium,
+                "storefront": _tree_cpu(self.store_pid) if self.store_pid else 0.0}
+
+    def start(self) -> None:
+        self.t0 = self._sample()
+
+    def stop(self, steps: int) -> dict:
+        t1 = self._sample()
+        return {k: round((t1[k] - self.t0[k]) / max(1, steps) * 1000, 2) for k in t1}
+
+
 class Recorder:
     def __init__(self):
         self.steps = 0
@@ -165,10 +209,13 @@ async def run_browsers(base_url: str, browser_cfg, n_agents: int, per_agent: boo
             tasks = [asyncio.create_task(agent_loop(i, env, decide, merchants, b["max_steps"], stop_at, rec))
                      for i, env in enumerate(envs)]
             await asyncio.sleep(b["warmup_s"])
+            cpu = CpuMeter(browsers, b.get("store_pid"))
+            cpu.start()
             rec.counting = True
             t0 = time.monotonic()
             await asyncio.gather(*tasks)
             measured = time.monotonic() - t0
+            cpu_ms = cpu.stop(rec.steps)
         alive = all(br.connected for br in browsers)
     finally:
         for env in envs:
@@ -188,6 +235,7 @@ async def run_browsers(base_url: str, browser_cfg, n_agents: int, per_agent: boo
         "policy_latency_p50_s": pct(rec.policy_latency, 50), "policy_latency_p99_s": pct(rec.policy_latency, 99),
         "pss_peak_gib": round(peak / GIB, 3), "pss_mean_gib": round(float(np.mean(pss.samples)) / GIB, 3),
         "pss_mib_per_agent": round(peak / MIB / n_agents, 1), "agents_per_gib": round(n_agents / (peak / GIB), 2),
+        "cpu_ms_per_step": cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -351,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
                     "policy_model": model_note, "settings": b}
     store = StoreServer(cfg, log_dir=out / "store_log", variant="bench", merchants=merchants).start()
+    b["store_pid"] = store.pid
     try:
         if "browser" in sections:
             result["browser"] = bench_browsers(store.base_url, cfg, merchants, b)

@@ -333,7 +333,7 @@ class VQModelConfig:
 class VQLossConfig:
     """Weights of each term of a history's NLL under a code, in the E-step and in the loss."""
 
-    agg: float = 0.5  # aggregate vector: half squared error (unit-variance Gaussian)
+    agg: float = 2.0  # aggregate vector: half squared error (unit-variance Gaussian)
     seq: float = 1.0  # token sequence: Markov chain over events + price / gap / flags + length
     purchase: float = 1.0  # BCE: the history has a purchase
     cart_abandon: float = 1.0  # BCE: a cart event with no purchase after it
@@ -378,8 +378,8 @@ class KMeansConfig:
 
     enabled: bool = True
     fit_rows: int = 200000
-    batch_size: int = 4096
-    n_init: int = 3
+    batch_size: int = 0  # 0 = full-batch KMeans (steadier); > 0 = MiniBatchKMeans with this batch
+    n_init: int = 4
     max_iter: int = 100
 
 
@@ -572,12 +572,20 @@ def parse_overrides(argv: list[str], aliases: dict[str, str] | None = None) -> l
     return out
 
 
+PIPELINE_JOBS = ("preprocess", "train_vqvae", "assign_types", "finetune", "simulate", "evaluate", "whatif",
+                 "pipeline")
+
+
 def load(job: str, argv: list[str] | None = None, aliases: dict[str, str] | None = None) -> DictConfig:
-    """Resolved config for `job`: schema ← base.yaml ← <job>.yaml ← config=NAME ← overrides."""
+    """Resolved config for `job`: schema ← base.yaml ← <job>.yaml ← config=NAME ← overrides.
+
+    The `pipeline` job merges every stage's YAML in pipeline order, so each stage sees its defaults.
+    """
     overrides = parse_overrides(list(argv or []), aliases)
     named = [o.split("=", 1)[1] for o in overrides if o.startswith("config=")]
     cfg = OmegaConf.structured(Config)
-    layers = [_yaml("base"), _yaml(job)]
+    jobs = PIPELINE_JOBS if job == "pipeline" else (job,)
+    layers = [_yaml("base")] + [_yaml(j) for j in jobs]
     for name in named:
         layer = _yaml(name)
         if layer is None:

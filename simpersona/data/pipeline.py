@@ -88,13 +88,6 @@ class PipelineConfigError(ValueError):
 # Storage helpers (local paths and s3:// alike)
 
 
-def _read_parquet(uri: str, s3cfg, **kwargs):
-    import ray
-
-    fs, path = io.resolve(uri, s3cfg)
-    return ray.data.read_parquet(path, filesystem=fs, **kwargs)
-
-
 def _write_parquet(ds, uri: str, s3cfg, **parquet_args) -> None:
     fs, path = io.resolve(uri, s3cfg)
     ds.write_parquet(path, filesystem=fs, **parquet_args)
@@ -157,7 +150,7 @@ def _planted_as_shuffle_rows(batch: pa.Table) -> pa.Table:
 def bucket_of(buyer_ids, buckets: int):
     """Bucket per row: a hash of buyer_id mod `buckets`, the same in every worker of a run."""
     ids = pl.from_arrow(buyer_ids) if not isinstance(buyer_ids, pl.Series) else buyer_ids
-    return (ids.hash(seed=0, seed_1=1, seed_2=2, seed_3=3) % buckets).cast(pl.Int32).to_numpy()
+    return (ids.hash(seed=0) % buckets).cast(pl.Int32).to_numpy()
 
 
 def bucket_dir(scratch: dict, bucket: int) -> str:
@@ -439,12 +432,16 @@ def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> dict:
 # Features and the run
 
 
-def _normalise(batch: pa.Table, mean: list[float], std: list[float], seq_len: int) -> pa.Table:
-    return finish_features(batch, mean, std, seq_len)
+def _normalise_files(batch: pa.Table, mean: list[float], std: list[float], seq_len: int, s3cfg) -> Iterator[pa.Table]:
+    """Ray Data UDF: raw-feature files → contract feature rows (read here: whole small files, no
+    footer-scanning read operator needed)."""
+    for uri in batch.column("uri").to_pylist():
+        yield finish_features(io.read_parquet(uri, s3cfg), mean, std, seq_len)
 
 
 def run_pipeline(cfg, out: str) -> dict:
     """All passes, writing under `out` (a fresh folder); returns the summary (also written there)."""
+    import ray
     from omegaconf import OmegaConf
     from ray.data import DataContext
 
@@ -470,9 +467,11 @@ def run_pipeline(cfg, out: str) -> dict:
     with sw.lap("features"):
         parts = [json.loads(_read_small(u, s3cfg)) for u in _listing(scratch["stats"], s3cfg, ".json")]
         totals = combine_stats(parts)
-        feats = _read_parquet(scratch["raw"], s3cfg).map_batches(
-            _normalise, batch_format="pyarrow",
-            fn_kwargs={"mean": totals["mean"], "std": totals["std"], "seq_len": cfg.features.seq_len},
+        raw_files = [{"uri": u} for u in _listing(scratch["raw"], s3cfg, ".parquet")]
+        feats = ray.data.from_items(raw_files, override_num_blocks=max(1, len(raw_files))).map_batches(
+            _normalise_files, batch_format="pyarrow", batch_size=1,
+            fn_kwargs={"mean": totals["mean"], "std": totals["std"], "seq_len": cfg.features.seq_len,
+                       "s3cfg": s3cfg},
         )  # fmt: skip
         # dictionary pages help the id columns only; on the fixed-size lists they cost time for nothing
         _write_parquet(feats, uris["features"], s3cfg, use_dictionary=["history_id", "buyer_id", "merchant_id"])

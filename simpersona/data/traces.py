@@ -141,6 +141,14 @@ class Memo:
         self.limit = limit
         self.pages: dict[tuple, tuple[PageState, str, list[str]]] = {}
         self.moves: dict[tuple, Visit] = {}
+        # whole sessions: (merchant, max steps, events without seq) → (steps, skips), for replays that
+        # did not depend on the history or seq (no hashed choice): many real sessions repeat exactly
+        self.sessions: dict[tuple, tuple[list, Counter]] = {}
+
+    def bounded(self, cache: dict) -> dict:
+        if len(cache) >= self.limit:
+            cache.clear()
+        return cache
 
 
 class ReplayShop(Shop):
@@ -158,8 +166,7 @@ class ReplayShop(Shop):
         pages = self.memo.pages
         hit = pages.get(key)
         if hit is None:
-            if len(pages) >= self.memo.limit:
-                pages.clear()
+            self.memo.bounded(pages)
             state = Shop.page_of(self, v)
             hit = pages[key] = (state, render(state), allowed_actions(state))
         return hit
@@ -174,8 +181,7 @@ class ReplayShop(Shop):
         moves = self.memo.moves
         nxt = moves.get(key)
         if nxt is None:
-            if len(moves) >= self.memo.limit:
-                moves.clear()
+            self.memo.bounded(moves)
             nxt = moves[key] = self.apply(v, action, allowed)[0]
         return nxt
 
@@ -194,6 +200,7 @@ class SessionReplay:
         self.visit = Visit(shop.merchant_id)
         self.steps: list[tuple[str, list[str], str, str]] = []
         self.skipped: Counter = Counter()
+        self.hashed = False  # a choice depended on history_id / seq: the result is this session's own
 
     # -- primitives ---------------------------------------------------------------------------------
     def _do(self, action: str, event: str, out: list) -> None:
@@ -235,6 +242,7 @@ class SessionReplay:
                     return c.slot
         if price is not None and price == price:  # not NaN
             return min(cards, key=lambda c: (abs(c.price - price), c.slot)).slot
+        self.hashed = True
         return cards[stable_hash(product_id or self.history_id, seq) % len(cards)].slot
 
     def _open_product(self, product_id, price, seq, event: str, out: list) -> None:
@@ -268,6 +276,7 @@ class SessionReplay:
                 (c.slot for c in cards if product_id is not None and c.product_id == product_id), None
             )
             if slot is None:
+                self.hashed = True
                 slot = cards[stable_hash(product_id or self.history_id, seq) % len(cards)].slot
             self._do(f"remove {slot}", "remove_cart", out)
         elif event == "search":
@@ -286,6 +295,7 @@ class SessionReplay:
             close = exact or difflib.get_close_matches(str(category).lower(), cats, n=1, cutoff=0.6)
             if close:
                 return close[0]
+        self.hashed = True
         return cats[stable_hash(category or self.history_id, seq) % len(cats)]
 
     def _purchase(self, product_id, price, seq, out: list) -> None:
@@ -410,9 +420,15 @@ def build_traces(
 
     def flush(key):
         hid, buyer, merchant, sid, sidx = key
-        replay = SessionReplay(shops.get(merchant), hid, cfg.max_steps_per_session)
-        steps = replay.run(buf)
-        skipped.update(replay.skipped)
+        memo_key = (merchant, cfg.max_steps_per_session, *(row[:4] for row in buf))
+        hit = shops.memo.sessions.get(memo_key)
+        if hit is None:
+            replay = SessionReplay(shops.get(merchant), hid, cfg.max_steps_per_session)
+            hit = (replay.run(buf), replay.skipped)
+            if not replay.hashed:
+                shops.memo.bounded(shops.memo.sessions)[memo_key] = hit
+        steps = hit[0]
+        skipped.update(hit[1])
         m = len(sess_meta)
         sess_meta.append(key)
         for i, (obs, allowed, action, event) in enumerate(steps):

@@ -96,6 +96,13 @@ class ActionPolicy:
             raise FileNotFoundError(f"no policy model at {path} (run the finetune stage or set serve.model_dir)")
         return cls(ActionScorer(str(path)), serve_cfg.temperature, serve_cfg.seed, serve_cfg.history)
 
+    def check(self, r: PolicyRequest) -> None:
+        """ValueError for a request the model cannot answer (e.g. a persona id it has no token for),
+        raised before batching so that one bad request does not fail the batch it would join."""
+        from simpersona.persona.scoring import ScoreRequest
+
+        self.scorer.prompt(ScoreRequest(r.persona, r.observation, [], r.allowed))
+
     def decide(self, requests: list[PolicyRequest]) -> list[PolicyDecision]:
         from simpersona.persona.scoring import ScoreRequest, sample
 
@@ -133,6 +140,9 @@ class UniformPolicy:
 
     def __init__(self, seed: int = 0, **_):
         self.seed = int(seed)
+
+    def check(self, r: PolicyRequest) -> None:
+        pass
 
     def decide(self, requests: list[PolicyRequest]) -> list[PolicyDecision]:
         out = []
@@ -174,9 +184,14 @@ class PolicyServer:
         decisions = await asyncio.to_thread(self.policy.decide, requests)
         return [d.to_dict() for d in decisions]
 
+    def _request(self, body) -> PolicyRequest:
+        request = PolicyRequest.from_dict(body)
+        self.policy.check(request)
+        return request
+
     async def decide(self, request: dict) -> dict:
         """Handle entry point for actors: a PolicyRequest as a dict -> a PolicyDecision as a dict."""
-        return await self.decide_batch(PolicyRequest.from_dict(request))
+        return await self.decide_batch(self._request(request))
 
     def stats(self) -> dict:
         sizes = self.batch_sizes
@@ -189,7 +204,7 @@ class PolicyServer:
     async def __call__(self, http_request: Request):
         """HTTP entry point: POST a PolicyRequest JSON, get a PolicyDecision JSON (400 on bad input)."""
         try:
-            request = PolicyRequest.from_dict(await http_request.json())
+            request = self._request(await http_request.json())
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return await self.decide_batch(request)
@@ -213,8 +228,10 @@ class LocalPolicyClient:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._loop())
+        parsed = PolicyRequest.from_dict(request)
+        self.policy.check(parsed)
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((PolicyRequest.from_dict(request), fut))
+        await self._queue.put((parsed, fut))
         return await fut
 
     async def _loop(self) -> None:

@@ -121,12 +121,21 @@ def heldout_merchants(cfg) -> list[str]:
     return holdout.select_heldout(pairs, h.merchants, h.seed)
 
 
-def take_arrays(ds, spec: FeatureSpec, max_rows: int, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """The first `max_rows` rows of `ds` as validated numpy arrays (+ `extra` columns as they are)."""
-    parts = []
-    for batch in ds.limit(max_rows).iter_batches(batch_size=65536, batch_format="pyarrow"):
-        arrays = arrays_from_arrow(batch, spec)
-        for col in extra:
-            arrays[col] = batch[col].to_numpy(zero_copy_only=False)
-        parts.append(arrays)
+def head_arrays(run_dir: str, spec: FeatureSpec, max_rows: int, columns: tuple[str, ...], s3=None,
+                extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The first `max_rows` histories of the feature files (in file-name order, so the same rows every
+    run) as validated numpy arrays, + `extra` columns as they are. Read by the driver: this sample is
+    what the k-means peer is fitted on and the summary is measured on."""
+    fs, files = feature_files(run_dir, s3)
+    parts, rows = [], 0
+    for f in files:
+        for batch in pq.ParquetFile(f, filesystem=fs).iter_batches(batch_size=65536, columns=list(columns) + list(extra)):
+            batch = pa.Table.from_batches([batch]).slice(0, max_rows - rows)
+            arrays = arrays_from_arrow(batch, spec)
+            for col in extra:
+                arrays[col] = batch[col].to_numpy(zero_copy_only=False)
+            parts.append(arrays)
+            rows += batch.num_rows
+            if rows >= max_rows:
+                return concat_arrays(parts)
     return concat_arrays(parts)

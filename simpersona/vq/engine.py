@@ -78,7 +78,7 @@ class DeepSpeedEngine:
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config)
         self.module = self.model.module
-        for name, buf in self.module.vq.named_buffers():
+        for buf in self.module.vq.buffers():
             if buf.is_floating_point():
                 buf.data = buf.data.float()
 

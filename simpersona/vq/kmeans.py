@@ -12,7 +12,7 @@ import io as _io
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import MiniBatchKMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from simpersona.vq.features import FeatureSpec
 
@@ -66,12 +66,16 @@ class KMeansModel:
 
 def fit_kmeans(arrays: dict[str, np.ndarray], spec: FeatureSpec, k: int, batch_size: int, n_init: int,
                max_iter: int, seed: int) -> KMeansModel:
+    """Standardise the summary vectors, then k-means (MiniBatchKMeans when batch_size > 0, else KMeans)."""
     x = summary_vectors(arrays, spec)
     if len(x) < k:
         raise ValueError(f"k-means baseline: {len(x)} histories for K={k} clusters")
     mean, std = x.mean(0), x.std(0)
     std[std < 1e-6] = 1.0  # constant columns stay 0 instead of dividing by zero
     z = (x - mean) / std
-    km = MiniBatchKMeans(n_clusters=k, batch_size=batch_size, n_init=n_init, max_iter=max_iter,
-                         random_state=seed).fit(z)
+    if batch_size > 0:
+        km = MiniBatchKMeans(n_clusters=k, batch_size=batch_size, n_init=n_init, max_iter=max_iter,
+                             random_state=seed).fit(z)
+    else:  # full Lloyd iterations: steadier than mini-batches at the fit sizes used here
+        km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(z)
     return KMeansModel(km.cluster_centers_.astype(np.float32), mean.astype(np.float32), std.astype(np.float32))

@@ -89,11 +89,7 @@ class BuyerVQVAE(nn.Module):
         self.gru = nn.GRU(e, int(h["hidden_dim"]), batch_first=True)
         self.agg_in = nn.Sequential(nn.Linear(dims.agg_width, int(h["agg_dim"])), nn.GELU())
         latent = int(h["latent_dim"])
-        # batch-normalised (no affine): latents spread around the origin, so the cosine codes of the
-        # k-means initialisation point in different directions and decode to different models from
-        # the first step (a fresh encoder's latents share one direction and all codes decode alike)
-        self.to_latent = nn.Sequential(_mlp(int(h["hidden_dim"]) + int(h["agg_dim"]), latent * 2, latent),
-                                       nn.BatchNorm1d(latent, affine=False))
+        self.to_latent = _mlp(int(h["hidden_dim"]) + int(h["agg_dim"]), latent * 2, latent)
         self.vq = VectorQuantize(
             dim=latent,
             codebook_size=int(h["codebook_size"]),

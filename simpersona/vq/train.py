@@ -224,7 +224,6 @@ def checkpoint_storage(cfg) -> str:
 
 def fit(cfg, train_ds, config: dict):
     """Run TorchTrainer; returns (final model state dict, client state) from its last checkpoint."""
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -284,8 +283,8 @@ def run_training(cfg) -> dict:
         raise FeatureError(f"no histories in {features_uri(cfg.run_dir)}: nothing to train on")
     with sw.lap("sample"):  # the evaluation rows; the k-means peer is fitted on their training-merchant part
         heldout = dataset.heldout_merchants(cfg) if cfg.vq.train.exclude_heldout else []
-        sample_ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("planted_type", "merchant_id"), s3)
-        arrays = dataset.take_arrays(sample_ds, spec, int(cfg.vq.eval.max_rows), extra=("merchant_id",))
+        arrays = dataset.head_arrays(cfg.run_dir, spec, int(cfg.vq.eval.max_rows), TRAIN_COLUMNS + ("planted_type",),
+                                     s3, extra=("merchant_id",))
     km = None
     k = int(cfg.vq.model.codebook_size)
     if cfg.vq.kmeans.enabled:

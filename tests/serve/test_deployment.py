@@ -68,6 +68,9 @@ def test_http_on_localhost(served):
     bad = httpx.post(url, json={"observation": "page: home", "allowed": []}, timeout=60)
     assert bad.status_code == 400
     assert bad.json() == {"error": "policy request needs `allowed`: a non-empty list of action strings"}
+    unknown = httpx.post(url, json={**r.to_dict(), "persona": 99}, timeout=60)  # refused before batching
+    assert unknown.status_code == 400
+    assert unknown.json() == {"error": "persona 99 out of range: the model has 4 persona tokens"}
     from ray.serve.context import _get_global_client
 
     assert _get_global_client().http_config.host == "127.0.0.1"  # not exposed beyond this machine

@@ -11,12 +11,47 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from simpersona.sim.actors import committed_results
+from simpersona.sim.actors import DONE, AgentQueue, committed_results
+from simpersona.sim.agent import AgentOutcome
 from simpersona.sim.simulate import run_simulation
 
 from .simrun import check_exactly_once, make_run_dir, sim_config
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+def test_queue_leases_commits_once_and_requeues_lost_workers(ray_local, tmp_path):
+    specs = [{"agent_id": f"a{i}", "merchant_id": "m"} for i in range(3)]
+    q = AgentQueue.remote(specs, str(tmp_path), 2, 100, 60.0)
+    get = ray_local.get
+    a0, a1, a2 = (get(q.take.remote(w)) for w in ("w0", "w0", "w1"))
+    assert [x["spec"]["agent_id"] for x in (a0, a1, a2)] == ["a0", "a1", "a2"]
+    assert a0["attempt"] == 1 and a0["session_id"].startswith("a0.") and a0["session_id"].endswith(".1")
+    assert get(q.take.remote("w1")) is None  # all leased: wait, more may come back
+    done = AgentOutcome("a2", "completed", 1, session_id=a2["session_id"],
+                        rows=[{"agent_id": "a2", "step": 0, "observation": "o", "allowed": ["leave"],
+                               "action": "leave", "logprob": 0.0, "error": "", "url": "u"}])
+    assert get(q.commit.remote("w1", 1, done)) is True
+    assert get(q.commit.remote("w1", 1, done)) is False  # a second completion is rejected
+    assert get(q.worker_lost.remote("w0", "killed")) == 2  # a0, a1 back in the queue
+    assert get(q.take.remote("w0")) == DONE  # a take that arrives after its worker was declared lost
+    b0 = get(q.take.remote("w1"))
+    x = b0["spec"]["agent_id"]
+    assert x in ("a0", "a1") and b0["attempt"] == 2
+    get(q.release.remote("w1", x, 2, "browser_crash", "Chromium died"))  # attempt 2 of 2: give up
+    b1 = get(q.take.remote("w2"))
+    y = b1["spec"]["agent_id"]
+    assert {x, y} == {"a0", "a1"} and b1["attempt"] == 2
+    state = get(q.progress.remote(["w1"]))  # w2 holds a lease but is not running: its attempt is over
+    assert (state["done"], state["completed"], state["crashed"], state["requeued"]) == (3, 1, 2, 2)
+    assert get(q.take.remote("w1")) == DONE
+    assert get(q.flush.remote()) == 3
+    results = committed_results(tmp_path).to_pandas().set_index("agent_id")
+    assert sorted(results.index) == ["a0", "a1", "a2"]
+    assert results.loc[x, ["status", "error_kind", "error"]].tolist() == [
+        "crashed", "browser_crash", "gave up after 2 attempts: Chromium died"]
+    assert results.loc[y, ["error_kind", "error"]].tolist() == [
+        "worker_lost", "gave up after 2 attempts: worker no longer running"]
+    assert results.loc["a2", "session_id"] == a2["session_id"]
+    assert pq.read_table(tmp_path / "trajectories").num_rows == 1
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +77,8 @@ class KillOnce:
         self.killed = (name, dict(state))
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, run_dir):
     cfg = sim_config(run_dir, "sim.variant=kill_worker")
     hook = KillOnce("worker")
@@ -56,6 +93,8 @@ def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, 
     assert len(retried) >= 1 and set(retried.worker) != {hook.killed[0]}  # finished elsewhere
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_killing_chromium_mid_run_completes_every_agent_exactly_once(ray_local, run_dir):
     cfg = sim_config(run_dir, "sim.variant=kill_chromium")
     hook = KillOnce("chromium")
@@ -76,6 +115,8 @@ def interrupt_after_two(state: dict, workers: dict) -> None:
         raise Interrupt("driver stopped mid-run")
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_rerunning_a_run_dir_skips_finished_agents(ray_local, run_dir):
     cfg = sim_config(run_dir, "sim.variant=resume", "sim.agents_per_merchant=4", "sim.workers=1")
     out = run_dir / "simulate" / "resume"

@@ -30,13 +30,17 @@ def planted_arrays(planted_dir):
 TRAIN_ARGS = ["config=vq_planted", "vq.train.exclude_heldout=false", "vq.train.epochs=8", "vq.train.batch_size=256",
               "vq.train.em_init_steps=60", "vq.train.checkpoint_every=50", "vq.eval.silhouette_rows=2000",
               "progress=false"]
+FAIL_AT = 100  # worker 0 of the shared run dies at this step, after its checkpoint
 
 
 @pytest.fixture(scope="session")
 def trained(planted_dir, ray_local):
-    """(run_dir, summary) of one training run on the planted set, shared by the train and assign tests."""
+    """(run_dir, summary) of the one Ray Train run of the planted set, shared by the train and assign
+    tests. Ray Train start-up dominates a short run on 2 cores, so this run also carries the failure
+    that the resume test checks: worker 0 raises at step FAIL_AT, the worker group restarts and
+    resumes from the checkpoint written at that step."""
     from simpersona.config import load
     from simpersona.vq.train import run_training
 
-    cfg = load("train_vqvae", [f"run_dir={planted_dir}", *TRAIN_ARGS])
+    cfg = load("train_vqvae", [f"run_dir={planted_dir}", *TRAIN_ARGS, f"vq.train.fail_at_step={FAIL_AT}"])
     return planted_dir, run_training(cfg)
