@@ -41,7 +41,7 @@ DEFAULTS = {
     "buyers": 1_000_000,
     "dir": "runs/bench",
     "pandas_buyers": 20_000,
-    "vectorised_max_buyers": 2_000_000,
+    "vectorised_max_buyers": 1_000_000,
     "features_only": True,
     "full": True,
     "sample_s": 0.5,

@@ -141,14 +141,6 @@ class Memo:
         self.limit = limit
         self.pages: dict[tuple, tuple[PageState, str, list[str]]] = {}
         self.moves: dict[tuple, Visit] = {}
-        # whole sessions: (merchant, max steps, events without seq) → (steps, skips), for replays that
-        # did not depend on the history or seq (no hashed choice): many real sessions repeat exactly
-        self.sessions: dict[tuple, tuple[list, Counter]] = {}
-
-    def bounded(self, cache: dict) -> dict:
-        if len(cache) >= self.limit:
-            cache.clear()
-        return cache
 
 
 class ReplayShop(Shop):
@@ -166,7 +158,8 @@ class ReplayShop(Shop):
         pages = self.memo.pages
         hit = pages.get(key)
         if hit is None:
-            self.memo.bounded(pages)
+            if len(pages) >= self.memo.limit:
+                pages.clear()
             state = Shop.page_of(self, v)
             hit = pages[key] = (state, render(state), allowed_actions(state))
         return hit
@@ -181,7 +174,8 @@ class ReplayShop(Shop):
         moves = self.memo.moves
         nxt = moves.get(key)
         if nxt is None:
-            self.memo.bounded(moves)
+            if len(moves) >= self.memo.limit:
+                moves.clear()
             nxt = moves[key] = self.apply(v, action, allowed)[0]
         return nxt
 
@@ -200,7 +194,6 @@ class SessionReplay:
         self.visit = Visit(shop.merchant_id)
         self.steps: list[tuple[str, list[str], str, str]] = []
         self.skipped: Counter = Counter()
-        self.hashed = False  # a choice depended on history_id / seq: the result is this session's own
 
     # -- primitives ---------------------------------------------------------------------------------
     def _do(self, action: str, event: str, out: list) -> None:
@@ -242,7 +235,6 @@ class SessionReplay:
                     return c.slot
         if price is not None and price == price:  # not NaN
             return min(cards, key=lambda c: (abs(c.price - price), c.slot)).slot
-        self.hashed = True
         return cards[stable_hash(product_id or self.history_id, seq) % len(cards)].slot
 
     def _open_product(self, product_id, price, seq, event: str, out: list) -> None:
@@ -276,7 +268,6 @@ class SessionReplay:
                 (c.slot for c in cards if product_id is not None and c.product_id == product_id), None
             )
             if slot is None:
-                self.hashed = True
                 slot = cards[stable_hash(product_id or self.history_id, seq) % len(cards)].slot
             self._do(f"remove {slot}", "remove_cart", out)
         elif event == "search":
@@ -295,7 +286,6 @@ class SessionReplay:
             close = exact or difflib.get_close_matches(str(category).lower(), cats, n=1, cutoff=0.6)
             if close:
                 return close[0]
-        self.hashed = True
         return cats[stable_hash(category or self.history_id, seq) % len(cats)]
 
     def _purchase(self, product_id, price, seq, out: list) -> None:
@@ -420,15 +410,9 @@ def build_traces(
 
     def flush(key):
         hid, buyer, merchant, sid, sidx = key
-        memo_key = (merchant, cfg.max_steps_per_session, *(row[:4] for row in buf))
-        hit = shops.memo.sessions.get(memo_key)
-        if hit is None:
-            replay = SessionReplay(shops.get(merchant), hid, cfg.max_steps_per_session)
-            hit = (replay.run(buf), replay.skipped)
-            if not replay.hashed:
-                shops.memo.bounded(shops.memo.sessions)[memo_key] = hit
-        steps = hit[0]
-        skipped.update(hit[1])
+        replay = SessionReplay(shops.get(merchant), hid, cfg.max_steps_per_session)
+        steps = replay.run(buf)
+        skipped.update(replay.skipped)
         m = len(sess_meta)
         sess_meta.append(key)
         for i, (obs, allowed, action, event) in enumerate(steps):

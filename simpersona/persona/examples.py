@@ -167,9 +167,21 @@ class TargetCache:
         return ids
 
 
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Prompt token ids, opened by the tokenizer's start token when it has one.
+
+    The start token gives every prompt the same first position (the one attention rests on), so the
+    persona line that follows it is new content rather than a new first token: measured on the small
+    model, a persona token in first position cost a third of the pre-trained accuracy before training.
+    """
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [[bos] + x for x in ids] if bos is not None else ids
+
+
 def tokenize(tokenizer, prompts: list[str], actions: list[str], max_tokens: int) -> tuple[pd.DataFrame, int]:
     """Rows of input_ids (prompt + target) and n_prompt; examples over max_tokens are dropped."""
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompts(tokenizer, prompts)
     target = TargetCache(tokenizer)
     ids, n_prompt = [], []
     dropped = 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simpersona.persona.examples import TargetCache
+from simpersona.persona.examples import TargetCache, encode_prompts
 from simpersona.persona.prompts import build_prompt, persona_token
 
 PERSONA_FILE = "persona.json"
@@ -117,7 +117,7 @@ class ActionScorer:
     @torch.no_grad()
     def _score_chunk(self, reqs: list[ScoreRequest]) -> list[list[float]]:
         pad = self.tokenizer.pad_token_id
-        prompts = self.tokenizer([self.prompt(r) for r in reqs], add_special_tokens=False)["input_ids"]
+        prompts = encode_prompts(self.tokenizer, [self.prompt(r) for r in reqs])
         lens = torch.tensor([len(p) for p in prompts])
         width = int(lens.max())
         ids = torch.full((len(reqs), width), pad, dtype=torch.long)
@@ -161,7 +161,7 @@ class ActionScorer:
         """Reference: one full forward pass per (prompt, candidate); slow, for tests and benchmarks."""
         totals, flat = [], []
         for r in requests:
-            p = self.tokenizer(self.prompt(r), add_special_tokens=False)["input_ids"]
+            p = encode_prompts(self.tokenizer, [self.prompt(r)])[0]
             for a in r.allowed:
                 t = self.targets(a)
                 x = torch.tensor([p + t], device=self.device)

@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from simpersona.store.catalog import CATEGORY_NAMES
 
-PAD, END = "<|pad|>", "<|end|>"
+PAD, END, START = "<|pad|>", "<|end|>", "<|start|>"
 MAX_SLOT = 24  # "open 1" .. "open 24" and "remove 1" .. in the tokenizer corpus
 
 
@@ -40,7 +40,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, END], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, END, START], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     vocab_text = " ".join(" " + a for a in action_vocabulary())
 
@@ -50,7 +50,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
             yield vocab_text
 
     tok.train_from_iterator(corpus(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token=PAD)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token=PAD, bos_token=START)
 
 
 def build_model(tokenizer, cfg, seed: int) -> LlamaForCausalLM:
@@ -61,7 +61,7 @@ def build_model(tokenizer, cfg, seed: int) -> LlamaForCausalLM:
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
         max_position_embeddings=cfg.max_positions, tie_word_embeddings=cfg.tie_embeddings,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()

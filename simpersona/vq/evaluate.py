@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from simpersona.vq import metrics
-from simpersona.vq.features import FeatureSpec
+from simpersona.vq.features import FLAG_VALUES, FeatureSpec
 from simpersona.vq.kmeans import KMeansModel
 from simpersona.vq.model import BuyerVQVAE, to_tensors
 from simpersona.vq.sequence import log_probs, part_sizes, sequence_stats
@@ -61,7 +61,7 @@ def vq_reconstruction(model: BuyerVQVAE, arrays: dict[str, np.ndarray], labels: 
 def cluster_reconstruction(arrays: dict[str, np.ndarray], labels: np.ndarray, k: int, spec: FeatureSpec,
                            batch_size: int) -> dict[str, float]:
     """Reconstruction of each history by its cluster: mean aggregate vector, ML sequence model."""
-    sizes = part_sizes(spec.seq_len, spec.event_tokens, spec.price_buckets + 1, spec.gap_buckets + 1, 4)
+    sizes = part_sizes(spec.seq_len, spec.event_tokens, spec.price_buckets + 1, spec.gap_buckets + 1, FLAG_VALUES)
     agg = arrays["agg"].astype(np.float64)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     means = np.zeros((k, agg.shape[1]))

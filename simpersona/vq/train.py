@@ -1,14 +1,18 @@
-"""Training the VQ-VAE with Ray Train, then the k-means peer and the stage summary.
+"""Training the VQ-VAE with Ray Train, with the k-means peer and the stage summary around it.
 
 `train_loop_per_worker(config)` reads only its config and its Ray Data shard. It checkpoints every
 `checkpoint_every` steps and at every epoch end (model, optimiser, step, position in the epoch and the
 per-epoch metrics so far) to the run's storage; whenever it starts with a checkpoint — a worker-group
 restart after a failure, or a new run of the job with the same storage and run name — it resumes from
-it, skipping the batches of the current epoch it had already trained on.
+it, skipping the batches of the current epoch it had already trained on. Each epoch reports the
+reconstruction losses, code perplexity, active and dead codes, and the behaviour heads' AUCs.
 
-`run_training(cfg)` (the `vqvae` stage): validates the features, trains on the histories of training
-merchants (eval.holdout's held-out merchants are excluded), writes DIR/vqvae/model/ (+ kmeans.npz),
-codebook.npy, metrics.json and summary.json.
+`run_training(cfg)` (the `vqvae` stage): reads a fixed sample of the features (the first
+vq.eval.max_rows histories), fits the k-means peer on its training-merchant part, validates every
+feature row in a Ray Data pass that also labels it with its k-means cluster (`init_code`, the
+partition the first vq.train.em_init_steps EM steps start from), trains on the histories of training
+merchants (eval.holdout's held-out merchants are excluded), and writes DIR/vqvae/model/ (+ kmeans.npz),
+codebook.npy, metrics.json and summary.json (both models measured on the same sample).
 """
 
 from __future__ import annotations

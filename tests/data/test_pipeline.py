@@ -141,6 +141,15 @@ def test_too_many_bad_rows_stop_the_run_with_one_line(ray_local, synth_dir, tmp_
     assert msg.startswith("too many bad rows: 134 of 400 rows read (33.50%) > data.max_bad_fraction=0.01")
     assert f"most in {data}" in msg and "unknown_event=134" in msg
     assert not (tmp_path / "run" / "preprocess").exists()  # nothing half-written is left behind
+    # past data.bad_check_min_rows the reading task itself stops; its error still arrives as one line
+    big = tmp_path / "big.csv"
+    write_csv(big, [dict(r, event="zap") if i % 2 else r for i, r in enumerate(csv_rows(synth_dir, 12_000))])
+    cfg = load("preprocess", [f"data.input={big}", "data.adapter=canonical", "progress=false",
+                              "sessions.day_resolution=false", f"run_dir={tmp_path}/run2"])
+    with pytest.raises(BadDataError, match=r"^too many bad rows \(stopped early\): 5,000 of 10,000 rows read") as err:
+        run_preprocess(cfg)
+    assert "\n" not in str(err.value) and "Ray" not in str(err.value)
+    assert not (tmp_path / "run2" / "preprocess").exists()
 
 
 @pytest.mark.slow

@@ -145,6 +145,7 @@ def test_long_sessions_are_cut_and_old_sessions_dropped():
     assert skipped["truncated_events"] == 6
 
 
+@pytest.mark.slow
 def test_tmall_day_sessions_replay_deterministically(tmall_csv):
     import pyarrow as pa
 
