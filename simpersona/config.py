@@ -438,7 +438,7 @@ class SmallLMConfig:
     tokenizer_examples: int = 20000  # training examples whose text trains the tokenizer
     # example variants of the from-scratch pre-training (prompt = prose persona, used when every type has a
     # description): a model that has read persona lines attends to the prompt's first line
-    pretrain_variants: list[str] = field(default_factory=lambda: ["none", "prompt"])
+    pretrain_variants: list[str] = field(default_factory=lambda: ["none"])
     # from-scratch training on the no-persona examples (the small model's "pre-training")
     pretrain: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=3e-3, batch_size=32))
 
@@ -487,7 +487,7 @@ class PersonaEvalConfig:
     max_steps: int = 2000  # held-out steps scored (a hash-chosen subset when there are more)
     batch_requests: int = 32  # score requests per scorer call
     rollouts_per_type: int = 48  # storefront-model sessions sampled per type for the conversion check
-    rollout_max_steps: int = 30
+    rollout_max_steps: int = 0  # 0 = traces.max_steps_per_session (sessions as long as the traces')
     min_type_steps: int = 20  # types with fewer held-out steps are left out of the per-type JS
 
 
@@ -501,8 +501,8 @@ class PersonaConfig:
     heldout_fraction: float = 0.1  # histories (by hash) held out for evaluation
     max_train_examples: int = 20000  # 0 = all
     max_prompt_tokens: int = 480  # longer examples are dropped (counted in the summary)
-    stage1: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=1e-2))
-    stage2: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=1e-3))
+    stage1: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=3e-2))
+    stage2: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=5e-3))
     stage2_mode: str = "lora"  # lora (LoRA + persona rows) | full (every weight)
     lora: PersonaLoraConfig = field(default_factory=PersonaLoraConfig)
     baselines: list[str] = field(default_factory=lambda: ["none", "prompt"])  # trained on the same examples

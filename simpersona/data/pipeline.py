@@ -40,6 +40,7 @@ import logging
 import math
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -62,6 +63,7 @@ from simpersona.data.reference import (
 from simpersona.data.schema import SCHEMA
 from simpersona.data.traces import as_mapping
 from simpersona.data.validate import (
+    BadDataError,
     DataError,
     FileReport,
     ValidationReport,
@@ -109,13 +111,15 @@ def _listing(uri: str, s3cfg, suffix: str) -> list[str]:
 
 
 def _unwrap(exc: BaseException) -> BaseException | None:
-    """The DataError inside a Ray task error (Ray wraps exceptions raised in UDFs), if there is one."""
+    """The DataError a UDF raised, out of Ray's wrapping (Ray re-raises it as a RayTaskError subclass
+    of it, whose message carries the worker's traceback; the original is its `cause`)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, DataError):
+        if isinstance(exc, DataError) and type(exc).__module__.startswith("simpersona."):
             return exc
-        exc = exc.__cause__ or exc.__context__
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
     return None
 
 
@@ -126,7 +130,8 @@ def _execute(action):
     except Exception as exc:
         data_error = _unwrap(exc)
         if data_error is not None:
-            raise data_error.with_traceback(None) from None
+            # input errors are one line by contract; Ray appends its retry advice to the message
+            raise type(data_error)(str(data_error).split("\n", 1)[0]) from None
         raise
 
 
@@ -494,6 +499,20 @@ def run_pipeline(cfg, out: str) -> dict:
     return summary
 
 
+def _keep_quarantine(exc: BadDataError, out: str, final: str, s3cfg) -> BadDataError:
+    """A run stopped for bad rows leaves nothing half-written, except its quarantine, which the user
+    needs: it moves to <final>.quarantine/ (beside any earlier, complete output) and the message says so."""
+    import shutil
+
+    src, dst = io.join_uri(out, "quarantine"), f"{final}.quarantine"
+    if io.is_s3(out):
+        return exc  # written in place on object stores: the message already names it
+    shutil.rmtree(dst, ignore_errors=True)
+    if Path(src).exists():
+        shutil.move(src, dst)
+    return BadDataError(str(exc).replace(src, dst))
+
+
 def run_preprocess(cfg) -> dict:
     """The preprocess stage: DIR/preprocess/ from `cfg`, on a local Ray or the cluster it joins."""
     from simpersona.runtime import atomic_output_dir, init_ray, write_json
@@ -501,7 +520,10 @@ def run_preprocess(cfg) -> dict:
     init_ray(cfg)
     final = io.join_uri(cfg.storage_path or cfg.run_dir, "preprocess")
     with atomic_output_dir(final, cfg.data.s3) as out:
-        summary = run_pipeline(cfg, out)
+        try:
+            summary = run_pipeline(cfg, out)
+        except BadDataError as exc:
+            raise _keep_quarantine(exc, out, final, cfg.data.s3) from None
     summary["out"] = final
     write_json(io.join_uri(final, "summary.json"), summary, cfg.data.s3)
     return summary

@@ -190,7 +190,7 @@ def run(cfg) -> dict:
                                                              ev.batch_requests, cfg.progress), ev.min_type_steps)
         all_steps = pd.concat([steps.train, steps.heldout], ignore_index=True)
         sens = type_sensitivity(scorer, steps.heldout, all_steps, n_types, to_dict(cfg.store),
-                                ev.rollouts_per_type, ev.rollout_max_steps, pc.temperature, seed, cfg.progress)
+                                ev.rollouts_per_type, ev.rollout_max_steps or int(cfg.traces.max_steps_per_session), pc.temperature, seed, cfg.progress)
 
     summary = {
         "base_model": base_name if base_name != SMALL else "small",

@@ -4,12 +4,12 @@
 re-initialisation). The embedding matrix grows only when the new ids do not fit (some checkpoints
 carry spare rows). New rows are initialised by one of:
 
-  codebook        closed-form projection of the codebook into the embedding space: the codebook's
+  codebook        closed-form projection of the codebook into the embedding space: the codebook's r
                   principal coordinates, scaled uniformly so their spread equals the embedding
-                  matrix's total variance, laid along the embedding matrix's principal directions and
-                  shifted by its mean. Linear and distance-preserving up to one scale, so types that
-                  are close in the VQ space start close in the LM, and every row starts
-                  in-distribution (the norm of a typical token).
+                  matrix's spread along its own top-r principal directions, laid along those
+                  directions and shifted by the mean embedding. Linear and distance-preserving up to
+                  one scale, so types that are close in the VQ space start close in the LM, and every
+                  row starts in-distribution.
   codebook_lstsq  ridge least-squares linear map codebook -> anchors, where each type's anchor is the
                   mean input embedding of its prose description (type_profiles.json).
   mean            every row the mean input embedding (no information from the codebook).
@@ -123,7 +123,9 @@ def project_codebook(codebook: np.ndarray, embeddings: np.ndarray) -> np.ndarray
         return np.repeat(mu_e[None, :], k, axis=0)
     coords = centred_c @ vt_c[:r].T  # K x r principal coordinates of the codes
     code_var = (coords ** 2).sum() / (k - 1)
-    scale = np.sqrt(max(eigval.sum(), 1e-30) / code_var)  # total variance of codes = of embeddings
+    # the codes' spread equals the embeddings' spread over the same r directions (not their total
+    # variance, which would put r directions far outside what any real token looks like)
+    scale = np.sqrt(max(eigval[::-1][:r].sum(), 1e-30) / code_var)
     return mu_e + scale * coords @ dirs_e[:, :r].T
 
 

@@ -50,7 +50,8 @@ def vq_reconstruction(model: BuyerVQVAE, arrays: dict[str, np.ndarray], labels: 
     for lo, batch in _batches(arrays, batch_size):
         terms = model.code_nll(batch, decoded)
         lab = torch.from_numpy(labels[lo:lo + batch_size].astype(np.int64))[:, None]
-        sse += 2 * terms["agg"].gather(1, lab).sum().item()
+        mu = decoded["agg"][lab[:, 0]]
+        sse += ((batch["agg"].float() - mu) ** 2).sum().item()
         nll += terms["seq"].gather(1, lab).sum().item()
         tokens += batch["seq_event"].gt(0).sum().item()
     n, width = arrays["agg"].shape

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -70,10 +72,11 @@ class KillOnce:
         if self.killed or state["done"] < 2 or state["in_flight"] == 0 or not workers:
             return
         name, handle = sorted(workers.items())[0]
+        self.chromium_pid = ray.get(handle.browser_pid.remote())
         if self.what == "worker":
             ray.kill(handle)
         else:
-            os.kill(ray.get(handle.browser_pid.remote()), signal.SIGKILL)
+            os.kill(self.chromium_pid, signal.SIGKILL)
         self.killed = (name, dict(state))
 
 
@@ -91,6 +94,11 @@ def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, 
     checked = check_exactly_once(out)
     retried = checked["results"][checked["results"].attempt > 1]
     assert len(retried) >= 1 and set(retried.worker) != {hook.killed[0]}  # finished elsewhere
+    # the killed worker's Chromium went with it (no orphaned browsers)
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(hook.chromium_pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not psutil.pid_exists(hook.chromium_pid) or psutil.Process(hook.chromium_pid).status() == "zombie"
 
 
 @pytest.mark.browser
