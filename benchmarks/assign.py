@@ -161,6 +161,7 @@ def main(argv: list[str]) -> dict:
     n_files = max(1, int(b["train_histories"]) // int(b["rows_per_file"]))
     subset(full, train, n_files)
     tcfg = load("train_vqvae", [f"run_dir={train}", "vq.train.exclude_heldout=false", "vq.train.resume=false",
+                                "vq.train.min_steps=0",
                                 f"vq.train.epochs={b['train_epochs']}", "progress=false",
                                 *[a for a in argv if a.startswith("vq.") or a.startswith("ray.")]])
     with TreeSampler(float(b["sample_s"])) as mem:

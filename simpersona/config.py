@@ -225,6 +225,9 @@ class SimConfig:
     max_steps: int = 30
     workers: int = 2  # most BrowserWorker actors; fewer while the cluster lacks CPUs for more
     contexts_per_worker: int = 8  # concurrent agents (browser contexts) in one worker's Chromium
+    # resets/steps running in one Chromium at once (0 = contexts_per_worker); the rest of the agents
+    # wait for a slot (or for the policy), so a crowd of agents does not run page loads into timeouts
+    browser_ops_per_worker: int = 8
     worker_cpus: float = 1.0  # Ray CPUs reserved per BrowserWorker
     policy: str = "serve"  # serve | local (one scorer per worker) | uniform (speed baseline only)
     max_attempts: int = 3  # attempts per agent when its worker or its Chromium dies
@@ -357,17 +360,19 @@ class VQTrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    shuffle_buffer: int = 16384  # local shuffle buffer (rows) of each worker's shard
+    shuffle_rows: int = 16384  # each worker shuffles its shard in chunks of about this many rows
+    cache_shard: bool = True  # keep each worker's shard in its memory after the first epoch
     checkpoint_every: int = 200  # steps; every epoch end is checkpointed too
     keep_checkpoints: int = 2
     max_failures: int = 2  # worker-group restarts, each resuming from the last checkpoint
+    min_steps: int = 600  # more epochs than `epochs` when a small training set would give fewer steps
     max_steps: int = 0  # > 0: stop (with a checkpoint) after this many steps; a later run resumes
     resume: bool = True  # continue from the last checkpoint of <storage_path>/checkpoints/vqvae/<name>
     name: str = "train"  # Ray Train run name
     exclude_heldout: bool = True  # train only on histories at training merchants (eval.holdout)
     metrics_rows: int = 20000  # rows per worker kept each epoch for the behaviour-head AUCs
     # first steps take the k-means peer's clusters as the E-step (EM initialised by k-means, as mixture
-    # models usually are); 0 = start EM from the k-means-initialised codebook alone
+    # models usually are), at most a quarter of the run; 0 = EM from the k-means-initialised codebook alone
     em_init_steps: int = 200
     fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
 
@@ -478,6 +483,7 @@ class PersonaTrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1  # worker-group restarts, each resuming from the last checkpoint
     resume: bool = True  # finished stages are reused and an interrupted stage continues from its checkpoint
+    fail_at_step: int = 0  # testing aid: the first attempt of each stage raises after this step's checkpoint
 
 
 @dataclass
@@ -499,6 +505,7 @@ class PersonaConfig:
     init: str = "codebook"  # persona rows: codebook (moment-matched projection) | codebook_lstsq | mean
     history_len: int = 4  # last actions of the session shown in the prompt
     heldout_fraction: float = 0.1  # histories (by hash) held out for evaluation
+    exclude_heldout: bool = True  # histories at eval.holdout's held-out merchants are never trained on
     max_train_examples: int = 20000  # 0 = all
     max_prompt_tokens: int = 480  # longer examples are dropped (counted in the summary)
     stage1: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=3e-2))

@@ -19,10 +19,11 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from simpersona.persona.examples import persona_of
-from simpersona.persona.planted import make_shop, session_conversion
+from simpersona.persona.planted import session_conversion
 from simpersona.persona.scoring import ActionScorer, ScoreRequest, sample
 from simpersona.sim.observation import action_verb, allowed_actions, render
 from simpersona.store.model import Visit
+from simpersona.store.shops import ShopSet
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -63,13 +64,16 @@ def step_metrics(df: pd.DataFrame, logprobs: list[list[float]], min_type_steps: 
         for a, x in zip(allowed, lp):
             model_mass[i, col[action_verb(a)]] += np.exp(x)
         real[i, col[action_verb(action)]] = 1.0
+    page = df["observation"].str.extract(r"^page: (\w+)", expand=False).fillna("?").to_numpy()
+    hits = np.asarray(correct)
+    by_page = {str(k): float(hits[page == k].mean()) for k in np.unique(page)}
     types = df["type_id"].to_numpy()
     js = {}
     for k in np.unique(types):
         rows = types == k
         if rows.sum() >= min_type_steps:
             js[int(k)] = js_divergence(model_mass[rows].mean(0), real[rows].mean(0))
-    return {"acc": float(np.mean(correct)), "nll": float(np.mean(nll)), "n": len(df),
+    return {"acc": float(np.mean(correct)), "nll": float(np.mean(nll)), "n": len(df), "acc_by_page": by_page,
             "js_per_type": js, "js_mean": float(np.mean(list(js.values()))) if js else float("nan")}
 
 
@@ -77,7 +81,8 @@ def rollout_conversion(scorer: ActionScorer, personas: list, merchants: list[lis
                        n_sessions: int, max_steps: int, temperature: float, seed: int,
                        progress: bool = False, shop_factory: Callable | None = None) -> list[float]:
     """Share of sampled sessions that place an order, for each persona (merchants[i] to draw from)."""
-    shop_factory = shop_factory or (lambda m: make_shop(m, store_cfg))
+    if shop_factory is None:  # the live storefront's shops: same catalogs (store.catalog_path) and knobs
+        shop_factory = ShopSet(store_cfg, merchants=sorted({m for pool in merchants for m in pool})).shop
     shops: dict = {}
     sessions = []  # [persona index, shop, visit, history, rng, bought]
     for i, pool in enumerate(merchants):

@@ -104,7 +104,9 @@ def hash_unit(values: pd.Series, seed: int) -> np.ndarray:
 
 
 def load_steps(traces_dir, types_path, profiles_path, n_types: int, history_len: int,
-               heldout_fraction: float, seed: int) -> Steps:
+               heldout_fraction: float, seed: int, heldout_merchants: list[str] | None = None) -> Steps:
+    """Typed trace steps split by history; histories at `heldout_merchants` (the evaluation's held-out
+    storefronts) never reach training and are evaluated with the hash-held-out ones."""
     traces = read_traces(traces_dir)
     types = read_types(types_path)
     bad = types[(types.type_id < 0) | (types.type_id >= n_types)]
@@ -117,6 +119,8 @@ def load_steps(traces_dir, types_path, profiles_path, n_types: int, history_len:
     df["type_id"] = df["type_id"].astype(np.int64)
     df = add_history(df, history_len)
     held = hash_unit(df["history_id"], seed) < heldout_fraction
+    if heldout_merchants:
+        held |= df["merchant_id"].astype(str).isin(set(map(str, heldout_merchants))).to_numpy()
     return Steps(df[~held].reset_index(drop=True), df[held].reset_index(drop=True), n_types,
                  read_descriptions(profiles_path, n_types), untyped)
 
@@ -205,7 +209,9 @@ def bucket_by_length(df: pd.DataFrame, batch_size: int, seed: int, window: int =
     for start in range(0, len(order), chunk):
         part = order[start: start + chunk][np.argsort(lengths[start: start + chunk], kind="stable")]
         batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)  # a short batch goes last: in the middle it would shift every later batch boundary
+    batches = full + [b for b in batches if len(b) < batch_size]
     return df.iloc[np.concatenate(batches)].reset_index(drop=True) if batches else df
 
 

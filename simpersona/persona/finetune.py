@@ -57,6 +57,7 @@ class StageSpec:
     seed: int = 0
     progress: bool = True
     data_fingerprint: str = ""
+    input_fingerprint: str = ""  # of the input model folder: a changed upstream stage invalidates this one
 
     def __post_init__(self):
         if self.mode not in STAGE_MODES:
@@ -72,6 +73,18 @@ class StageSpec:
     def total_steps(self) -> int:
         total = self.epochs * self.steps_per_epoch
         return min(total, self.max_steps) if self.max_steps > 0 else total
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """Content hash of a save_pretrained folder (weights, config, tokenizer); markers and metrics excluded."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and path.name not in (MARKER, TRAIN_METRICS):
+            h.update(path.name.encode())
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 def data_fingerprint(df) -> str:
@@ -185,6 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
             progress = json.loads(Path(d, "progress.json").read_text())
         epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
 
+    resumed_from = step  # > 0 when Ray Train handed this run a checkpoint
     engine = None
     if use_ds:
         import deepspeed  # only on GPU images: pip install -e .[gpu]
@@ -200,6 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
                 engine.load_checkpoint(os.path.join(d, "deepspeed"), tag="latest")
                 progress = json.loads(Path(d, "progress.json").read_text())
             epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
+            resumed_from = step
         net = engine
     else:
         net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
@@ -263,6 +278,8 @@ def train_loop_per_worker(config: dict) -> None:
                 break
             if every and step % every == 0:
                 report({"stage": spec.name, "step": step, "epoch": epoch}, epoch, batch_idx + 1, True)
+            if step == int(tcfg.get("fail_at_step") or 0) and resumed_from == 0:
+                raise RuntimeError(f"injected failure at step {step} of stage {spec.name} (train.fail_at_step)")
         bar.close()
         history.append({"epoch": epoch, "loss": loss_sum / max(1, loss_tokens), "wall_s": time.perf_counter() - t0})
         report({"stage": spec.name, "step": step, "epoch": epoch, "loss": history[-1]["loss"]}, epoch + 1, 0, True)
@@ -273,6 +290,7 @@ def train_loop_per_worker(config: dict) -> None:
         "loss": history[-1]["loss"] if history else float("nan"),
         "tokens_per_s": tokens_seen * max(1, world) / wall if wall > 0 and tokens_seen else 0.0,
         "train_wall_s": wall, "peak_memory_mib": peak_memory_mib(device), "world_size": max(1, world),
+        "resumed_from_step": resumed_from,
     }
     if rank == 0:
         base = engine.module if engine is not None else model
@@ -301,9 +319,9 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
     tcfg = spec.train
     workers = int(tcfg.get("workers", 1))
     name = f"{spec.name}-{fp}"
-    storage = Path(storage_path).resolve()
-    if not resume:
-        shutil.rmtree(storage / name, ignore_errors=True)
+    storage = str(storage_path) if "://" in str(storage_path) else str(Path(storage_path).resolve())
+    if not resume and "://" not in storage:
+        shutil.rmtree(Path(storage) / name, ignore_errors=True)
     for stale in (marker, Path(spec.output_dir) / TRAIN_METRICS):
         stale.unlink(missing_ok=True)
     if workers == 0:
@@ -320,7 +338,7 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
         train_loop_config={"spec": asdict(spec)},
         scaling_config=scaling,
         run_config=RunConfig(
-            name=name, storage_path=str(storage),
+            name=name, storage_path=storage,
             worker_runtime_env={"env_vars": worker_env(tcfg)},
             checkpoint_config=CheckpointConfig(num_to_keep=int(tcfg.get("keep_checkpoints", 2))),
             failure_config=FailureConfig(max_failures=int(tcfg.get("max_failures", 1))),
@@ -343,6 +361,13 @@ def worker_env(tcfg: dict) -> dict[str, str]:
     passive waiting costs nothing when the cores are free."""
     threads = int(tcfg.get("torch_threads") or 0) or max(1, int(tcfg.get("cpus_per_worker") or 1))
     return {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_finetune(cfg) -> dict:
+    """The pipeline's finetune stage (simpersona.stages): the whole job of simpersona.persona.job."""
+    from simpersona.persona.job import run
+
+    return run(cfg)
 
 
 def _cluster_has_gpus() -> bool:

@@ -4,12 +4,14 @@ Order of work (each training step is one Ray Train run, see simpersona.persona.f
   base       load the base LM (or, for `small`, train its tokenizer and pre-train it from scratch
              on the no-persona examples)
   tokens     add K persona tokens, rows initialised from the codebook, self-check
-  stage1     persona rows only                      -> work/stage1
+  stage1     persona rows only                      -> DIR/checkpoints/finetune/work/stage1
   stage2     LoRA + persona rows (or full)          -> DIR/finetune/model
   baselines  the same stage-2 recipe from the base on the identical examples without persona
              (`none`) and with the prose persona (`prompt`) -> DIR/finetune/baselines/<name>
   evaluate   held-out accuracy / NLL / per-type JS, rollout conversion per type vs real
-Artifacts: model/ (save_pretrained + tokenizer + persona.json), persona.json, summary.json.
+Artifacts: model/ (save_pretrained + tokenizer + persona.json), persona.json, summary.json; the
+baselines beside them. Histories at eval.holdout's held-out storefronts are never trained on.
+Intermediate models and Ray Train checkpoints: DIR/checkpoints/finetune/{work,ray}.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import pandas as pd
 from simpersona.config import to_dict
 from simpersona.persona import examples as ex
 from simpersona.persona.evaluate import score_steps, step_metrics, type_sensitivity
-from simpersona.persona.finetune import StageSpec, data_fingerprint, run_stage, steps_per_epoch
+from simpersona.persona.finetune import (
+    StageSpec,
+    data_fingerprint,
+    folder_fingerprint,
+    run_stage,
+    steps_per_epoch,
+)
 from simpersona.persona.model_loading import SMALL, load_pretrained, load_saved, resolve_name, save
 from simpersona.persona.prompts import persona_token
 from simpersona.persona.scoring import PERSONA_FILE, ActionScorer
@@ -48,6 +56,18 @@ def inputs(run_dir: Path) -> dict[str, Path]:
             "profiles": run_dir / "assign" / "type_profiles.json", "codebook": run_dir / "vqvae" / "codebook.npy"}
 
 
+def heldout_merchants(cfg) -> list[str]:
+    """The evaluation's held-out storefronts (eval.holdout), as the VQ training excludes them; none when
+    the run has neither real events nor features to derive them from (planted persona-only runs)."""
+    run_dir = Path(cfg.run_dir)
+    if not (cfg.eval.real_events or (run_dir / "preprocess" / "events").is_dir()
+            or (run_dir / "preprocess" / "features").is_dir()):
+        return []
+    from simpersona.vq.dataset import heldout_merchants as vq_heldout
+
+    return vq_heldout(cfg)
+
+
 def dataset(df: pd.DataFrame, batch_size: int, seed: int):
     import ray.data
 
@@ -58,7 +78,9 @@ def run(cfg) -> dict:
     pc = cfg.persona
     run_dir = Path(cfg.run_dir)
     out = run_dir / "finetune"
-    work = out / "work"
+    # intermediate models and Ray Train checkpoints live outside DIR/finetune, which the pipeline clears
+    # before re-running an unfinished stage: an interrupted job resumes from them
+    work = run_dir / "checkpoints" / "finetune" / "work"
     paths = inputs(run_dir)
     if not paths["codebook"].exists():
         raise FileNotFoundError(f"no codebook at {paths['codebook']} (run the train_vqvae stage first)")
@@ -69,8 +91,9 @@ def run(cfg) -> dict:
     seed = int(cfg.seed)
     train_cfg = to_dict(pc.train)
     with timer("load_data"):
+        excluded = heldout_merchants(cfg) if pc.exclude_heldout else []
         steps = ex.load_steps(paths["traces"], paths["types"], paths["profiles"], n_types, pc.history_len,
-                              pc.heldout_fraction, seed)
+                              pc.heldout_fraction, seed, excluded)
         train_df = ex.subsample(steps.train, pc.max_train_examples, seed)
         eval_df = ex.subsample(steps.heldout, pc.eval.max_steps, seed)
     if train_df.empty or eval_df.empty:
@@ -78,6 +101,9 @@ def run(cfg) -> dict:
     bad = [b for b in pc.baselines if b not in ("none", "prompt")]
     if bad:
         raise ValueError(f"persona.baselines may hold none and prompt, got {bad}")
+    described = bool(steps.descriptions) and all(steps.descriptions)
+    baselines = [b for b in pc.baselines if b != "prompt" or described]
+    skipped = [b for b in pc.baselines if b not in baselines]  # prompt without type descriptions
 
     def spec(name, input_dir, output_dir, mode, stage_cfg, data, persona_ids=()):
         return StageSpec(
@@ -87,9 +113,9 @@ def run(cfg) -> dict:
             max_steps=int(stage_cfg.max_steps),
             steps_per_epoch=steps_per_epoch(len(data), int(stage_cfg.batch_size), int(pc.train.workers)),
             lora=to_dict(pc.lora), train=train_cfg, seed=seed, progress=bool(cfg.progress),
-            data_fingerprint=data_fingerprint(data))
+            data_fingerprint=data_fingerprint(data), input_fingerprint=folder_fingerprint(input_dir))
 
-    storage = Path(cfg.storage_path or cfg.run_dir) / "finetune" / "ray"
+    storage = f"{str(cfg.storage_path or cfg.run_dir).rstrip('/')}/checkpoints/finetune/ray"
     metrics: dict[str, dict] = {}
     dropped: dict[str, int] = {}
     base_name = resolve_name(pc.model.name_or_path)
@@ -113,18 +139,22 @@ def run(cfg) -> dict:
             texts += [d for d in steps.descriptions or [] if d]
             tokenizer = small.train_tokenizer(texts + train_df["action"].tolist(), pc.model.small.vocab_size)
             save(small.build_model(tokenizer, pc.model.small, seed), tokenizer, init_dir)
-            usable = [v for v in pc.model.small.pretrain_variants
-                      if v == "none" or (v == "prompt" and steps.descriptions and all(steps.descriptions))]
+            usable = [v for v in pc.model.small.pretrain_variants if v == "none" or (v == "prompt" and described)]
             if not usable:
                 raise ValueError("persona.model.small.pretrain_variants needs none (or prompt with type descriptions)")
             data = pd.concat([tokenized(tokenizer, v) for v in usable], ignore_index=True)
             pre = pc.model.small.pretrain
             metrics["pretrain"] = run_stage(spec("pretrain", init_dir, base_dir, "full", pre, data),
                                             dataset(data, pre.batch_size, seed), storage, pc.train.resume)
-        elif not (base_dir / "config.json").exists() or not pc.train.resume:
-            model, tokenizer = load_pretrained(pc.model.name_or_path, pc.model.gguf_file, pc.model.revision,
-                                               pc.model.trust_remote_code)
-            save(model, tokenizer, base_dir)
+        else:
+            source = {"name_or_path": pc.model.name_or_path, "gguf_file": pc.model.gguf_file,
+                      "revision": pc.model.revision}
+            marker = base_dir / "base.json"
+            if not (pc.train.resume and marker.exists() and json.loads(marker.read_text()) == source):
+                model, tokenizer = load_pretrained(pc.model.name_or_path, pc.model.gguf_file, pc.model.revision,
+                                                   pc.model.trust_remote_code)
+                save(model, tokenizer, base_dir)
+                marker.write_text(json.dumps(source))  # last: a half-written base is never reused
     base_model, base_tok = load_saved(base_dir)
 
     # ---- persona tokens -----------------------------------------------------------------------
@@ -151,7 +181,7 @@ def run(cfg) -> dict:
         metrics["stage2"] = run_stage(s2, dataset(persona_data, pc.stage2.batch_size, seed), storage, pc.train.resume)
     baseline_dirs = {}
     _, plain_tok = load_saved(base_dir)
-    for b in pc.baselines:
+    for b in baselines:
         with timer(f"baseline_{b}"):
             data = tokenized(plain_tok, b)
             mode = "lora" if pc.stage2_mode == "lora" else "full"
@@ -204,10 +234,12 @@ def run(cfg) -> dict:
         "stage1_loss": metrics["stage1"].get("loss"),
         "stage2_loss": metrics["stage2"].get("loss"),
         "baseline_loss": {b: metrics[f"baseline_{b}"].get("loss") for b in baseline_dirs},
+        "skipped_baselines": skipped,
         "heldout_acc_persona": held["persona"]["acc"],
         "heldout_acc_no_persona": held["none"]["acc"],
         "heldout_acc_prompt_persona": held.get("prompt", {}).get("acc"),
         "heldout_acc_mismatch": held["mismatch"]["acc"],
+        "heldout_acc_by_page": {v: held[v]["acc_by_page"] for v in held},
         "heldout_nll_persona": held["persona"]["nll"],
         "heldout_nll_no_persona": held["none"]["nll"],
         "heldout_nll_prompt_persona": held.get("prompt", {}).get("nll"),
@@ -223,6 +255,7 @@ def run(cfg) -> dict:
         "n_train_examples": len(train_df), "n_heldout_steps": len(eval_df),
         "n_train_histories": int(train_df["history_id"].nunique()),
         "untyped_trace_rows": steps.untyped_rows, "dropped_long_examples": dropped,
+        "heldout_merchants_excluded_from_training": len(excluded),
         "tokens_per_s": {k: v.get("tokens_per_s") for k, v in metrics.items()},
         "stages": {k: {kk: v.get(kk) for kk in ("loss", "step", "epochs", "tokens_per_s", "peak_memory_mib",
                                                  "train_wall_s", "wall_s", "world_size", "reused")}

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from simpersona.sim.observation import action_verb, allowed_actions, render
-from simpersona.store.catalog import generate_catalog
-from simpersona.store.model import Knobs, Shop, Visit
+from simpersona.store.model import Shop, Visit
+from simpersona.store.shops import ShopSet
 
 
 @dataclass(frozen=True)
@@ -110,18 +110,13 @@ def walk_history(shop: Shop, t: PlantedType, n_sessions: int, max_steps: int, ru
     return rows
 
 
-def make_shop(merchant_id: str, store_cfg: dict) -> Shop:
-    """The storefront model of a merchant with a generated catalog (as the live store builds it)."""
-    catalog = generate_catalog(merchant_id, int(store_cfg["products_per_merchant"]), int(store_cfg["catalog_seed"]))
-    return Shop(merchant_id, catalog, Knobs.from_config(store_cfg, merchant_id))
-
-
 def planted_traces(n_histories: int, n_types: int, store_cfg: dict, seed: int = 0, merchants: int = 4,
                    max_steps: int = 20, rule_p: float = 0.8) -> pd.DataFrame:
     """Trace rows (contracts.md columns) of n_histories planted histories, types drawn uniformly."""
     rng = np.random.default_rng(seed)
     types = planted_types(n_types)
-    shops = [make_shop(f"m{j}", store_cfg) for j in range(merchants)]
+    shop_set = ShopSet(store_cfg, merchants=[f"m{j}" for j in range(merchants)])
+    shops = [shop_set.shop(m) for m in shop_set.merchants]
     rows = []
     for h in range(n_histories):
         k = int(rng.integers(n_types))

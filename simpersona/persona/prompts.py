@@ -8,7 +8,8 @@
 
 The target appended to a prompt is `" " + action` followed by the tokenizer's end marker; the loss
 (and the scorer) covers only those tokens. Prompt and target are tokenized separately and
-concatenated, in training and in scoring alike, so a candidate action is always the same token ids.
+concatenated, in training and in scoring alike, so a candidate action is always the same token ids;
+the prompt's ids open with the tokenizer's start token when it has one (examples.encode_prompts).
 """
 
 from __future__ import annotations

@@ -59,12 +59,18 @@ def add_persona_tokens(model, tokenizer, n_types: int, codebook: np.ndarray | No
         raise PersonaTokenError(f"need at least one persona type, got {n_types}")
     if init not in INIT_MODES:
         raise PersonaTokenError(f"persona.init must be one of {INIT_MODES}, got {init!r}")
+    if init != "mean" and codebook is None:  # checked before anything changes
+        raise PersonaTokenError(f"persona.init={init} needs the VQ codebook (vqvae/codebook.npy)")
+    if codebook is not None and init != "mean" and len(codebook) != n_types:
+        raise PersonaTokenError(f"codebook has {len(codebook)} rows for {n_types} persona tokens")
+    if init == "codebook_lstsq" and anchors is None:
+        raise PersonaTokenError("persona.init=codebook_lstsq needs type descriptions (assign/type_profiles.json)")
+    if persona_token(n_types) in tokenizer.get_vocab():  # a larger K was added before
+        raise PersonaTokenError(f"tokenizer already has more than {n_types} persona tokens")
     existing = persona_token_ids(tokenizer, n_types)
     if existing is not None:
         check_persona_tokens(tokenizer, existing)
         return existing
-    if persona_token_ids(tokenizer, n_types + 1) is not None:  # a larger K was added before
-        raise PersonaTokenError(f"tokenizer already has more than {n_types} persona tokens")
     tokens = [AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
               for t in persona_token_strings(n_types)]
     tokenizer.add_tokens(tokens, special_tokens=True)
@@ -87,16 +93,10 @@ def _init_rows(model, ids: list[int], base_rows: int, codebook, init: str, ancho
     base = emb.detach()[:base_rows].double().cpu().numpy()
     if init == "mean":
         rows = np.repeat(base.mean(0, keepdims=True), len(ids), axis=0)
-    elif codebook is None:
-        raise PersonaTokenError(f"persona.init={init} needs the VQ codebook (vqvae/codebook.npy)")
     elif init == "codebook":
         rows = project_codebook(np.asarray(codebook, dtype=np.float64), base)
     else:
-        if anchors is None:
-            raise PersonaTokenError("persona.init=codebook_lstsq needs type descriptions (assign/type_profiles.json)")
         rows = lstsq_codebook(np.asarray(codebook, dtype=np.float64), np.asarray(anchors, dtype=np.float64))
-    if rows.shape != (len(ids), emb.shape[1]):
-        raise PersonaTokenError(f"codebook has {rows.shape[0]} rows for {len(ids)} persona tokens")
     with torch.no_grad():
         emb[ids[0]: ids[-1] + 1] = torch.as_tensor(rows, dtype=emb.dtype, device=emb.device)
         out = model.get_output_embeddings()

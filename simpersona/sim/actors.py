@@ -107,6 +107,7 @@ class AgentQueue:
         self.leases: dict[str, tuple[str, int]] = {}  # agent_id -> (worker, attempt)
         self.committed: set[str] = set()
         self.lost: set[str] = set()  # workers declared dead: no more leases for them
+        self.processes: dict[str, tuple[str, list]] = {}  # worker -> (node id, [(pid, create time)])
         self.max_attempts = max_attempts
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
@@ -167,6 +168,12 @@ class AgentQueue:
     def browser_restarted(self) -> None:
         self.counts["browser_restarts"] += 1
 
+    def register_processes(self, worker: str, node_id: str, processes: list) -> None:
+        self.processes[worker] = (node_id, processes)
+
+    def processes_of(self, worker: str) -> tuple[str, list] | None:
+        return self.processes.get(worker)
+
     def _retry(self, agent_id: str, attempt: int, worker: str, error_kind: str, error: str) -> None:
         if agent_id in self.committed:
             return
@@ -225,6 +232,67 @@ class AgentQueue:
 # ---- the worker -----------------------------------------------------------------------------------
 
 
+class ThrottledEnv:
+    """A BrowserEnv whose reset/step wait for a slot of the worker's shared Chromium.
+
+    One Chromium serves many contexts, but its browser process handles their navigations one
+    after another: started all at once, hundreds of agents' page loads queue inside Chromium and
+    run into the step timeout. Queued here instead, every operation gets the browser's full time.
+    """
+
+    def __init__(self, env, slots: asyncio.Semaphore):
+        self.env = env
+        self.slots = slots
+
+    @property
+    def browser(self):
+        return self.env.browser
+
+    async def reset(self, *args, **kwargs):
+        async with self.slots:
+            return await self.env.reset(*args, **kwargs)
+
+    async def step(self, action: str):
+        async with self.slots:
+            return await self.env.step(action)
+
+    async def close(self) -> None:
+        await self.env.close()
+
+
+def browser_processes(browser) -> list[tuple[int, float]]:
+    """(pid, create time) of this process's Playwright drivers and of the browser's Chromium."""
+    import psutil
+
+    procs = [p for p in psutil.Process().children() if "node" in p.name()]
+    if browser.pid:
+        procs.append(psutil.Process(browser.pid))
+    out = []
+    for proc in procs:
+        try:
+            out.append((proc.pid, proc.create_time()))
+        except psutil.Error:
+            pass
+    return out
+
+
+@ray.remote(num_cpus=0)
+def reap_processes(processes: list[tuple[int, float]]) -> int:
+    """SIGKILL the listed processes that still exist (same pid AND create time: never a reused pid)."""
+    import psutil
+
+    killed = 0
+    for pid, created in processes:
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) < 1e-3:
+                proc.kill()
+                killed += 1
+        except psutil.Error:
+            pass
+    return killed
+
+
 async def _close_quietly(env) -> None:
     if env is not None:
         try:
@@ -253,7 +321,7 @@ class BrowserWorker:
     """One Chromium, up to `contexts` concurrent agents (one BrowserContext each)."""
 
     def __init__(self, worker: str, queue, base_url: str, browser_cfg: dict, policy_spec: dict,
-                 contexts: int, history_len: int, personas: dict):
+                 contexts: int, history_len: int, personas: dict, browser_ops: int = 0):
         from omegaconf import OmegaConf
 
         from simpersona.sim.population import PersonaResolver
@@ -264,6 +332,9 @@ class BrowserWorker:
         self.browser_cfg = OmegaConf.create(browser_cfg)
         self.policy_spec = policy_spec
         self.contexts = contexts
+        # at most this many resets/steps in Chromium at once; the other agents wait here (or on the
+        # policy), so a step's own timeout never includes a queue inside the browser
+        self.browser_ops = asyncio.Semaphore(browser_ops or contexts)
         self.history_len = history_len
         self.persona = PersonaResolver(personas)
         self.browser = None
@@ -275,6 +346,10 @@ class BrowserWorker:
         from simpersona.sim.browser import Browser
 
         self.browser = await Browser(self.browser_cfg).start()
+        # told to the queue so that the driver can end them if this actor dies: a killed worker's
+        # Playwright driver does not always take its Chromium down with it
+        await self.queue.register_processes.remote(self.worker, ray.get_runtime_context().get_node_id(),
+                                                   browser_processes(self.browser))
 
     async def ready(self) -> dict:
         """Launch Chromium; returns where this worker runs (the driver waits on this)."""
@@ -319,7 +394,7 @@ class BrowserWorker:
                 spec, attempt = lease["spec"], lease["attempt"]
                 generation = self.generation
                 if env is None or env.browser is not self.browser:
-                    env = BrowserEnv(self.browser, self.base_url, self.browser_cfg)
+                    env = ThrottledEnv(BrowserEnv(self.browser, self.base_url, self.browser_cfg), self.browser_ops)
                 try:
                     persona = self.persona(spec["persona_mode"], int(spec["type_id"]))
                     outcome = await run_agent(env, policy, spec, persona, self.history_len,
@@ -358,6 +433,15 @@ class BrowserWorker:
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1].strip()[:300] if lines else type(exc).__name__
+
+
+def _reap(queue, worker: str) -> None:
+    """End a dead worker's Chromium and Playwright driver on its node (they can outlive the actor)."""
+    where = ray.get(queue.processes_of.remote(worker))
+    if where:
+        node_id, processes = where
+        reap_processes.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)).remote(processes)
 
 
 def _placeable(worker_cpus: float) -> bool:
@@ -401,7 +485,7 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                 serial += 1
                 handle = BrowserWorker.options(num_cpus=sim_cfg.worker_cpus, name=None).remote(
                     name, queue, base_url, browser_cfg, policy_spec, sim_cfg.contexts_per_worker, history_len,
-                    personas or {})
+                    personas or {}, sim_cfg.browser_ops_per_worker)
                 starting = (name, handle, handle.ready.remote())
             if probe:
                 last_probe = time.monotonic()
@@ -434,6 +518,7 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                     ray.kill(handle)
                     n = ray.get(queue.worker_lost.remote(name, _first_line(exc)))
                     tqdm.write(f"worker {name} died ({_first_line(exc)}); {n} in-flight agent(s) re-queued")
+                    _reap(queue, name)
             if not refs:
                 time.sleep(0.1)
             state = ray.get(queue.progress.remote(list(live)))
@@ -457,9 +542,14 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
             ray.get(queue.flush.remote(), timeout=60)
         except Exception:
             pass
-        for handle, _ in live.values():
-            ray.kill(handle)
+        leftover = [(name, handle) for name, (handle, _) in live.items()]
         if starting is not None:
-            ray.kill(starting[1])
+            leftover.append(starting[:2])
+        for name, handle in leftover:  # only after an interruption: finished workers have exited
+            ray.kill(handle)
+            try:
+                _reap(queue, name)
+            except Exception:
+                pass
         ray.kill(queue)
     return {**state, "wall_s": time.monotonic() - t0, "workers_started": serial, "worker_stats": finished}

@@ -81,14 +81,16 @@ class TypeAssigner:
 
 def assign_stream(cfg, spec: FeatureSpec):
     """The lazily assigned dataset (nothing runs until it is iterated)."""
+    from ray.data import ActorPoolStrategy
+
     from simpersona.vq import dataset
 
     a = cfg.vq.assign
     ds = dataset.read_features(cfg.run_dir, spec, INPUT_COLUMNS, cfg.data.s3)
     return ds.map_batches(TypeAssigner, fn_constructor_kwargs={"model_dir": model_dir(cfg),
                                                                "torch_threads": int(a.torch_threads)},
-                          batch_size=int(a.batch_size), batch_format="pyarrow", concurrency=int(a.actors),
-                          num_cpus=float(a.actor_cpus))
+                          batch_size=int(a.batch_size), batch_format="pyarrow",
+                          compute=ActorPoolStrategy(size=int(a.actors)), num_cpus=float(a.actor_cpus))
 
 
 def run_assign(cfg) -> dict:

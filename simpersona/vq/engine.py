@@ -25,7 +25,9 @@ class TorchEngine:
         if world_size > 1:
             import ray.train.torch
 
-            self.model = ray.train.torch.prepare_model(model)
+            # the quantizer keeps its buffers in sync itself (all-reduced EMA statistics); broadcasting
+            # them from rank 0 before every forward would only add a collective per step
+            self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
         else:
             self.model = model
         self.clip = float(train["grad_clip"])

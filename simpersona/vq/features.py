@@ -140,7 +140,8 @@ def _scalar(table: pa.Table, name: str, dtype) -> np.ndarray:
 
 
 def arrays_from_arrow(table: pa.Table, spec: FeatureSpec, labels: bool = True) -> dict[str, np.ndarray]:
-    """Validated numpy arrays of one feature batch: seq_* (n, L) int64, agg (n, F) float32, labels."""
+    """Validated numpy arrays of one feature batch: seq_* (n, L) int8 (as stored: no copy), agg (n, F)
+    float32, labels."""
     for name in SEQ_COLUMNS + ("agg",) + (LABEL_COLUMNS if labels else ()):
         if name not in table.column_names:
             raise FeatureError(f"feature batch lacks column {name!r} (has {table.column_names})")
@@ -148,7 +149,7 @@ def arrays_from_arrow(table: pa.Table, spec: FeatureSpec, labels: bool = True) -
     limits = {"seq_event": spec.event_tokens, "seq_price": spec.price_buckets + 1,
               "seq_gap": spec.gap_buckets + 1, "seq_flags": FLAG_VALUES}
     for name in SEQ_COLUMNS:
-        a = _fixed_list(table.column(name), spec.seq_len, name, np.int64)
+        a = _fixed_list(table.column(name), spec.seq_len, name, np.int8)
         if a.size and (a.min() < 0 or a.max() >= limits[name]):
             raise FeatureError(f"column {name!r} has values outside 0..{limits[name] - 1} "
                                f"(min {a.min()}, max {a.max()})")

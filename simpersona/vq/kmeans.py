@@ -17,17 +17,23 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from simpersona.vq.features import FeatureSpec
 
 
+def token_counts(a: np.ndarray, values: int) -> np.ndarray:
+    """(n, values) count of each value 0..values-1 in each row of `a` (one bincount for all rows)."""
+    n = len(a)
+    flat = (np.arange(n, dtype=np.int64)[:, None] * values + a.astype(np.int64)).ravel()
+    return np.bincount(flat, minlength=n * values).reshape(n, values)
+
+
 def summary_vectors(arrays: dict[str, np.ndarray], spec: FeatureSpec) -> np.ndarray:
-    """(n, F + tokens) float32: agg, then per-history token shares and log length."""
-    real = arrays["seq_event"] > 0
-    length = np.maximum(real.sum(1, keepdims=True), 1).astype(np.float32)
+    """(n, F + tokens) float32: agg, then per-history token shares and log length. Padding is 0 in
+    every sequence column, so dropping each column's value 0 drops the padding (and unknown prices)."""
+    length = np.maximum((arrays["seq_event"] > 0).sum(1, keepdims=True), 1).astype(np.float32)
     parts = [arrays["agg"]]
-    for name, values in (("seq_event", range(1, spec.event_tokens)), ("seq_price", range(1, spec.price_buckets + 1)),
-                         ("seq_gap", range(1, spec.gap_buckets + 1))):
-        a = arrays[name]
-        parts.append(np.stack([((a == v) & real).sum(1) for v in values], axis=1) / length)
-    flags = arrays["seq_flags"]
-    parts.append(np.stack([((flags & bit) > 0).sum(1) for bit in (1, 2)], axis=1) / length)
+    for name, values in (("seq_event", spec.event_tokens), ("seq_price", spec.price_buckets + 1),
+                         ("seq_gap", spec.gap_buckets + 1)):
+        parts.append(token_counts(arrays[name], values)[:, 1:] / length)
+    flags = token_counts(arrays["seq_flags"], 4)  # bit 1: values 1, 3; bit 2: values 2, 3
+    parts.append(np.stack([flags[:, 1] + flags[:, 3], flags[:, 2] + flags[:, 3]], axis=1) / length)
     parts.append(np.log1p(length))
     return np.concatenate(parts, axis=1).astype(np.float32)
 

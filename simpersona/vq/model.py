@@ -11,7 +11,7 @@ codebook updates, dead-code replacement from the batch, codes compared by cosine
 projection. A history's type is its nearest code — one encoder pass, no decoder.
 
 Decoder and behaviour heads, both on the quantized code. Because they read only the code, each code
-decodes to a small generative model of a buyer history: the aggregate vector (Gaussian mean; feature variances shared by all codes), the
+decodes to a small generative model of a buyer history: the aggregate vector (Gaussian mean), the
 token sequence (first-order Markov chain over events, categorical price / gap / flags per token and
 the length — see simpersona.vq.sequence) and the behavioural outcomes (purchase and cart-abandonment
 probabilities, session depth). That makes the training objective a mixture likelihood, trained by EM, with the encoder as its
@@ -54,7 +54,6 @@ from simpersona.vq.features import FLAG_VALUES, SEQ_COLUMNS, FeatureSpec
 from simpersona.vq.sequence import log_probs, part_sizes, sequence_stats
 
 LOSS_NAMES: tuple[str, ...] = ("agg", "seq", "purchase", "cart_abandon", "depth")
-LOGVAR_MIN, LOGVAR_MAX = -6.0, 4.0  # bounds of the decoded aggregate log-variances
 LABELS: dict[str, str] = {"purchase": "label_purchase", "cart_abandon": "label_cart_abandon",
                           "depth": "label_depth"}
 
@@ -108,10 +107,6 @@ class BuyerVQVAE(nn.Module):
         d = int(h["decoder_dim"])
         self.decoder = nn.Sequential(nn.Linear(latent, d), nn.GELU(), nn.Linear(d, d), nn.GELU())
         self.agg_out = nn.Linear(d, dims.agg_width)
-        # log-variance of each aggregate feature within a type, shared by all codes (a tied diagonal
-        # covariance): features that vary a lot inside types (recency, say) weigh less in the E-step.
-        # Per-code variances were tried: codes then collapse onto near-constant features.
-        self.agg_logvar = nn.Parameter(torch.zeros(dims.agg_width))
         self.seq_sizes = part_sizes(dims.seq_len, dims.event_tokens, dims.price_tokens, dims.gap_tokens,
                                     dims.flag_tokens)
         self.seq_out = nn.Linear(d, sum(self.seq_sizes.values()))
@@ -160,7 +155,6 @@ class BuyerVQVAE(nn.Module):
         heads = self.heads(quantized)
         return {
             "agg": self.agg_out(z),
-            "agg_logvar": self.agg_logvar.clamp(LOGVAR_MIN, LOGVAR_MAX).expand(len(z), -1),
             "seq_logits": self.seq_out(z),
             "purchase_logit": heads[:, 0],
             "cart_abandon_logit": heads[:, 1],
@@ -175,10 +169,11 @@ class BuyerVQVAE(nn.Module):
     def code_nll(self, batch: Mapping[str, Tensor], decoded: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """(B, K) negative log-likelihood of each history under each code, per term (unweighted)."""
         agg = batch["agg"].float()
-        mu, logvar = decoded["agg"].float(), decoded["agg_logvar"].float()
-        prec = torch.exp(-logvar)  # (K, F)
-        # sum_f (x - mu)^2 / var, expanded so that no (B, K, F) tensor is built
-        sq = (agg * agg) @ prec.t() - 2 * agg @ (mu * prec).t() + (mu * mu * prec).sum(1)[None, :]
+        mu = decoded["agg"].float()
+        # |x - mu|^2 expanded, so that no (B, K, F) tensor is built. Unit variances: learned per-code
+        # variances collapsed onto near-constant features, variances shared by all codes recovered
+        # planted types less well (NMI 0.72 vs 0.77 on the synthetic data)
+        sq = (agg * agg).sum(1, keepdim=True) - 2 * agg @ mu.t() + (mu * mu).sum(1)[None, :]
         seq = -(sequence_stats(batch, self.seq_sizes) @ log_probs(decoded["seq_logits"], self.seq_sizes).t())
 
         def bce(logit: Tensor, y: Tensor) -> Tensor:
@@ -186,7 +181,7 @@ class BuyerVQVAE(nn.Module):
             return F.softplus(logit)[None, :] - y.float()[:, None] * logit[None, :]
 
         depth = batch["label_depth"].float()[:, None] - decoded["depth"].float()[None, :]
-        return {"agg": 0.5 * (sq.clamp(min=0) + logvar.sum(1)[None, :]), "seq": seq,
+        return {"agg": 0.5 * sq.clamp(min=0), "seq": seq,
                 "purchase": bce(decoded["purchase_logit"], batch["label_purchase"]),
                 "cart_abandon": bce(decoded["cart_abandon_logit"], batch["label_cart_abandon"]),
                 "depth": 0.5 * depth * depth}
@@ -213,6 +208,8 @@ class BuyerVQVAE(nn.Module):
                 self.vq.update_indices(latent.detach(), batch["init_code"].long())
         elif self.training:
             with torch.no_grad():
+                # no mixing proportions: tried, they left planted recovery unchanged (0.768 vs 0.767)
+                # and concentrated the Tmall codes (perplexity 35 vs 42)
                 resp = F.softmax(-self.weighted_nll(terms) / float(self.hparams.get("em_temperature", 1.0)), dim=1)
                 self.vq.update_indices(latent.detach(), resp.argmax(1))
         else:

@@ -117,6 +117,40 @@ class EpochMeter:
         return out
 
 
+class ShardChunks:
+    """The worker's shard as chunks of ~shuffle_rows rows, kept in memory after the first epoch when
+    `cache` is set: each pass over a streaming split starts a Ray Data execution, which cost seconds
+    per epoch here — more than a whole epoch of training on a small set."""
+
+    def __init__(self, shard, batch_size: int, shuffle_rows: int, cache: bool):
+        self.shard, self.cache = shard, cache
+        self.chunk = batch_size * max(1, -(-shuffle_rows // batch_size))  # a multiple of batch_size
+        self.tables: list = []
+        self.complete = False
+
+    def __call__(self, rng: np.random.Generator):
+        if self.complete:
+            for i in rng.permutation(len(self.tables)):
+                yield self.tables[i]
+            return
+        self.tables = []
+        for table in self.shard.iter_batches(batch_size=self.chunk, batch_format="pyarrow"):
+            if self.cache:
+                self.tables.append(table)
+            yield table
+        self.complete = self.cache
+
+
+def shuffled_batches(chunks, batch_size: int, seed: int):
+    """Batches of `batch_size` rows, shuffled within each chunk. Every worker of an equal split gets
+    the same number of rows, hence of batches, which DDP needs."""
+    rng = np.random.default_rng(seed)
+    for table in chunks(rng):
+        table = table.take(rng.permutation(table.num_rows))
+        for lo in range(0, table.num_rows, batch_size):
+            yield table.slice(lo, batch_size)
+
+
 def _fingerprint(config: Mapping) -> dict:
     """What a checkpoint must agree with to be resumed: the architecture and the feature layout."""
     return {"model": dict(config["model"]), "feature_spec": dict(config["feature_spec"])}
@@ -154,8 +188,9 @@ def train_loop_per_worker(config: dict) -> None:
     if int(train["max_steps"]) > 0:
         total = min(total, int(train["max_steps"]))
     every, fail_at = int(train["checkpoint_every"]), int(train["fail_at_step"])
-    init_steps = int(train["em_init_steps"])
-    shard = ray.train.get_dataset_shard("train")
+    init_steps = min(int(train["em_init_steps"]), total // 4)  # EM itself gets at least 3/4 of the run
+    chunks = ShardChunks(ray.train.get_dataset_shard("train"), int(train["batch_size"]), int(train["shuffle_rows"]),
+                         bool(train["cache_shard"]))
 
     # Ray Train copies a reported checkpoint to storage; in local mode (workers=0) it keeps pointing at
     # the folder, so the latest folder lives until the next one is reported
@@ -177,9 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
         meter = EpochMeter(model.codebook_size, max(1, int(train["metrics_rows"]) // max(per_epoch, 1)))
         batches, stopped = 0, False
         seed = int(config["seed"]) * 100003 + epoch * 101 + rank
-        for i, table in enumerate(shard.iter_batches(batch_size=int(train["batch_size"]), batch_format="pyarrow",
-                                                     local_shuffle_buffer_size=int(train["shuffle_buffer"]) or None,
-                                                     local_shuffle_seed=seed)):
+        for i, table in enumerate(shuffled_batches(chunks, int(train["batch_size"]), seed)):
             batches += 1
             if i < skip:  # trained on before the checkpoint we resumed from
                 continue
@@ -214,10 +247,13 @@ def train_loop_per_worker(config: dict) -> None:
 
 def loop_config(cfg, spec: FeatureSpec, train_rows: int) -> dict:
     vq = OmegaConf.to_container(cfg.vq, resolve=True)
-    workers = max(1, int(vq["train"]["workers"]))
-    per_worker = train_rows // workers
-    return {"feature_spec": spec.to_dict(), "model": vq["model"], "loss": vq["loss"], "train": vq["train"],
-            "seed": int(cfg.seed), "steps_per_epoch": max(1, math.ceil(per_worker / int(vq["train"]["batch_size"])))}
+    train = vq["train"]
+    workers = max(1, int(train["workers"]))
+    per_epoch = max(1, math.ceil(train_rows // workers / int(train["batch_size"])))
+    # small training sets get more epochs: EM needs steps, not passes
+    train["epochs"] = max(int(train["epochs"]), math.ceil(int(train["min_steps"]) / per_epoch))
+    return {"feature_spec": spec.to_dict(), "model": vq["model"], "loss": vq["loss"], "train": train,
+            "seed": int(cfg.seed), "steps_per_epoch": per_epoch}
 
 
 def checkpoint_storage(cfg) -> str:

@@ -1,4 +1,4 @@
-"""ray_jobs/simulate.py: the short main with its aliases, and `ray job submit` against a local head."""
+"""`ray job submit -- python ray_jobs/simulate.py ...` (short aliases) against a local `ray start --head`."""
 
 from __future__ import annotations
 
@@ -34,25 +34,6 @@ def job_args(run_dir: Path, variant: str) -> list[str]:
     return [f"run_dir={run_dir}", "merchants=2", "agents_per_merchant=3", f"variant={variant}", "workers=1",
             "contexts_per_worker=3", "max_steps=6", "sim.worker_cpus=0.5", "serve.replica_cpus=0.5",
             "serve.temperature=2.5", "progress=false"]
-
-
-def test_main_with_aliases_uses_the_serve_policy(ray_local, run_dir):
-    from ray import serve
-
-    sys.path.insert(0, str(ROOT))
-    try:
-        from ray_jobs.simulate import main
-    finally:
-        sys.path.remove(str(ROOT))
-    summary = main(job_args(run_dir, "aliases"))
-    assert SUMMARY_KEYS <= set(summary) and summary["policy"] == "serve"
-    assert summary["agents"] == 6 and summary["completed"] == 6 and summary["crashed"] == 0
-    out = run_dir / "simulate" / "aliases"
-    assert json.loads((out / "summary.json").read_text()) == summary
-    specs = pq.read_table(out / "agents.parquet")
-    assert set(specs.column("variant").to_pylist()) == {"aliases"} and set(specs.column("max_steps").to_pylist()) == {6}
-    check_exactly_once(out)
-    assert "policy" not in serve.status().applications  # the simulation removed the app it deployed
 
 
 def free_port() -> int:
@@ -106,8 +87,13 @@ def test_ray_job_submit_against_a_local_head(run_dir):
     finally:
         stop_ray_under(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    summary = json.loads((run_dir / "simulate" / "job" / "summary.json").read_text())
-    assert summary["completed"] == 6 and summary["crashed"] == 0 and summary["policy"] == "serve"
+    out = run_dir / "simulate" / "job"
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary) and summary["policy"] == "serve"  # actors used a Serve handle
+    assert summary["agents"] == 6 and summary["completed"] == 6 and summary["crashed"] == 0
     assert json.dumps(summary) in job.stdout  # the job printed it
-    check_exactly_once(run_dir / "simulate" / "job")
+    specs = pq.read_table(out / "agents.parquet")  # the aliases reached sim.*
+    assert set(specs.column("variant").to_pylist()) == {"job"} and set(specs.column("max_steps").to_pylist()) == {6}
+    assert len(set(specs.column("merchant_id").to_pylist())) == 2
+    check_exactly_once(out)
     print(f"job took {time.monotonic() - t0:.1f} s: {json.dumps(summary)}")

@@ -27,7 +27,8 @@ def planted_arrays(planted_dir):
 
 
 # the Ray Train run of the planted set: K = 8 planted types, 2 DDP workers (gloo), 8 epochs of 32 steps
-TRAIN_ARGS = ["config=vq_planted", "vq.train.exclude_heldout=false", "vq.train.epochs=8", "vq.train.batch_size=256",
+TRAIN_ARGS = ["config=vq_planted", "vq.train.exclude_heldout=false", "vq.train.epochs=8", "vq.train.min_steps=0",
+              "vq.train.batch_size=256",
               "vq.train.em_init_steps=60", "vq.train.checkpoint_every=50", "vq.eval.silhouette_rows=2000",
               "progress=false"]
 FAIL_AT = 100  # worker 0 of the shared run dies at this step, after its checkpoint

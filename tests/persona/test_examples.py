@@ -1,0 +1,102 @@
+"""Prompts and training examples: format, histories, the held-out split, loss masking."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simpersona.persona import examples as ex
+from simpersona.persona.prompts import build_prompt, persona_token, target_text
+
+from .conftest import K
+
+
+def test_prompt_variants():
+    obs = "page: home | cart: 0\nproducts p1: [1] soft shoe set 12.00"
+    assert persona_token(3) == "<|persona_3|>"
+    assert build_prompt(3, obs, ["open 1", "back"]) == f"<|persona_3|>\n{obs}\nhistory: open 1 > back\naction:"
+    assert build_prompt(None, obs, []) == f"{obs}\nhistory: (start)\naction:"
+    assert build_prompt("  likes\n deals ", obs, []).startswith("persona: likes deals\npage: home")
+    assert target_text("add_to_cart", "<|end|>") == " add_to_cart<|end|>"
+    with pytest.raises(ValueError, match="persona type id must be >= 0"):
+        build_prompt(-1, obs, [])
+    with pytest.raises(TypeError, match="not a bool"):
+        build_prompt(True, obs, [])
+
+
+def test_history_is_per_session_and_oldest_first():
+    df = pd.DataFrame({
+        "history_id": ["h"] * 5, "session_idx": [0, 0, 0, 1, 1], "step": [0, 1, 2, 0, 1],
+        "action": ["a", "b", "c", "d", "e"]}).sample(frac=1, random_state=1)
+    out = ex.add_history(df, 2)
+    assert out["history"].tolist() == [[], ["a"], ["a", "b"], [], ["d"]]
+
+
+def test_split_by_history_and_types(planted_steps, planted_run):
+    s = planted_steps
+    assert set(s.train.history_id).isdisjoint(set(s.heldout.history_id))
+    assert 0.1 < len(s.heldout) / (len(s.train) + len(s.heldout)) < 0.35
+    assert s.untyped_rows == 0 and s.n_types == K
+    assert all(s.descriptions)
+    # every action was allowed on its page, and the history never crosses a session
+    assert all(a in list(al) for a, al in zip(s.train.action, s.train.allowed))
+    first = s.train[s.train.step == 0]
+    assert all(len(h) == 0 for h in first.history)
+
+
+def test_type_ids_out_of_range_fail(planted_run):
+    with pytest.raises(ValueError, match=r"type ids outside \[0, 2\)"):
+        ex.load_steps(planted_run / "preprocess" / "traces", planted_run / "assign" / "types.parquet",
+                      planted_run / "assign" / "type_profiles.json", 2, 4, 0.1, 0)
+    with pytest.raises(FileNotFoundError, match="run the preprocess stage first"):
+        ex.read_traces(planted_run / "nowhere")
+
+
+def test_descriptions_list_or_dict(tmp_path):
+    p = tmp_path / "profiles.json"
+    p.write_text(json.dumps({"0": {"description": "zero"}, "2": {"description": "two"}}))
+    assert ex.read_descriptions(p, 3) == ["zero", "", "two"]
+    p.write_text(json.dumps([{"type_id": 1, "description": "one"}]))
+    assert ex.read_descriptions(p, 2) == ["", "one"]
+    assert ex.read_descriptions(tmp_path / "missing.json", 2) is None
+
+
+def test_variants_share_rows(planted_steps):
+    df = planted_steps.train.head(50)
+    d = planted_steps.descriptions
+    persona = ex.prompts_for(df, "persona", K, d)
+    none = ex.prompts_for(df, "none", K, d)
+    prose = ex.prompts_for(df, "prompt", K, d)
+    mismatch = ex.persona_of(df, "mismatch", K, d)
+    for p, n, q, t, m in zip(persona, none, prose, df.type_id, mismatch):
+        assert p == f"<|persona_{t}|>\n{n}"
+        assert q == f"persona: {d[t]}\n{n}"
+        assert m != t
+    with pytest.raises(ValueError, match="needs a description for every type"):
+        ex.prompts_for(df, "prompt", K, ["x"] * (K - 1) + [""])
+
+
+def test_loss_only_on_action_tokens(tiny):
+    _, tok = tiny
+    df, dropped = ex.tokenize(tok, ["page: home\naction:", "page: cart\naction:" * 50],
+                              ["open 1", "checkout"], max_tokens=60)
+    assert dropped == 1 and len(df) == 1
+    batch = ex.collate(df.input_ids.tolist(), df.n_prompt.tolist(), tok.pad_token_id)
+    n_prompt = int(df.n_prompt[0])
+    labels = batch["labels"][0]
+    assert (labels[:n_prompt] == ex.IGNORE).all()
+    target = tok.decode(labels[n_prompt:].tolist())
+    assert target == " open 1" + tok.eos_token
+    assert batch["input_ids"][0, 0].item() == tok.bos_token_id  # prompts open with the start token
+
+
+def test_bucketing_keeps_rows():
+    df = pd.DataFrame({"input_ids": [np.arange(n) for n in range(1, 40)], "n_prompt": 1})
+    out = ex.bucket_by_length(df, 4, seed=0)
+    assert sorted(map(len, out.input_ids)) == list(range(1, 40))
+    widths = [max(map(len, out.input_ids[i:i + 4])) - min(map(len, out.input_ids[i:i + 4]))
+              for i in range(0, 36, 4)]
+    assert max(widths) <= 4  # neighbours in length share a batch
