@@ -7,6 +7,8 @@ Train several layers deep.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -68,7 +70,10 @@ def unwrap_error(exc: BaseException, cls: type[BaseException] = FeatureError) ->
         if isinstance(e, cls) and type(e).__module__ != "ray.exceptions":
             return e
         todo += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
-    return None
+    # Ray Data's UserCodeException does not always carry the worker's exception object, only its
+    # formatted traceback: recover the message from the text.
+    match = re.search(rf"{re.escape(cls.__module__)}\.{cls.__name__}: (.+)", str(exc))
+    return cls(match.group(1).strip()) if match else None
 
 
 def _prepare(batch: pa.Table, spec: dict, kmeans: bytes | None) -> pa.Table:
