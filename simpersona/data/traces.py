@@ -194,6 +194,13 @@ class SessionReplay:
         self.visit = Visit(shop.merchant_id)
         self.steps: list[tuple[str, list[str], str, str]] = []
         self.skipped: Counter = Counter()
+        # False once a choice depended on the history id or an event's seq (a hashed fallback): only
+        # then can the same events at the same merchant replay differently in another session
+        self.reusable = True
+
+    def _hashed(self, key, seq) -> int:
+        self.reusable = False
+        return stable_hash(key, seq)
 
     # -- primitives ---------------------------------------------------------------------------------
     def _do(self, action: str, event: str, out: list) -> None:
@@ -235,7 +242,7 @@ class SessionReplay:
                     return c.slot
         if price is not None and price == price:  # not NaN
             return min(cards, key=lambda c: (abs(c.price - price), c.slot)).slot
-        return cards[stable_hash(product_id or self.history_id, seq) % len(cards)].slot
+        return cards[self._hashed(product_id or self.history_id, seq) % len(cards)].slot
 
     def _open_product(self, product_id, price, seq, event: str, out: list) -> None:
         state = self._to_cards(out)
@@ -268,7 +275,7 @@ class SessionReplay:
                 (c.slot for c in cards if product_id is not None and c.product_id == product_id), None
             )
             if slot is None:
-                slot = cards[stable_hash(product_id or self.history_id, seq) % len(cards)].slot
+                slot = cards[self._hashed(product_id or self.history_id, seq) % len(cards)].slot
             self._do(f"remove {slot}", "remove_cart", out)
         elif event == "search":
             self._home(out)
@@ -286,7 +293,7 @@ class SessionReplay:
             close = exact or difflib.get_close_matches(str(category).lower(), cats, n=1, cutoff=0.6)
             if close:
                 return close[0]
-        return cats[stable_hash(category or self.history_id, seq) % len(cats)]
+        return cats[self._hashed(category or self.history_id, seq) % len(cats)]
 
     def _purchase(self, product_id, price, seq, out: list) -> None:
         v = self.visit
@@ -341,12 +348,31 @@ class ShopCache:
     shared, bounded Memo."""
 
     def __init__(self, catalogs: dict[str, list], store_cfg, max_shops: int = 100_000,
-                 memo_entries: int = 200_000):
+                 memo_entries: int = 200_000, session_entries: int = 200_000):
         self.catalogs = catalogs
         self.store_cfg = as_mapping(store_cfg)
         self.max_shops = max_shops
         self.memo = Memo(memo_entries)
         self.shops: dict[str, ReplayShop] = {}
+        # (merchant, session events without seq) → (steps, skip counts) of a replay that used no hashed
+        # fallback: identical sessions are common (one view of a popular product), and replaying them
+        # again would give the same steps
+        self.sessions: dict[tuple, tuple[list, Counter]] = {}
+        self.max_sessions = session_entries  # 0 = replay every session afresh
+
+    def replay(self, merchant_id: str, history_id: str, events: list[tuple], max_steps: int) -> tuple[list, Counter]:
+        """The steps and skip counts of one session (its (event, product_id, category, price, seq) rows)."""
+        key = (merchant_id, max_steps, *((e, p, c, pr) for e, p, c, pr, _ in events))
+        hit = self.sessions.get(key)
+        if hit is not None:
+            return hit
+        replay = SessionReplay(self.get(merchant_id), history_id, max_steps)
+        result = (replay.run(events), replay.skipped)
+        if replay.reusable and self.max_sessions > 0:
+            if len(self.sessions) >= self.max_sessions:
+                self.sessions.clear()
+            self.sessions[key] = result
+        return result
 
     def get(self, merchant_id: str) -> ReplayShop:
         shop = self.shops.get(merchant_id)
@@ -410,9 +436,8 @@ def build_traces(
 
     def flush(key):
         hid, buyer, merchant, sid, sidx = key
-        replay = SessionReplay(shops.get(merchant), hid, cfg.max_steps_per_session)
-        steps = replay.run(buf)
-        skipped.update(replay.skipped)
+        steps, skips = shops.replay(merchant, hid, buf, cfg.max_steps_per_session)
+        skipped.update(skips)
         m = len(sess_meta)
         sess_meta.append(key)
         for i, (obs, allowed, action, event) in enumerate(steps):

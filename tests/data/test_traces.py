@@ -17,11 +17,12 @@ from simpersona.store.model import Shop, Visit
 from tests.data.canonical_rows import canonical
 
 
-def replay(events, trace_cfg=None, sessions_cfg=None):
+def replay(events, trace_cfg=None, sessions_cfg=None, session_entries=200_000):
     df = pl.from_arrow(events)
     stats = F.MerchantStats.from_merged(F.merge_partials(F.merchant_partials(df)))
     store = StoreConfig()
-    shops = T.ShopCache(T.top_catalog_rows(stats.products, store.products_per_merchant), store)
+    shops = T.ShopCache(T.top_catalog_rows(stats.products, store.products_per_merchant), store,
+                        session_entries=session_entries)
     sessions = sessionize(events, sessions_cfg or SessionConfig())
     table, skipped, per_history = T.build_traces(sessions, shops, trace_cfg or TraceConfig(max_steps_per_session=0))
     return sessions, table, skipped, per_history, shops
@@ -170,3 +171,31 @@ def test_history_fraction_is_a_stable_sample(synthetic):
     chosen = set(table.column("history_id").to_pylist())
     assert chosen == {h for h in sessions["history_id"].unique().to_list() if T.keep_history(h, 0.3)}
     assert 0.2 < len(chosen) / sessions["history_id"].n_unique() < 0.4
+
+
+@pytest.mark.parametrize("source", ["synthetic", "tmall"])
+def test_reusing_identical_sessions_changes_no_step(source, synthetic, tmall_csv):
+    """Sessions with the same events at the same merchant reuse one replay; a replay that used a hashed
+    fallback (its choices depend on the history or the event's seq) is never reused. The traces must
+    equal replaying every session afresh, and reuse must actually happen."""
+    import pyarrow as pa
+
+    from simpersona.config import DataConfig
+    from simpersona.data.validate import read_canonical
+
+    if source == "tmall":
+        events = pa.concat_tables(list(read_canonical(DataConfig(input=str(tmall_csv))))).slice(0, 20000)
+        sessions_cfg = SessionConfig(day_resolution=True)
+    else:
+        events, sessions_cfg = synthetic, SessionConfig()
+    cfg = TraceConfig(max_steps_per_session=12, max_sessions_per_history=0)
+    sessions, reused, skipped_a, per_a, shops = replay(events, cfg, sessions_cfg)
+    _, fresh, skipped_b, per_b, fresh_shops = replay(events, cfg, sessions_cfg, session_entries=0)
+    assert reused.equals(fresh)
+    assert skipped_a == skipped_b and per_a == per_b
+    assert not fresh_shops.sessions
+    if source == "tmall":
+        # the Tmall log has no product ids or prices: every product choice is a hashed fallback
+        assert not shops.sessions
+    else:
+        assert 0 < len(shops.sessions) < sessions["session_id"].n_unique()
