@@ -23,7 +23,10 @@ Measured in one run, against one storefront process (simpersona.store.server):
                        step latency = policy decision + browser step, p50/p99
 The policy model is serve.model_dir / bench.model_dir when given, else an UNTRAINED `small` LM
 (persona.model.small sizes: the CPU default architecture), labelled as such: it measures serving
-speed, not behaviour. Prints one JSON object (also written to <bench.dir>/simulate.json).
+speed, not behaviour. The machine may be shared: `peers` gives, per section, its wall time, the CPU
+seconds of this benchmark's process tree and those other people's processes took meanwhile (with the
+load average); steps and requests per CPU second are given beside the per-wall-second figures.
+Prints one JSON object (also written to <bench.dir>/simulate.json).
 """
 
 from __future__ import annotations
@@ -148,6 +151,51 @@ class CpuMeter:
         return {k: round((t1[k] - self.t0[k]) / max(1, steps) * 1000, 2) for k in t1}
 
 
+def _system_busy_s() -> float:
+    """CPU seconds every process on the machine has spent (all cores), from /proc/stat."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+def _own_tree_s() -> float:
+    """CPU seconds of this benchmark: this process and everything it started (Chromium, Playwright's
+    driver, the storefront, Ray's raylet and workers), including descendants that already exited and
+    were reaped (a per-agent Chromium closed inside a section took its CPU time into its parent's)."""
+    total = 0.0
+    try:
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+class PeerLoad:
+    """The machine is shared: per section, wall time, our CPU seconds, and the CPU seconds that other
+    people's processes took meanwhile (system busy time minus ours), with the load average, so that
+    wall-time figures can be read against how much of the 2 cores we actually had."""
+
+    def __enter__(self) -> PeerLoad:
+        self.t0, self.sys0, self.own0 = time.monotonic(), _system_busy_s(), _own_tree_s()
+        self.load0 = os.getloadavg()[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.monotonic() - self.t0
+        busy = _system_busy_s() - self.sys0
+        own = max(0.0, _own_tree_s() - self.own0)
+        self.result = {"wall_s": round(wall, 1), "cores": os.cpu_count(), "own_cpu_s": round(own, 1),
+                       "peers_cpu_s": round(max(0.0, busy - own), 1),
+                       "peers_cores_mean": round(max(0.0, busy - own) / max(wall, 1e-9), 2),
+                       "load_avg_1m": [round(self.load0, 2), round(os.getloadavg()[0], 2)]}
+
+
 class Recorder:
     def __init__(self):
         self.steps = 0
@@ -265,7 +313,8 @@ async def run_browsers(base_url: str, browser_cfg, n_agents: int, per_agent: boo
         "policy_latency_p50_s": pct(rec.policy_latency, 50), "policy_latency_p99_s": pct(rec.policy_latency, 99),
         "pss_peak_gib": round(peak / GIB, 3), "pss_mean_gib": round(float(np.mean(pss.samples)) / GIB, 3),
         "pss_mib_per_agent": round(peak / MIB / n_agents, 1), "agents_per_gib": round(n_agents / (peak / GIB), 2),
-        "cpu_ms_per_step": cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpu_ms_per_step": cpu_ms, "steps_per_cpu_s": round(1000 / max(sum(cpu_ms.values()), 1e-9), 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -380,12 +429,19 @@ def bench_policy(cfg, model_dir: str, b: dict) -> dict:
     out: dict = {}
     for name, size in (("batched", int(b["batch_size"])), ("unbatched", 1)):
         handle = deploy_policy(cfg, model_dir, f"bench_{name}", size, b)
-        out[name] = asyncio.run(policy_load(handle, int(b["policy_clients"]), b["policy_duration_s"],
-                                            b["warmup_s"], reqs))
+        with PeerLoad() as load:
+            out[name] = asyncio.run(policy_load(handle, int(b["policy_clients"]), b["policy_duration_s"],
+                                                b["warmup_s"], reqs))
         out[name]["max_batch_size"] = size
+        # requests per CPU second of ours (clients + Serve + replica; warm-up included): a figure the
+        # peers' load does not distort the way it does requests per wall second
+        out[name]["requests_per_own_cpu_s"] = round(out[name]["requests"] / max(load.result["own_cpu_s"], 1e-9), 2)
+        out[name]["load"] = load.result
         serve.delete(f"bench_{name}")
         log({"policy": {name: out[name]}})
     out["throughput_ratio"] = round(out["batched"]["requests_per_s"] / max(out["unbatched"]["requests_per_s"], 1e-9), 2)
+    out["per_cpu_s_ratio"] = round(out["batched"]["requests_per_own_cpu_s"]
+                                   / max(out["unbatched"]["requests_per_own_cpu_s"], 1e-9), 2)
     out["target_ratio>=5"] = out["throughput_ratio"] >= 5
     return out
 
@@ -403,11 +459,15 @@ def bench_policy_in_process(cfg, model_dir: str, b: dict) -> dict:
     out = {}
     for name, size in (("batched", int(b["batch_size"])), ("unbatched", 1)):
         policy.decide(reqs[:size])  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(0, len(reqs), size):
             policy.decide(reqs[i:i + size])
-        out[name] = {"batch_size": size, "requests_per_s": round(len(reqs) / (time.perf_counter() - t0), 1)}
+        # one torch thread in this thread: its CPU time is the model's cost, whatever the peers' load
+        cpu = time.thread_time() - c0
+        out[name] = {"batch_size": size, "requests_per_s": round(len(reqs) / (time.perf_counter() - t0), 1),
+                     "requests_per_cpu_s": round(len(reqs) / max(cpu, 1e-9), 1)}
     out["throughput_ratio"] = round(out["batched"]["requests_per_s"] / out["unbatched"]["requests_per_s"], 2)
+    out["per_cpu_s_ratio"] = round(out["batched"]["requests_per_cpu_s"] / out["unbatched"]["requests_per_cpu_s"], 2)
     return out
 
 
@@ -428,11 +488,10 @@ def bench_e2e(base_url: str, cfg, model_dir: str, merchants: list[str], b: dict)
     return {"policy": "serve (batched)", **out}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, json_out=None) -> dict:
     import ray
     from ray import serve
 
-    from simpersona.runtime import init_ray
     from simpersona.serve.untrained import build_untrained_model
     from simpersona.store.server import StoreServer
 
@@ -444,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(b["dir"])
     out.mkdir(parents=True, exist_ok=True)
     model_dir = b["model_dir"] or cfg.serve.model_dir
-    model_note = f"fine-tuned model at {model_dir}"
+    model_note = f"the model at {model_dir}"
     if not model_dir:
         model_dir = str(out / "untrained_small")
         if not Path(model_dir, "config.json").exists():
@@ -456,22 +515,27 @@ def main(argv: list[str] | None = None) -> dict:
                     "policy_model": model_note, "settings": b}
     store = StoreServer(cfg, log_dir=out / "store_log", variant="bench", merchants=merchants).start()
     b["store_pid"] = store.pid
+    peers = result["peers"] = {}  # per section: our CPU seconds vs other people's on this shared machine
+
+    def section(name: str, fn, *args):
+        with PeerLoad() as load:
+            result[name] = fn(*args)
+        peers[name] = load.result
+        log({name: result[name], "peers": load.result})
+
     try:
         if "browser" in sections:
-            result["browser"] = bench_browsers(store.base_url, cfg, merchants, b)
-            log({"browser": result["browser"]})
+            section("browser", bench_browsers, store.base_url, cfg, merchants, b)
         if "ramp" in sections:
             start_mib = result.get("browser", {}).get("shared", {}).get("pss_mib_per_agent", 100.0)
-            result["ramp"] = bench_ramp(store.base_url, cfg, merchants, b, start_mib)
-        if sections & {"policy", "e2e"}:
-            init_ray(cfg)
+            section("ramp", bench_ramp, store.base_url, cfg, merchants, b, start_mib)
+        if sections & {"policy", "e2e"}:  # a local Ray whose workers' logs stay out of the JSON on stdout
+            ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False, log_to_driver=False)
         if "policy" in sections:
-            result["policy_in_process"] = bench_policy_in_process(cfg, model_dir, b)
-            log({"policy_in_process": result["policy_in_process"]})
-            result["policy"] = bench_policy(cfg, model_dir, b)
+            section("policy_in_process", bench_policy_in_process, cfg, model_dir, b)
+            section("policy", bench_policy, cfg, model_dir, b)
         if "e2e" in sections:
-            result["e2e"] = bench_e2e(store.base_url, cfg, model_dir, merchants, b)
-            log({"e2e": result["e2e"]})
+            section("e2e", bench_e2e, store.base_url, cfg, model_dir, merchants, b)
         if "browser" in sections:  # memory: one shared Chromium at each level vs one Chromium per agent
             per_agent = result["browser"]["per_agent"]["agents_per_gib"]
             runs = [r for r in result.get("ramp", {}).get("levels", []) if "agents_per_gib" in r]
@@ -485,9 +549,14 @@ def main(argv: list[str] | None = None) -> dict:
     result["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     text = json.dumps(result, indent=2, default=str)
     (out / "simulate.json").write_text(text + "\n")
-    print(text)
+    print(text, file=json_out or sys.stdout, flush=True)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    # stdout carries the JSON object only: whatever else writes to it (Ray's driver-side messages
+    # about its own actors, at Serve shutdown) goes to stderr with the progress lines
+    json_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    main(json_out=json_out)

@@ -37,6 +37,7 @@ def requests_for(pages, personas=(None, 0, 3, "a thrifty buyer who compares pric
     return out
 
 
+@pytest.mark.slow
 def test_policy_never_chooses_an_action_absent_from_the_page(scorer):
     pages = random_pages(240, seed=11)
     assert {p.kind for p in pages} >= {"home", "listing", "search", "product", "cart", "checkout"}
@@ -56,6 +57,7 @@ def test_policy_never_chooses_an_action_absent_from_the_page(scorer):
     assert len(verbs) >= 8, verbs  # sampled across the action vocabulary, not one argmax
 
 
+@pytest.mark.slow
 def test_logprobs_are_the_scorers_over_allowed_actions_only(scorer):
     pages = random_pages(40, seed=3)
     reqs = requests_for(pages)
