@@ -71,7 +71,7 @@ def scoring(model_dir: Path, steps, n: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load("finetune", sys.argv[1:] if argv is None else argv)
-    bench = dict(cfg.bench or {})
+    bench = to_dict(cfg.bench) if cfg.bench else {}  # plain lists/dicts: they go into the JSON
     steps_n = int(bench.get("steps", 30))
     workers_list = [int(w) for w in bench.get("workers", [1, 2])]
     pc = cfg.persona
@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not ray.is_initialized():
         ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False, log_to_driver=False)
     out: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
-                             "gpu": torch.cuda.get_device_name(0) if gpu else None}}
+                             "gpu": torch.cuda.get_device_name(0) if gpu else None},
+                 # what was measured: the bench knobs and the persona config they ran under
+                 "config": {"job": "finetune", "argv": list(sys.argv[1:] if argv is None else argv),
+                            "bench": {"steps": steps_n, "workers": workers_list, **bench},
+                            "small": to_dict(pc.model.small), "lora": to_dict(pc.lora),
+                            "history_len": int(pc.history_len), "torch_threads": int(pc.train.torch_threads)}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         write_planted_run(tmp / "run", n_histories=int(bench.get("histories", 400)), n_types=K, seed=0)

@@ -330,6 +330,10 @@ class VQModelConfig:
     em_temperature: float = 1.0  # responsibilities = softmax(-weighted NLL / this); 1 = the posterior
     code_temperature: float = 0.1  # cosine logits of the encoder's code prediction are divided by this
     code_weight: float = 1.0  # weight of the encoder's cross-entropy to the E-step responsibilities
+    # mixing proportions in the E-step (EMA of the responsibilities, this decay; 0 = equal proportions, which
+    # push codes toward equal sizes and split large types); floor: a proportion never drops below floor / K
+    mix_decay: float = 0.0
+    mix_floor: float = 0.1
 
 
 @dataclass
@@ -341,6 +345,7 @@ class VQLossConfig:
     purchase: float = 1.0  # BCE: the history has a purchase
     cart_abandon: float = 1.0  # BCE: a cart event with no purchase after it
     depth: float = 0.5  # half squared error of log1p(events per session)
+    agg_estep: float = 2.0  # the aggregate term's weight in the E-step (which code a history belongs to)
 
 
 @dataclass
@@ -374,6 +379,10 @@ class VQTrainConfig:
     # first steps take the k-means peer's clusters as the E-step (EM initialised by k-means, as mixture
     # models usually are), at most a quarter of the run; 0 = EM from the k-means-initialised codebook alone
     em_init_steps: int = 200
+    # closed-form EM iterations (simpersona.vq.mixture) refining the k-means partition into the initial
+    # partition; 0 = start from the k-means partition itself
+    em_init_mixture_iters: int = 0
+    em_init_mixture_prior: float = 0.1  # pseudo-count of the mixture's expected counts
     fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
 
 

@@ -2,35 +2,63 @@
 
 Each stage goes through `simpersona.stages.run_stage`, so a stage whose config and inputs are
 unchanged since it last finished is skipped, and an interrupted run picks up at the first stage
-without a manifest.
+without a manifest. DIR/pipeline.json records the run: per-stage wall time and whether it was
+skipped, the resolved config (credentials redacted), the git revision and package versions.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from simpersona.runtime import init_ray
-from simpersona.stages import run_stage
+from simpersona import manifest
+from simpersona.runtime import init_ray, write_json
+from simpersona.stages import STAGES, run_stage
+
+DEFAULT_STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
+RAY_START_ATTEMPTS = 5  # a local Ray gives its raylet a fixed 30 s to register; a busy box can miss that
+
+
+def start_ray(cfg: DictConfig) -> None:
+    """init_ray, retried when a local Ray's start-up timed out (the message is Ray's own)."""
+    import ray
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            return init_ray(cfg)
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
+                raise
+            print(f"[pipeline] Ray start-up timed out (attempt {attempt}/{RAY_START_ATTEMPTS}); retrying",
+                  flush=True)
+            ray.shutdown()
+            time.sleep(5.0 * attempt)
+
+
+def pipeline_stages(cfg: DictConfig) -> list[str]:
+    stages = list(cfg.pipeline.get("stages") or DEFAULT_STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+    return stages
 
 
 def run_pipeline(cfg: DictConfig) -> dict:
-    init_ray(cfg)
+    stages = pipeline_stages(cfg)
     start = time.time()
-    stages = list(cfg.pipeline.get("stages") or
-                  ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"])
     timings: dict[str, dict] = {}
     for name in stages:
         t0 = time.time()
         print(f"[pipeline] {name} ...", flush=True)
-        summary = run_stage(name, cfg)
+        summary = run_stage(name, cfg, before_run=lambda: start_ray(cfg))  # Ray only when needed
         timings[name] = {"wall_s": round(time.time() - t0, 1), "skipped": bool(summary.get("skipped"))}
         print(f"[pipeline] {name} {'skipped' if summary.get('skipped') else 'done'} "
               f"in {timings[name]['wall_s']} s", flush=True)
     report = Path(cfg.report.path or Path(cfg.run_dir) / "report" / "report.html")
-    result = {"stages": timings, "wall_s": round(time.time() - start, 1), "report": str(report.resolve())}
-    (Path(cfg.run_dir) / "pipeline.json").write_text(json.dumps(result, indent=2))
+    result = {"stages": timings, "wall_s": round(time.time() - start, 1), "report": str(report.resolve()),
+              "config": manifest.redact(OmegaConf.to_container(cfg, resolve=True)),
+              "git_revision": manifest.git_revision(), "packages": manifest.package_versions()}
+    write_json(str(Path(cfg.run_dir) / "pipeline.json"), result)
     return result

@@ -254,6 +254,7 @@ def run_evaluation(cfg, simulate=None) -> dict:
             d = ci["deltas"][name]
             b["ara_ci"], b["ara_minmax_ci"], b["ara_delta_vs_main_ci"] = d["other_ara"], d["other_ara_minmax"], d["ara"]
             b["ara_ceiling"] = ceil["ara_overall"]  # the same ceiling: same merchants, same real halves
+            b["heldout_merchants"] = split.heldout  # metrics.json contract: the headline fields per baseline
 
     result = {
         "heldout_merchants": split.heldout,

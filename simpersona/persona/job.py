@@ -76,7 +76,7 @@ def dataset(df: pd.DataFrame, batch_size: int, seed: int):
 
 def run(cfg) -> dict:
     pc = cfg.persona
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir).absolute()  # Ray Train workers run in their own working folder
     out = run_dir / "finetune"
     # intermediate models and Ray Train checkpoints live outside DIR/finetune, which the pipeline clears
     # before re-running an unfinished stage: an interrupted job resumes from them

@@ -25,6 +25,7 @@ from simpersona.vq.features import (
     features_uri,
 )
 from simpersona.vq.kmeans import KMeansModel
+from simpersona.vq.mixture import SequenceMixture
 
 
 def feature_files(run_dir: str, s3=None) -> tuple[pafs.FileSystem, list[str]]:
@@ -76,22 +77,22 @@ def unwrap_error(exc: BaseException, cls: type[BaseException] = FeatureError) ->
     return cls(match.group(1).strip()) if match else None
 
 
-def _prepare(batch: pa.Table, spec: dict, kmeans: bytes | None) -> pa.Table:
+def _prepare(batch: pa.Table, spec: dict, init: KMeansModel | SequenceMixture | None) -> pa.Table:
     spec_ = FeatureSpec.from_dict(spec)
     arrays = arrays_from_arrow(batch, spec_)
-    if kmeans is not None:
-        codes = KMeansModel.from_bytes(kmeans).assign(arrays, spec_)
+    if init is not None:
+        codes = init.assign(arrays, spec_)
         batch = batch.append_column("init_code", pa.array(codes, pa.int32()))
     return batch
 
 
-def validated(ds, spec: FeatureSpec, kmeans: KMeansModel | None = None):
+def validated(ds, spec: FeatureSpec, init: KMeansModel | SequenceMixture | None = None):
     """`ds` after a validation pass over every row, materialised (the training epochs reuse it); with
-    `kmeans`, each row gains `init_code`, its k-means cluster (the partition EM starts from)."""
+    `init` (the k-means peer, or the mixture fitted from its partition), each row gains `init_code`,
+    its cluster under `init` (the partition EM starts from)."""
     try:
         return ds.map_batches(_prepare, batch_format="pyarrow",
-                              fn_kwargs={"spec": spec.to_dict(),
-                                         "kmeans": kmeans.to_bytes() if kmeans is not None else None}).materialize()
+                              fn_kwargs={"spec": spec.to_dict(), "init": init}).materialize()
     except Exception as exc:
         err = unwrap_error(exc)
         if err is not None:

@@ -9,14 +9,17 @@ reconstruction losses, code perplexity, active and dead codes, and the behaviour
 
 `run_training(cfg)` (the `vqvae` stage): reads a fixed sample of the features (the first
 vq.eval.max_rows histories), fits the k-means peer on its training-merchant part, validates every
-feature row in a Ray Data pass that also labels it with its k-means cluster (`init_code`, the
-partition the first vq.train.em_init_steps EM steps start from), trains on the histories of training
+feature row in a Ray Data pass that also labels it with its initial code (`init_code`: the k-means
+partition refined by the closed-form mixture EM of simpersona.vq.mixture; the first
+vq.train.em_init_steps EM steps take it as their E-step), trains on the histories of training
 merchants (eval.holdout's held-out merchants are excluded), and writes DIR/vqvae/model/ (+ kmeans.npz),
 codebook.npy, metrics.json and summary.json (both models measured on the same sample).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -262,6 +265,20 @@ def checkpoint_storage(cfg) -> str:
     return io.join_uri(cfg.storage_path or cfg.run_dir, "checkpoints", "vqvae")
 
 
+# Settings that do not change what is trained: a run re-started with other values resumes the same checkpoints.
+NOT_TRAINING_KEYS = ("name", "resume", "fail_at_step", "keep_checkpoints", "max_failures", "checkpoint_every")
+
+
+def run_name(cfg, config: dict) -> str:
+    """Ray Train run name: vq.train.name plus a digest of what is trained (model, loss, features, seed,
+    training settings), so that a killed run resumes its own checkpoints and a changed config starts
+    afresh instead of meeting checkpoints of another model."""
+    train = {k: v for k, v in config["train"].items() if k not in NOT_TRAINING_KEYS}
+    what = {**{k: v for k, v in config.items() if k != "train"}, "train": train}
+    digest = hashlib.blake2b(json.dumps(what, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
+    return f"{cfg.vq.train.name}-{digest}"
+
+
 def fit(cfg, train_ds, config: dict):
     """Run TorchTrainer; returns (final model state dict, client state) from its last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -269,7 +286,8 @@ def fit(cfg, train_ds, config: dict):
 
     t = cfg.vq.train
     storage_fs, storage_path = io.resolve(checkpoint_storage(cfg), cfg.data.s3)
-    run_path = f"{storage_path}/{t.name}"
+    name = run_name(cfg, config)
+    run_path = f"{storage_path}/{name}"
     if not t.resume and storage_fs.get_file_info(run_path).type.name == "Directory":
         storage_fs.delete_dir(run_path)
     trainer = TorchTrainer(
@@ -277,7 +295,7 @@ def fit(cfg, train_ds, config: dict):
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=int(t.workers), use_gpu=bool(t.use_gpu),
                                      resources_per_worker={"CPU": float(t.cpus_per_worker)}),
-        run_config=RunConfig(name=t.name, storage_path=storage_path, storage_filesystem=storage_fs,
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=int(t.keep_checkpoints)),
                              failure_config=FailureConfig(max_failures=int(t.max_failures))),
         datasets={"train": train_ds},
@@ -309,6 +327,7 @@ def run_training(cfg) -> dict:
     from simpersona.vq import dataset
     from simpersona.vq.evaluate import evaluate
     from simpersona.vq.kmeans import fit_kmeans
+    from simpersona.vq.mixture import fit_mixture
     from simpersona.vq.model import save_model
 
     sw = Stopwatch()
@@ -334,11 +353,16 @@ def run_training(cfg) -> dict:
             km = fit_kmeans(fit_rows, spec, k, int(cfg.vq.kmeans.batch_size), int(cfg.vq.kmeans.n_init),
                             int(cfg.vq.kmeans.max_iter), int(cfg.seed))
     arrays.pop("merchant_id")
+    init = km
+    if km is not None and int(cfg.vq.train.em_init_mixture_iters) > 0:
+        with sw.lap("mixture"):  # the k-means partition refined by a closed-form EM (simpersona.vq.mixture)
+            init = fit_mixture(fit_rows, spec, km.assign(fit_rows, spec), k, int(cfg.vq.train.em_init_mixture_iters),
+                               float(cfg.vq.train.em_init_mixture_prior), bool(cfg.progress))
 
     with sw.lap("validate"):
         ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("merchant_id",), s3)
         ds = dataset.without_merchants(ds, heldout).drop_columns(["merchant_id"])
-        ds = dataset.validated(ds, spec, km)  # + init_code: the k-means partition that starts EM
+        ds = dataset.validated(ds, spec, init)  # + init_code: the partition that starts EM
         train_rows = ds.count()
     if train_rows < max(workers, 1):
         raise FeatureError(f"{train_rows} training histories for {workers} workers: every worker needs data")
@@ -370,7 +394,7 @@ def run_training(cfg) -> dict:
             "steps": client["step"], "epochs": client["epoch"], "final_loss": last.get("loss_total"),
             "histories_per_s_per_epoch": [h["histories_per_s"] for h in history],
             "resumed_from_steps": client.get("resumed_from", []),
-            "checkpoints": io.join_uri(checkpoint_storage(cfg), cfg.vq.train.name),
+            "checkpoints": io.join_uri(checkpoint_storage(cfg), run_name(cfg, config)),
         },
         "out": out, "wall_s": sw.total(), "phases_s": sw.laps,
     })

@@ -113,3 +113,17 @@ def test_no_collapse_k64(planted_arrays):
     assert usage["active_codes"] >= int(0.8 * 64), usage  # measured: 63 of 64
     assert usage["perplexity"] >= 16, usage  # measured: 29 (data made of 8 planted types)
     assert np.bincount(idx, minlength=64).max() < 0.2 * n  # no code swallows the data
+
+
+def test_mixing_proportions(planted_arrays):
+    """With mix_decay > 0 the E-step's proportions follow the responsibilities and stay a distribution
+    whose every entry is at least mix_floor / K."""
+    spec, arrays = planted_arrays
+    model = make_model(spec, k=16, mix_decay=0.5, mix_floor=0.1)
+    model.train()
+    for start in (0, 512, 1024):
+        model(batch_of(arrays, 512, start))
+    mix = model.log_mix.exp()
+    assert torch.allclose(mix.sum(), torch.tensor(1.0), atol=1e-5)
+    assert float(mix.min()) >= 0.1 / 16 - 1e-6
+    assert not torch.allclose(mix, torch.full((16,), 1 / 16))  # moved from uniform
