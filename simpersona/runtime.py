@@ -18,9 +18,12 @@ def init_ray(cfg) -> None:
     """Join the cluster at `ray.address` / RAY_ADDRESS, else start a local Ray (no-op when running).
 
     `ray.num_cpus` (0 = all cores) applies to a local Ray only; a cluster brings its own resources.
+    A local Ray's dashboard (off by default) binds `ray.dashboard_host`, 127.0.0.1 unless configured.
     """
     import ray
 
+    # a bad run_dir/storage_path fails here, in one line, not after Ray started and the stage ran
+    io.check_storage_root(cfg.storage_path or cfg.run_dir, cfg.data.s3)
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None

@@ -216,6 +216,23 @@ def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
         raise InputNotFoundError(f"cannot access {uri}: {_first_line(exc)}") from None
 
 
+def check_storage_root(uri: str, s3cfg: S3Config | None = None, what: str = "storage_path") -> None:
+    """Fail in one line, before any work, when a run's outputs cannot go to `uri` (a local folder or
+    s3://bucket/prefix): an unknown scheme, an S3 bucket that does not exist, a local file in the way."""
+    if not str(uri).strip():
+        raise UnsupportedInputError(f"{what} is empty: set run_dir (or storage_path) to a folder or s3://bucket/prefix")
+    try:
+        fs, path = resolve(uri, s3cfg)
+    except UnsupportedInputError as exc:
+        raise UnsupportedInputError(f"{what}: {exc}") from None
+    if isinstance(fs, pafs.S3FileSystem):
+        bucket = path.split("/", 1)[0]
+        if _file_info(fs, bucket, f"s3://{bucket}").type == pafs.FileType.NotFound:
+            raise InputNotFoundError(f"{what}={uri}: no bucket {bucket!r} at the S3 endpoint (create it first)")
+    elif fs.get_file_info(path).type == pafs.FileType.File:
+        raise UnsupportedInputError(f"{what}={uri} is a file: expected a folder")
+
+
 def list_inputs(uri: str, s3cfg: S3Config | None = None, fmt: str = "auto") -> Listing:
     """Files to read for `uri` (a file, a folder read recursively, or a glob), sorted by path."""
     fs, path = resolve(uri, s3cfg)

@@ -1,0 +1,203 @@
+"""End to end: `python ray_jobs/pipeline.py run_dir=DIR config=smoke`, exactly as a user runs it.
+
+One clean run (module fixture) on the bundled Tmall data with a local Ray and real Chromium; then the
+same command again (every stage skipped, outputs untouched), one changed what-if key (only whatif and
+report re-run), and a run killed with SIGKILL during evaluation and started again (finished stages
+skipped, the same metrics.json as the clean run). The tests share the run folder and run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# the clean run is set up inside the first test's time limit (pytest-timeout counts fixtures)
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(1500)]
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
+STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
+HEADLINE = ["ara_overall", "ara_minmax_overall", "ara_ceiling", "spearman_cr", "crash_rate", "heldout_merchants"]
+BASELINES = ["no_persona", "mismatch", "prompt_persona", "kmeans"]
+SMOKE_HELDOUT = 3  # eval.holdout.merchants in configs/smoke.yaml
+RUN_TIMEOUT_S = 900  # ~3 min on an idle 2-core box; several times that when the box is shared
+# keys of metrics.json that measure time, not results
+TIMING_KEYS = {"simulation_seconds", "seconds", "wall_s"}
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _command(run_dir: Path, *overrides: str) -> list[str]:
+    return [PYTHON, "ray_jobs/pipeline.py", f"run_dir={run_dir}", "config=smoke", *overrides]
+
+
+def start_pipeline(run_dir: Path, *overrides: str, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """The pipeline in a session of its own, so that what it starts (its local Ray, Chromium) can be ended."""
+    return subprocess.Popen(_command(run_dir, *overrides), cwd=ROOT, env=_env(), stdout=stdout,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def end_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_pipeline(run_dir: Path, *overrides: str) -> tuple[str, float]:
+    t0 = time.time()
+    proc = start_pipeline(run_dir, *overrides)
+    try:
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        end_session(proc)
+    assert proc.returncode == 0, f"pipeline failed ({proc.returncode}):\n{out[-6000:]}"
+    return out, time.time() - t0
+
+
+def stage_files(run_dir: Path, stages=STAGES) -> dict[str, float]:
+    """mtime of every file of the given stages' outputs."""
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+            for s in stages for p in sorted((run_dir / s).rglob("*")) if p.is_file()}
+
+
+def pipeline_record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "pipeline.json").read_text())
+
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "smoke"
+    out, wall = run_pipeline(run_dir)
+    return {"run_dir": run_dir, "out": out, "wall": wall}
+
+
+def test_every_stage_finished_with_summary_and_manifest(smoke):
+    run_dir = smoke["run_dir"]
+    record = pipeline_record(run_dir)
+    assert list(record["stages"]) == STAGES
+    assert not any(t["skipped"] for t in record["stages"].values())
+    for stage in STAGES:
+        folder = run_dir / stage
+        assert folder.is_dir() and not folder.is_symlink(), f"{folder}: not a published stage folder"
+        assert json.loads((folder / "summary.json").read_text()), f"{stage}: empty summary.json"
+        m = json.loads((folder / "manifest.json").read_text())
+        assert m["stage"] == stage and len(m["config_hash"]) == 16 and m["wall_s"] > 0
+        assert not list(run_dir.glob(f".{stage}.*")), f"{stage}: temporary folders left behind"
+    # the 5-minute budget of configs/smoke.yaml is for an idle box: reported, not asserted (shared CI cores)
+    print(f"smoke pipeline: {smoke['wall']:.0f} s; " + ", ".join(
+        f"{s} {t['wall_s']} s" for s, t in record["stages"].items()))
+
+
+def _check_fields(name: str, block: dict, heldout: int) -> None:
+    for key in ("ara_overall", "ara_minmax_overall", "ara_ceiling", "crash_rate"):
+        value = block[key]
+        assert isinstance(value, float) and 0.0 <= value <= 1.0, f"{name}.{key} = {value!r}"
+    rho = block["spearman_cr"]
+    assert rho is None or (isinstance(rho, float) and (math.isnan(rho) or -1.0 <= rho <= 1.0)), rho
+    merchants = block["heldout_merchants"]
+    assert merchants == heldout or (isinstance(merchants, list) and len(set(merchants)) == heldout), merchants
+
+
+def test_metrics_json_has_headline_and_every_baseline(smoke):
+    m = json.loads((smoke["run_dir"] / "evaluate" / "metrics.json").read_text())
+    assert len(m["heldout_merchants"]) == len(set(m["heldout_merchants"])) == SMOKE_HELDOUT
+    _check_fields("metrics", {k: m[k] for k in HEADLINE}, SMOKE_HELDOUT)
+    assert m["ara_ceiling"] > 0.0  # two real halves of the busiest merchants agree somewhat
+    assert set(m["baselines"]) == set(BASELINES)
+    for name in BASELINES:
+        b = m["baselines"][name]
+        assert b is not None, f"baseline {name} missing"
+        _check_fields(f"baselines.{name}", b, SMOKE_HELDOUT)
+        assert b["ara_ceiling"] == m["ara_ceiling"]  # same merchants, same real halves
+
+
+def test_report_is_written_and_printed_last(smoke):
+    report = smoke["run_dir"] / "report" / "report.html"
+    html = report.read_text()
+    assert "data:image/png;base64," in html and "<table" in html
+    last = smoke["out"].strip().splitlines()[-1]
+    assert last == f"report: {report.resolve()}", last
+
+
+def test_second_run_skips_every_stage_and_touches_nothing(smoke):
+    run_dir = smoke["run_dir"]
+    before = stage_files(run_dir)
+    out, wall = run_pipeline(run_dir)
+    for stage in STAGES:
+        assert f"[{stage}] up to date, skipped" in out, f"{stage} was not skipped:\n{out[-3000:]}"
+    assert all(t["skipped"] for t in pipeline_record(run_dir)["stages"].values())
+    assert stage_files(run_dir) == before
+    assert "Started a local Ray instance" not in out  # nothing to run: Ray is not even started
+    assert wall < 60, f"a run with nothing to do took {wall:.0f} s"
+
+
+def test_changed_whatif_key_reruns_only_whatif_and_report(smoke):
+    run_dir = smoke["run_dir"]
+    upstream = ["preprocess", "vqvae", "assign", "finetune", "evaluate"]
+    before, deltas = stage_files(run_dir, upstream), (run_dir / "whatif" / "deltas.json").stat().st_mtime_ns
+    out, _ = run_pipeline(run_dir, "whatif.bootstrap=150")
+    stages = pipeline_record(run_dir)["stages"]
+    assert [s for s in STAGES if not stages[s]["skipped"]] == ["whatif", "report"], stages
+    assert stage_files(run_dir, upstream) == before
+    assert (run_dir / "whatif" / "deltas.json").stat().st_mtime_ns != deltas
+    assert json.loads((run_dir / "whatif" / "manifest.json").read_text())["config"]["whatif"]["bootstrap"] == 150
+
+
+def test_killed_pipeline_resumes_after_finished_stages_with_the_same_metrics(smoke, tmp_path):
+    """SIGKILL during evaluation's simulations; the re-run skips preprocess..finetune and ends with
+    the clean run's metrics.json (same seed)."""
+    clean = smoke["run_dir"]
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    finished = ["preprocess", "vqvae", "assign", "finetune"]
+    for stage in finished:  # what an interrupted run had finished before it reached evaluate
+        shutil.copytree(clean / stage, run_dir / stage, symlinks=True)
+    before = stage_files(run_dir, finished)
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:  # a file, not a pipe: nobody reads the output until the run is killed
+        proc = start_pipeline(run_dir, stdout=fh)
+    try:
+        deadline = time.time() + RUN_TIMEOUT_S
+        results = run_dir / "simulate" / "eval_vq" / "results"
+        while time.time() < deadline and not list(results.glob("*.parquet")):
+            assert proc.poll() is None, f"pipeline ended before it was killed:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        assert list(results.glob("*.parquet")), "evaluation never committed an agent"
+        proc.send_signal(signal.SIGKILL)  # mid-evaluation: some agents committed, the stage unfinished
+        proc.wait(timeout=30)
+    finally:
+        end_session(proc)  # what it started in its session (its local Ray, Chromium)
+    assert not (run_dir / "evaluate" / "manifest.json").exists()
+
+    out, _ = run_pipeline(run_dir)
+    stages = pipeline_record(run_dir)["stages"]
+    assert [s for s in STAGES if stages[s]["skipped"]] == finished, stages
+    assert stage_files(run_dir, finished) == before
+    assert not list(run_dir.glob(".evaluate.*")) and not (run_dir / "evaluate").is_symlink()
+    resumed = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    reference = json.loads((clean / "evaluate" / "metrics.json").read_text())
+    assert without_timings(resumed) == without_timings(reference)
