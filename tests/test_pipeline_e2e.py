@@ -31,8 +31,9 @@ HEADLINE = ["ara_overall", "ara_minmax_overall", "ara_ceiling", "spearman_cr", "
 BASELINES = ["no_persona", "mismatch", "prompt_persona", "kmeans"]
 SMOKE_HELDOUT = 3  # eval.holdout.merchants in configs/smoke.yaml
 RUN_TIMEOUT_S = 900  # ~3 min on an idle 2-core box; several times that when the box is shared
-# keys of metrics.json that measure time, not results
-TIMING_KEYS = {"simulation_seconds", "seconds", "wall_s"}
+# keys of metrics.json that measure time (session_length_s: wall-clock seconds between an agent's first
+# and last request, which the box's speed sets) or name the run's own folders, not results
+TIMING_KEYS = {"simulation_seconds", "seconds", "wall_s", "session_length_s", "steps_per_s", "folder"}
 
 
 def _env() -> dict[str, str]:

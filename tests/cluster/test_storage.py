@@ -63,7 +63,7 @@ def test_vqvae_and_assign_on_an_s3_run_dir(ray_head, s3, s3_preprocess):
         io.pafs.FileSelector(f"{root}/vqvae/model"))}
 
     types = pq.read_table(pyio.BytesIO(read("assign/types.parquet")))
-    assert types.num_rows == 57655 and types["history_id"].unique().length() == 57655  # every history once
+    assert types.num_rows == 57655 and len(types["history_id"].unique()) == 57655  # every history once
     assert pc.min(types["type_id"]).as_py() >= 0 and pc.max(types["type_id"]).as_py() < 16
     mt = pq.read_table(pyio.BytesIO(read("assign/merchant_types.parquet"))).to_pandas()
     assert np.allclose(mt.groupby("merchant_id")["prob"].sum(), 1.0)
