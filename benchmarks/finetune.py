@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     pc = cfg.persona
     gpu = torch.cuda.is_available()
     if not ray.is_initialized():
-        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False,
+                 log_to_driver=bool(bench.get("worker_logs", False)))
+    cpu_stages = bool(bench.get("cpu_stages", True))  # false: on a GPU machine, measure only the GPU stages
     out: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
                              "gpu": torch.cuda.get_device_name(0) if gpu else None},
                  # what was measured: the bench knobs and the persona config they ran under
@@ -92,21 +94,22 @@ def main(argv: list[str] | None = None) -> dict:
                               tmp / "run/assign/type_profiles.json", K, pc.history_len, 0.1, 0)
         codebook = np.load(tmp / "run/vqvae/codebook.npy")
 
-        # ---- small model ----
-        tok = small.train_tokenizer(ex.prompts_for(steps.train, "none", K, None), pc.model.small.vocab_size)
-        model = small.build_model(tok, pc.model.small, 0)
-        ids = add_persona_tokens(model, tok, K, codebook, "codebook")
-        save(model, tok, tmp / "small")
-        data, _ = ex.tokenize(tok, ex.prompts_for(steps.train, "persona", K, None), steps.train.action.tolist(), 480)
-        runs = []
-        for mode, lr in (("lora_persona", pc.stage2.lr), ("full", pc.model.small.pretrain.lr)):
-            for w in workers_list:
-                cpus = max(1.0, 2.0 / w)
-                runs.append(stage(tmp, f"small_{mode}_{w}", tmp / "small", mode, ids, data, pc, steps_n, 16, w, cpus, lr))
-        out["small"] = {"params": int(model.num_parameters()), "vocab": len(tok),
-                        "mean_example_tokens": round(float(data.input_ids.map(len).mean()), 1), "stages": runs,
-                        "scoring": scoring(tmp / f"small_lora_persona_{workers_list[0]}", steps, 64)}
-        del model
+        # ---- small model (CPU) ----
+        if cpu_stages:
+            tok = small.train_tokenizer(ex.prompts_for(steps.train, "none", K, None), pc.model.small.vocab_size)
+            model = small.build_model(tok, pc.model.small, 0)
+            ids = add_persona_tokens(model, tok, K, codebook, "codebook")
+            save(model, tok, tmp / "small")
+            data, _ = ex.tokenize(tok, ex.prompts_for(steps.train, "persona", K, None), steps.train.action.tolist(), 480)
+            runs = []
+            for mode, lr in (("lora_persona", pc.stage2.lr), ("full", pc.model.small.pretrain.lr)):
+                for w in workers_list:
+                    cpus = max(1.0, 2.0 / w)
+                    runs.append(stage(tmp, f"small_{mode}_{w}", tmp / "small", mode, ids, data, pc, steps_n, 16, w, cpus, lr))
+            out["small"] = {"params": int(model.num_parameters()), "vocab": len(tok),
+                            "mean_example_tokens": round(float(data.input_ids.map(len).mean()), 1), "stages": runs,
+                            "scoring": scoring(tmp / f"small_lora_persona_{workers_list[0]}", steps, 64)}
+            del model
 
         # ---- SmolLM2 ----
         if bench.get("smollm2", True):
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             data, _ = ex.tokenize(tok, ex.prompts_for(steps.train, "persona", K, None), steps.train.action.tolist(), 480)
             n = int(bench.get("smollm2_steps", 6))
             runs = [stage(tmp, "smol_persona_rows", tmp / "smollm2", "persona_rows", ids, data, pc, n, 4, 1, 2.0, 1e-2),
-                    stage(tmp, "smol_lora_persona", tmp / "smollm2", "lora_persona", ids, data, pc, n, 4, 1, 2.0, 2e-4)]
+                    stage(tmp, "smol_lora_persona", tmp / "smollm2", "lora_persona", ids, data, pc, n, 4, 1, 2.0, 2e-4)
+                    ] if cpu_stages else []
             if gpu:  # the same stages on the GPU: bf16 autocast, then DeepSpeed ZeRO-2 + bf16
                 runs.append(stage(tmp, "smol_gpu", tmp / "smollm2", "lora_persona", ids, data, pc, 50, 32, 1, 4.0,
                                   2e-4, gpu=True))
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
                     runs.append({"mode": "lora_persona+deepspeed", "error": str(exc)[:300]})
             out["smollm2"] = {"params": int(model.num_parameters()), "gguf_load_s": round(load_s, 2),
                               "mean_example_tokens": round(float(data.input_ids.map(len).mean()), 1), "stages": runs,
-                              "scoring": scoring(tmp / "smol_lora_persona", steps, int(bench.get("smollm2_requests", 8)))}
+                              "scoring": scoring(tmp / ("smol_lora_persona" if cpu_stages else "smol_gpu"), steps,
+                                                 int(bench.get("smollm2_requests", 8)))}
     out["machine"]["load_avg_at_end"] = os.getloadavg()
     text = json.dumps(out, indent=1)
     print(text)

@@ -149,6 +149,10 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 # ---- the loop -----------------------------------------------------------------------------------
+# DeepSpeed's checkpoint tag: a folder name beside the file "latest" that DeepSpeed writes, so never "latest"
+DS_TAG = "state"
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; reads only `config` ({"spec": StageSpec as a dict})."""
     import ray.train
@@ -207,11 +211,13 @@ def train_loop_per_worker(config: dict) -> None:
         ds_cfg.setdefault("train_micro_batch_size_per_gpu", spec.batch_size)
         ds_cfg.setdefault("gradient_clipping", float(tcfg.get("grad_clip", 1.0)))
         ds_cfg.setdefault("bf16", {"enabled": bool(tcfg.get("bf16", True))})
+        # the client optimizer is torch's AdamW, which ZeRO runs correctly but calls "untested"
+        ds_cfg.setdefault("zero_allow_untested_optimizer", True)
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                lr_scheduler=scheduler, config=ds_cfg)
         if checkpoint:
             with checkpoint.as_directory() as d:
-                engine.load_checkpoint(os.path.join(d, "deepspeed"), tag="latest")
+                engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
                 progress = json.loads(Path(d, "progress.json").read_text())
             epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
             resumed_from = step
@@ -228,7 +234,7 @@ def train_loop_per_worker(config: dict) -> None:
             Path(d, "progress.json").write_text(json.dumps(
                 {"epoch": epoch, "batch": batch, "step": step, "history": history}))
             if engine is not None:
-                engine.save_checkpoint(os.path.join(d, "deepspeed"), tag="latest")  # every rank writes its shard
+                engine.save_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)  # every rank writes its shard
             elif rank == 0:
                 torch.save(trainable_state(model), os.path.join(d, "trainable.pt"))
                 torch.save(optimizer.state_dict(), os.path.join(d, "optimizer.pt"))

@@ -74,7 +74,9 @@ class DeepSpeedEngine:
             "gradient_clipping": float(train["grad_clip"]),
             "bf16": {"enabled": True},
             "zero_optimization": {"stage": int(train["zero_stage"])},
-            "optimizer": {"type": "AdamW", "params": {"lr": float(train["lr"]),
+            # torch_adam: torch's AdamW, not DeepSpeed's FusedAdam, which is JIT-compiled with nvcc on
+            # first use (a minute per fresh node) and gains nothing on a model this small
+            "optimizer": {"type": "AdamW", "params": {"lr": float(train["lr"]), "torch_adam": True,
                                                       "weight_decay": float(train["weight_decay"])}},
         }
         self.model, self.optimizer, _, _ = deepspeed.initialize(
