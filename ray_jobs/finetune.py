@@ -8,24 +8,27 @@ import sys
 
 # before torch loads OpenMP: busy-waiting threads collapse when the cores are shared (finetune.worker_env)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from pathlib import Path
 
 import ray
 
 from simpersona.config import load
-from simpersona.persona.job import run
+from simpersona.stages import run_job_stage, stage_uri
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load("finetune", sys.argv[1:] if argv is None else argv)
-    if not ray.is_initialized():  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
-        local = {} if cfg.ray.address else {"num_cpus": cfg.ray.num_cpus or None}
-        ray.init(address=cfg.ray.address or None, include_dashboard=cfg.ray.include_dashboard, **local)
-    summary = run(cfg)
+
+    def start_ray() -> None:  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
+        if not ray.is_initialized():
+            local = {} if cfg.ray.address else {"num_cpus": cfg.ray.num_cpus or None}
+            ray.init(address=cfg.ray.address or None, include_dashboard=cfg.ray.include_dashboard, **local)
+
+    summary = run_job_stage("finetune", cfg, start_ray)  # an s3:// root: on a local mirror, then uploaded
     keys = ("base_model", "stage1_loss", "stage2_loss", "heldout_acc_persona", "heldout_acc_no_persona",
             "type_conversion_spearman", "wall_s")
     print(json.dumps({k: summary[k] for k in keys}))
-    print(f"model: {Path(cfg.run_dir) / 'finetune' / 'model'}  summary: {Path(cfg.run_dir) / 'finetune' / 'summary.json'}")
+    out = stage_uri(cfg, "finetune")
+    print(f"model: {out}/model  summary: {out}/summary.json")
     return summary
 
 

@@ -13,6 +13,7 @@ import sys
 from simpersona.config import load
 from simpersona.runtime import init_ray
 from simpersona.sim.simulate import run_simulation, variant_dir
+from simpersona.stages import mirrored
 
 ALIASES = {k: f"sim.{k}" for k in
            ("merchants", "agents_per_merchant", "variant", "workers", "contexts_per_worker", "max_steps")}
@@ -21,9 +22,11 @@ ALIASES = {k: f"sim.{k}" for k in
 def main(argv: list[str] | None = None) -> dict:
     cfg = load("simulate", sys.argv[1:] if argv is None else argv, aliases=ALIASES)
     init_ray(cfg)  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
-    summary = run_simulation(cfg)
+    # an s3:// root: run on a local mirror with the finished stages fetched, then upload simulate/
+    with mirrored(cfg, reads=("assign", "finetune"), writes=("simulate",)) as local:
+        summary = run_simulation(local)
     print(json.dumps(summary))
-    print(f"simulation: {variant_dir(cfg)}")
+    print(f"simulation: {variant_dir(cfg) if local is cfg else f'{cfg.storage_path}/simulate/{cfg.sim.variant}'}")
     return summary
 
 

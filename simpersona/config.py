@@ -539,6 +539,8 @@ class RayConfig:
 class Config:
     run_dir: str = "runs/default"
     storage_path: str = ""  # "" = run_dir; s3://bucket/prefix or a local folder
+    # local working mirror of an s3:// storage root (stages run there, then upload); "" = <system temp>/simpersona
+    cache_dir: str = ""
     seed: int = 0
     config: str = ""  # name of the YAML in configs/ merged over the stage defaults
     progress: bool = True

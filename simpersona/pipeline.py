@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from simpersona import manifest
+from simpersona.data import io
 from simpersona.runtime import init_ray, write_json
-from simpersona.stages import STAGES, run_stage
+from simpersona.stages import STAGES, is_remote, run_stage, stage_uri, storage_root
 
 DEFAULT_STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
 RAY_START_ATTEMPTS = 5  # a local Ray gives its raylet a fixed 30 s to register; a busy box can miss that
@@ -56,9 +57,18 @@ def run_pipeline(cfg: DictConfig) -> dict:
         timings[name] = {"wall_s": round(time.time() - t0, 1), "skipped": bool(summary.get("skipped"))}
         print(f"[pipeline] {name} {'skipped' if summary.get('skipped') else 'done'} "
               f"in {timings[name]['wall_s']} s", flush=True)
-    report = Path(cfg.report.path or Path(cfg.run_dir) / "report" / "report.html")
-    result = {"stages": timings, "wall_s": round(time.time() - start, 1), "report": str(report.resolve()),
+    result = {"stages": timings, "wall_s": round(time.time() - start, 1), "report": report_location(cfg),
               "config": manifest.redact(OmegaConf.to_container(cfg, resolve=True)),
               "git_revision": manifest.git_revision(), "packages": manifest.package_versions()}
-    write_json(str(Path(cfg.run_dir) / "pipeline.json"), result)
+    write_json(io.join_uri(storage_root(cfg), "pipeline.json") if is_remote(cfg)
+               else str(Path(cfg.run_dir) / "pipeline.json"), result, cfg.data.s3)
     return result
+
+
+def report_location(cfg: DictConfig) -> str:
+    """Where the report went: report.path, else ROOT/report/report.html (absolute, or an s3:// URI)."""
+    if cfg.report.path:
+        return str(Path(cfg.report.path).resolve())
+    if is_remote(cfg):
+        return stage_uri(cfg, "report") + "/report.html"
+    return str((Path(cfg.run_dir) / "report" / "report.html").resolve())

@@ -2,25 +2,42 @@
 
 `run_stage(name, cfg)` computes the stage's manifest (its config sections and the identities of
 its inputs) and returns the stored summary when the stage already finished with the same manifest.
-Otherwise the stage runs into a fresh temporary sibling `DIR/.<stage>.partial-<id>` (the stage's own
-path `DIR/<stage>` is a symlink to it while it runs, so the stage's code writes where it always does),
-which is renamed to `DIR/<stage>` only when the stage succeeded; the manifest is written last. So
-`DIR/<stage>` holds either the previous complete output or the new complete output, never a mix, an
-interrupted stage never looks finished, and a re-run skips the finished ones.
+
+Local storage root (run_dir): the stage runs into a fresh temporary sibling `DIR/.<stage>.partial-<id>`
+(the stage's own path `DIR/<stage>` is a symlink to it while it runs, so the stage's code writes where
+it always does), which is renamed to `DIR/<stage>` only when the stage succeeded; the manifest is
+written last. So `DIR/<stage>` holds either the previous complete output or the new complete output,
+never a mix, an interrupted stage never looks finished, and a re-run skips the finished ones.
+
+Remote storage root (s3://bucket/prefix, from storage_path or run_dir): object stores have no rename,
+so the manifest alone marks completion. The stage's old manifest is deleted before anything of it is
+written, its outputs are written, and its manifest is uploaded LAST. The stage itself runs against a
+local working mirror of the root (`cache_dir`): the upstream stages' folders are fetched into it
+(skipped when the mirror's copy has the remote manifest), the stage runs there exactly as on a local
+run_dir (same code, same atomic publish), and its finished folder is uploaded to `ROOT/<stage>/`.
+A stage that writes its outputs to `storage_path` itself (preprocess, through Ray Data and the S3
+settings of data.s3) streams them to S3 directly. The others get run_dir = storage_path = the mirror,
+so their code (and Ray Train's checkpoints) never needs S3 credentials beyond the driver's runner.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import importlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 
 from simpersona import manifest
@@ -29,6 +46,7 @@ from simpersona.runtime import write_summary
 
 PARTIAL = "partial"  # DIR/.<stage>.partial-<id>: a run in progress (or killed)
 PREVIOUS = "old"  # DIR/.<stage>.old-<id>: the previous output, moved aside while the stage runs
+FETCHING = "fetch"  # MIRROR/.<stage>.fetch-<id>: a download from the remote root in progress
 
 
 @dataclass(frozen=True)
@@ -37,21 +55,24 @@ class Stage:
     function: str  # "module:function", called with the resolved config, returns the summary dict
     sections: tuple[str, ...]  # config sections whose values decide the stage's output
     upstream: tuple[str, ...]  # stages whose outputs it reads
+    streams: bool = False  # writes its outputs to <storage_path>/<name> itself (s3:// included)
+    side: tuple[str, ...] = ()  # folders beside its own that it fills (uploaded with it to a remote root)
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("preprocess", "simpersona.data.pipeline:run_preprocess",
-              ("data", "sessions", "features", "traces", "store"), ()),
+              ("data", "sessions", "features", "traces", "store"), (), streams=True),
         Stage("vqvae", "simpersona.vq.train:run_training", ("vq", "eval.holdout"), ("preprocess",)),
         Stage("assign", "simpersona.vq.assign:run_assign", ("vq",), ("preprocess", "vqvae")),
         Stage("finetune", "simpersona.persona.finetune:run_finetune", ("persona", "eval.holdout"),
               ("preprocess", "vqvae", "assign")),
         Stage("evaluate", "simpersona.eval.evaluate:run_evaluation",
-              ("eval", "sim", "serve", "store", "browser"), ("preprocess", "assign", "finetune")),
+              ("eval", "sim", "serve", "store", "browser"), ("preprocess", "assign", "finetune"),
+              side=("simulate",)),
         Stage("whatif", "simpersona.eval.whatif:run_whatif", ("whatif", "sim", "serve", "store", "browser"),
-              ("assign", "finetune")),
+              ("assign", "finetune"), side=("simulate",)),
         Stage("report", "simpersona.report.html:run_report", ("report",), ("assign", "evaluate", "whatif")),
     ]
 }
@@ -67,24 +88,67 @@ def _select(cfg: DictConfig, dotted: str) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
+# ---------------------------------------------------------------------------------------------------
+# Where a stage's output lives
+
+
+def storage_root(cfg: DictConfig) -> str:
+    """The run's storage root: storage_path (which defaults to run_dir)."""
+    return str(cfg.get("storage_path") or cfg.run_dir)
+
+
+def is_remote(cfg: DictConfig) -> bool:
+    return io.is_s3(storage_root(cfg))
+
+
 def stage_dir(cfg: DictConfig, name: str) -> Path:
+    """The stage's local folder: under run_dir (for a remote root, the stage runs with run_dir = mirror)."""
     return Path(cfg.run_dir) / name
+
+
+def stage_uri(cfg: DictConfig, name: str) -> str:
+    """Where the stage's finished output and manifest live: ROOT/<name>, local or s3://."""
+    return io.join_uri(storage_root(cfg), name) if is_remote(cfg) else str(stage_dir(cfg, name))
+
+
+def mirror_dir(cfg: DictConfig) -> Path:
+    """The local working mirror of a remote root: <cache_dir>/<digest of the root URI and its endpoint>."""
+    base = Path(cfg.get("cache_dir") or Path(tempfile.gettempdir()) / "simpersona").expanduser()
+    where = f"{cfg.data.s3.endpoint_url}|{storage_root(cfg).rstrip('/')}"  # the same bucket name elsewhere differs
+    return base.absolute() / hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def upstream_closure(name: str) -> list[str]:
+    """Every stage `name` reads from, directly or through the ones it reads (in pipeline order)."""
+    seen: set[str] = set()
+    todo = list(STAGES[name].upstream)
+    while todo:
+        up = todo.pop()
+        if up not in seen:
+            seen.add(up)
+            todo += STAGES[up].upstream
+    return [s for s in STAGES if s in seen]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Manifests and the runner
 
 
 def stage_manifest(cfg: DictConfig, stage: Stage) -> dict[str, Any]:
     sections = {s: _select(cfg, s) for s in stage.sections}
     sections["seed"] = cfg.seed
     inputs: dict[str, str] = {}
+    sources: list[str] = []
     for up in stage.upstream:
-        inputs[up] = manifest.digest(stage_dir(cfg, up))
+        inputs[up] = manifest.digest(stage_uri(cfg, up), cfg.data.s3)
+        sources.append(stage_uri(cfg, up))
     if stage.name == "preprocess":
-        from simpersona.data.io import list_inputs  # raw inputs: fingerprint of the file listing
-
-        listing = list_inputs(cfg.data.input, cfg.data.s3, cfg.data.format)
+        listing = io.list_inputs(cfg.data.input, cfg.data.s3, cfg.data.format)
         uris = [f.uri for f in listing.files]
-        inputs["raw"] = manifest.stable_hash([[(f.uri, f.size) for f in listing.files],
-                                              manifest.file_fingerprint(uris)])
-    return manifest.build(stage.name, sections, inputs)
+        # content, not location: the same bytes from another folder, machine or bucket are the same input
+        inputs["raw"] = manifest.file_fingerprint(uris, cfg.data.s3)
+        sources += uris
+    return manifest.build(stage.name, sections, inputs, sources)
 
 
 def run_stage(name: str, cfg: DictConfig, force: bool = False,
@@ -94,25 +158,144 @@ def run_stage(name: str, cfg: DictConfig, force: bool = False,
     `before_run()` is called only when the stage does run (the pipeline starts Ray there, so a
     re-run whose stages are all current never starts it)."""
     stage = STAGES[name]
-    out = stage_dir(cfg, name)
-    if not io.is_s3(str(cfg.run_dir)):
-        recover_interrupted(out)
+    # a bad run_dir/storage_path stops here, in one line, before anything is created
+    io.check_storage_root(storage_root(cfg), cfg.data.s3)
+    remote = is_remote(cfg)
+    out = stage_uri(cfg, name)
+    if not remote:
+        recover_interrupted(Path(out))
     m = stage_manifest(cfg, stage)
-    if not force and manifest.is_current(out, m):
-        summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    if not force and manifest.is_current(out, m, cfg.data.s3):
+        summary = _read_json(io.join_uri(out, "summary.json"), cfg.data.s3)
         print(f"[{name}] up to date, skipped ({out})", flush=True)
         return {**summary, "skipped": True}
     function = resolve_function(stage.function)
     if before_run is not None:
         before_run()
     start = time.time()
-    if io.is_s3(str(cfg.run_dir)):  # object stores have no rename: the manifest alone marks completion
-        summary = function(cfg) or {}
+    if remote:
+        summary = _run_remote(stage, cfg, lambda c: function(c) or {})
     else:
-        summary = _run_atomically(out, lambda: function(cfg) or {})
+        summary = _run_atomically(Path(out), lambda: function(cfg) or {})
     m["wall_s"] = round(time.time() - start, 2)
-    manifest.write(out, m)  # last: only now does the stage count as finished
+    manifest.write(out, m, cfg.data.s3)  # last: only now does the stage count as finished
+    if remote and not stage.streams:
+        manifest.write(stage_dir(_on_mirror(cfg), name), m)  # the mirror's copy is current too
     return summary
+
+
+def _read_json(uri: str, s3cfg=None) -> dict:
+    fs, path = io.resolve(uri, s3cfg)
+    try:
+        with fs.open_input_stream(path) as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return {}
+
+
+def _on_mirror(cfg: DictConfig, streams: bool = False) -> DictConfig:
+    """`cfg` with run_dir = the local mirror; storage_path too, unless the stage streams its outputs to
+    the remote root itself (then its code is given that root and its S3 settings)."""
+    local = copy.deepcopy(cfg)  # a DictConfig's shallow copy shares its value nodes with the original
+    local.storage_path = storage_root(cfg) if streams else str(mirror_dir(cfg))
+    local.run_dir = str(mirror_dir(cfg))
+    return local
+
+
+def _run_remote(stage: Stage, cfg: DictConfig, run: Callable[[DictConfig], dict]) -> dict:
+    """Run `stage` for a remote root: fetch its inputs into the mirror, invalidate the remote copy, run,
+    upload. The caller uploads the manifest afterwards (last)."""
+    s3 = cfg.data.s3
+    local = _on_mirror(cfg, stage.streams)
+    mirror = Path(local.run_dir)
+    for up in upstream_closure(stage.name):
+        fetch(cfg, up, mirror)
+    remote = stage_uri(cfg, stage.name)
+    manifest.remove(remote, s3)  # from here until the new manifest lands, the stage is unfinished
+    if stage.streams:
+        return run(local)
+    out = mirror / stage.name
+    recover_interrupted(out)
+    summary = _run_atomically(out, lambda: run(local))
+    upload(out, remote, s3)
+    for side in stage.side:
+        if (mirror / side).is_dir():
+            upload(mirror / side, io.join_uri(storage_root(cfg), side), s3, replace=False)
+    return summary
+
+
+def run_job_stage(name: str, cfg: DictConfig, start_ray: Callable[[], None]) -> dict[str, Any]:
+    """A single-stage job (ray_jobs/<stage>.py): on a remote root through run_stage (fetch, run on the
+    mirror, upload, manifest last; always run, as a job asks); on a local run_dir the stage's function
+    directly, as it always did (hand-made run folders, e.g. planted test data, have no upstream manifests)."""
+    if is_remote(cfg):
+        return run_stage(name, cfg, force=True, before_run=start_ray)
+    io.check_storage_root(storage_root(cfg), cfg.data.s3)
+    start_ray()
+    return resolve_function(STAGES[name].function)(cfg) or {}
+
+
+@contextlib.contextmanager
+def mirrored(cfg: DictConfig, reads: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> Iterator[DictConfig]:
+    """For work outside the stage runner (the single-stage jobs' simulate and report): the config to run
+    it with. A local root: `cfg` itself. A remote root: `cfg` on the mirror, with the finished stages
+    `reads` (and what they read) fetched first and the folders `writes` uploaded after the block."""
+    if not is_remote(cfg):
+        yield cfg
+        return
+    local = _on_mirror(cfg)
+    mirror = Path(local.run_dir)
+    for name in [*upstream_closure_of(reads)]:
+        fetch(cfg, name, mirror)
+    yield local
+    for folder in writes:
+        if (mirror / folder).is_dir():
+            upload(mirror / folder, io.join_uri(storage_root(cfg), folder), cfg.data.s3, replace=False)
+
+
+def upstream_closure_of(names: tuple[str, ...]) -> list[str]:
+    wanted = set(names) | {up for n in names for up in upstream_closure(n)}
+    return [s for s in STAGES if s in wanted]
+
+
+def _copy(src: str, src_fs: pafs.FileSystem, dst: str, dst_fs: pafs.FileSystem) -> None:
+    if src_fs.get_file_info(src).type == pafs.FileType.Directory:
+        dst_fs.create_dir(dst, recursive=True)  # copy_files makes sub-folders, not the top one
+        pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def upload(folder: Path, uri: str, s3cfg=None, replace: bool = True) -> None:
+    """Copy a local folder to `uri`; with `replace`, what was there before goes first (no stale files)."""
+    fs, path = io.resolve(uri, s3cfg)
+    if replace:
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+    _copy(str(folder), pafs.LocalFileSystem(), path, fs)
+
+
+def fetch(cfg: DictConfig, name: str, mirror: Path) -> None:
+    """Make MIRROR/<name> a copy of the finished remote stage (no-op when it already has its manifest)."""
+    s3 = cfg.data.s3
+    remote = stage_uri(cfg, name)
+    text = manifest.read_text(remote, s3)
+    if text is None:
+        raise FileNotFoundError(f"stage output {remote} is not finished (no manifest.json): run stage {name} first")
+    local = mirror / name
+    recover_interrupted(local)
+    if manifest.read_text(local) == text:
+        return
+    mirror.mkdir(parents=True, exist_ok=True)
+    tmp = mirror / f".{name}.{FETCHING}-{uuid.uuid4().hex[:8]}"
+    fs, path = io.resolve(remote, s3)
+    try:
+        _copy(path, fs, str(tmp), pafs.LocalFileSystem())
+        if manifest.read_text(tmp) != text:  # re-run remotely while we copied: never mix two runs
+            raise RuntimeError(f"stage output {remote} changed while it was being fetched; run again")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(local, ignore_errors=True)
+    os.replace(tmp, local)
+    print(f"[{name}] fetched {remote} -> {local}", flush=True)
 
 
 def _run_atomically(out: Path, run: Callable[[], dict]) -> dict:
@@ -148,7 +331,7 @@ def recover_interrupted(out: Path) -> None:
     moved aside comes back (complete, with its own manifest, so it may still be current)."""
     if out.is_symlink():
         out.unlink()
-    for partial in out.parent.glob(f".{out.name}.{PARTIAL}-*"):
+    for partial in [*out.parent.glob(f".{out.name}.{PARTIAL}-*"), *out.parent.glob(f".{out.name}.{FETCHING}-*")]:
         shutil.rmtree(partial, ignore_errors=True)
     for previous in sorted(out.parent.glob(f".{out.name}.{PREVIOUS}-*")):
         if out.exists():

@@ -131,3 +131,110 @@ def test_unknown_pipeline_stage_is_a_clear_error(tmp_path):
     cfg = load("pipeline", [f"run_dir={tmp_path}", "pipeline.stages=[preprocess,train]"])
     with pytest.raises(ValueError, match=r"pipeline.stages: unknown stage\(s\) \['train'\]"):
         pipeline_stages(cfg)
+
+
+# --- a remote storage root: s3://bucket/prefix on a real S3 API (moto) on loopback --------------------
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    from s3_server import MotoS3Server
+
+    with MotoS3Server() as server:
+        server.client().create_bucket(Bucket="runs")
+        yield server
+
+
+def s3_cfg(server, root, cache, *overrides):
+    c = server.s3_config()
+    return cfg_for(root, f"cache_dir={cache}", f"data.s3.endpoint_url={c.endpoint_url}", f"data.s3.region={c.region}",
+                   f"data.s3.access_key={c.access_key}", f"data.s3.secret_key={c.secret_key}", *overrides)
+
+
+def s3_keys(server, prefix):
+    listing = server.client().list_objects_v2(Bucket="runs", Prefix=prefix)
+    # pyarrow marks folders with empty "<name>/" objects: not outputs
+    return sorted(o["Key"][len(prefix):] for o in listing.get("Contents", []) if not o["Key"].endswith("/"))
+
+
+def s3_text(server, key):
+    return server.client().get_object(Bucket="runs", Key=key)["Body"].read().decode()
+
+
+def test_remote_root_runs_on_a_mirror_uploads_outputs_and_manifest_last_and_skips(runner, s3_server, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be made in the working folder (no local "s3:" folder)
+    root = "s3://runs/t1"
+    cfg = s3_cfg(s3_server, root, tmp_path / "cache", "report.title=a")
+    assert stages.run_stage("toy", cfg) == {"title": "a"}
+    assert runner["seen"]["toy"] == [(True, False)]  # on the mirror: through a link, not yet finished
+    assert s3_keys(s3_server, "t1/") == ["toy/data.txt", "toy/manifest.json", "toy/summary.json"]
+    assert s3_text(s3_server, "t1/toy/data.txt") == "a"
+    remote = json.loads(s3_text(s3_server, "t1/toy/manifest.json"))
+    assert remote["config"]["report"]["title"] == "a" and remote["config"]["seed"] == 0
+    assert os.listdir(tmp_path) == ["cache"]
+    mirror = stages.mirror_dir(cfg)
+    assert mirror.parent == tmp_path / "cache" and (mirror / "toy" / "data.txt").read_text() == "a"
+
+    assert stages.run_stage("toy", cfg)["skipped"] and runner["calls"]["toy"] == 1  # current: skipped
+    stages.run_stage("toy", s3_cfg(s3_server, root, tmp_path / "cache", "report.title=b"))
+    assert runner["calls"]["toy"] == 2 and s3_text(s3_server, "t1/toy/data.txt") == "b"
+
+
+def test_remote_stage_without_its_manifest_is_unfinished_and_a_failed_run_leaves_it_so(runner, s3_server, tmp_path):
+    root = "s3://runs/t2"
+    cfg = s3_cfg(s3_server, root, tmp_path / "cache", "report.title=a")
+    client = s3_server.client()
+    client.put_object(Bucket="runs", Key="t2/toy/data.txt", Body=b"half")  # a run killed before its manifest
+    with pytest.raises(FileNotFoundError, match="is not finished"):
+        stages.run_stage("down", cfg)
+    stages.run_stage("toy", cfg)
+    assert runner["calls"]["toy"] == 1 and s3_text(s3_server, "t2/toy/data.txt") == "a"
+    with pytest.raises(RuntimeError, match="stage failed"):
+        stages.run_stage("toy", s3_cfg(s3_server, root, tmp_path / "cache", "report.title=fail"))
+    assert "toy/manifest.json" not in s3_keys(s3_server, "t2/")  # never taken as finished
+    assert not stages.run_stage("toy", cfg).get("skipped") and runner["calls"]["toy"] == 3
+
+
+def test_downstream_on_another_machine_fetches_the_finished_upstream(runner, s3_server, tmp_path):
+    root = "s3://runs/t3"
+    stages.run_stage("toy", s3_cfg(s3_server, root, tmp_path / "here", "report.title=a"))
+    elsewhere = s3_cfg(s3_server, root, tmp_path / "there", "report.title=a")  # an empty cache: a fresh machine
+    stages.run_stage("down", elsewhere)
+    mirror = stages.mirror_dir(elsewhere)
+    assert (mirror / "toy" / "data.txt").read_text() == "a"
+    assert (mirror / "toy" / "manifest.json").read_text() == s3_text(s3_server, "t3/toy/manifest.json")
+    assert "down/manifest.json" in s3_keys(s3_server, "t3/")
+    assert stages.run_stage("down", s3_cfg(s3_server, root, tmp_path / "here", "report.title=a"))["skipped"]
+
+
+# --- input identity ----------------------------------------------------------------------------------
+
+
+def test_input_identity_is_the_content_not_the_location(s3_server, tmp_path, tmall_csv, monkeypatch):
+    a, b = tmp_path / "a" / tmall_csv.name, tmp_path / "b" / tmall_csv.name
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(tmall_csv.read_bytes())
+    os.utime(b, (1, 1))  # another modification time: the same input
+    s3_server.client().put_object(Bucket="runs", Key="raw/t.csv", Body=tmall_csv.read_bytes())
+    s3c = s3_server.s3_config()
+    fingerprints = {manifest.file_fingerprint([str(p)]) for p in (tmall_csv, a, b)}
+    fingerprints.add(manifest.file_fingerprint(["s3://runs/raw/t.csv"], s3c))
+    assert len(fingerprints) == 1
+
+    ms = [stages.stage_manifest(cfg_for(tmp_path / "run", f"data.input={p}"), stages.STAGES["preprocess"])
+          for p in (a, b)]
+    assert ms[0]["inputs_hash"] == ms[1]["inputs_hash"] and ms[0]["sources"] == [str(a)] != ms[1]["sources"]
+
+    data = bytearray(tmall_csv.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit in the middle
+    b.write_bytes(bytes(data))
+    assert manifest.file_fingerprint([str(b)]) != manifest.file_fingerprint([str(a)])
+    # a file over the full-hash limit: identified by its size, first and last bytes
+    monkeypatch.setattr(manifest, "FULL_HASH_MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(manifest, "SAMPLE_BYTES", 1 << 16)
+    assert manifest.file_fingerprint([str(b)]) == manifest.file_fingerprint([str(a)])  # the middle is not read
+    data[-1:] = b"\n" if data[-1:] != b"\n" else b" "
+    b.write_bytes(bytes(data))
+    assert manifest.file_fingerprint([str(b)]) != manifest.file_fingerprint([str(a)])

@@ -47,3 +47,20 @@ def assert_same_output(ref: str, other: str, other_fs: pafs.FileSystem | None = 
 def summary_output(text: str) -> dict:
     """A summary.json without its run-specific fields (timings, output location)."""
     return {k: v for k, v in json.loads(text).items() if k not in RUN_FIELDS}
+
+
+# keys of metrics.json that measure time (session_length_s: wall-clock seconds between an agent's first and
+# last request, which the machine's speed sets) or name the run's own folders: not results
+METRICS_RUN_KEYS = frozenset({"simulation_seconds", "seconds", "wall_s", "session_length_s", "steps_per_s", "folder"})
+
+
+def metrics_results(obj):
+    """metrics.json without its run-specific keys; floats to 9 decimals (a sum in another order changes the
+    last bits)."""
+    if isinstance(obj, dict):
+        return {k: metrics_results(v) for k, v in obj.items() if k not in METRICS_RUN_KEYS}
+    if isinstance(obj, list):
+        return [metrics_results(v) for v in obj]
+    if isinstance(obj, float):
+        return round(obj, 9)
+    return obj

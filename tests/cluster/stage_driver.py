@@ -3,8 +3,8 @@ their summaries as one JSON line (`RESULT {...}`). It joins the cluster at RAY_A
 
     python tests/cluster/stage_driver.py preprocess,vqvae,assign run_dir=s3://bucket/run config=smoke ...
 
-It calls the stage functions directly: the stage runner (simpersona.stages) keeps its manifests on the
-local disk, so a run dir on s3:// is exercised here without it. The driver's AWS_* variables (endpoint,
+It calls the stage functions directly, without the stage runner (simpersona.stages, which runs them on a
+local mirror of an s3:// root): so the functions' own S3 reads and writes are exercised. The driver's AWS_* variables (endpoint,
 region, keys) go to every worker of the job through its runtime env, as on a cluster without instance
 roles.
 """

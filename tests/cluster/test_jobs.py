@@ -3,10 +3,14 @@ of the project and writes the same output as a driver run beside the cluster."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from cluster.conftest import BIN, ROOT
 from cluster.outputs import assert_same_output, summary_output
@@ -16,10 +20,23 @@ pytestmark = pytest.mark.slow
 RUNTIME_ENV = ROOT / "cluster" / "runtime_env.yaml"
 
 
+def runtime_env_file() -> Path:
+    """cluster/runtime_env.yaml with every folder git ignores here added to its excludes: Ray reads the
+    checkout's .gitignore files but not .git/info/exclude, and a developer's ignored scratch folder (wheels,
+    caches) would push the upload past Ray's 100 MiB request limit."""
+    env = yaml.safe_load(RUNTIME_ENV.read_text())
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory"],
+                             cwd=ROOT, capture_output=True, text=True).stdout.split()
+    env["excludes"] = sorted(set(env.get("excludes", [])) | {p for p in ignored if p.endswith("/")})
+    path = Path(tempfile.gettempdir()) / f"simpersona-runtime-env-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(env))
+    return path
+
+
 def submit(head, entrypoint: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """The README's command: `ray job submit --address <dashboard> --working-dir . --runtime-env ... -- python ...`."""
     cmd = [str(BIN / "ray"), "job", "submit", "--address", head.dashboard, "--working-dir", ".",
-           "--runtime-env", str(RUNTIME_ENV), "--", "python", *entrypoint]
+           "--runtime-env", str(runtime_env_file()), "--", "python", *entrypoint]
     return subprocess.run(cmd, cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -96,7 +96,8 @@ def test_credentials_never_reach_logs_outputs_or_manifests(ray_head, s3, s3_prep
         body = client.get_object(Bucket="runs", Key=key)["Body"].read()
         leaks += [f"s3://runs/{key}: {n}" for n in SECRETS if n.encode() in body]
     assert not leaks, leaks
-    manifest = (s3_preprocess.run_dir / "preprocess" / "manifest.json").read_text()
+    # the stage runner's manifest lives with the outputs, in the storage root
+    manifest = client.get_object(Bucket="runs", Key="pre/preprocess/manifest.json")["Body"].read().decode()
     assert '"secret_key": "***"' in manifest and '"access_key": "***"' in manifest
 
 
@@ -145,8 +146,11 @@ def test_bad_storage_roots_fail_with_one_clear_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_job_with_a_bad_run_dir_stops_before_starting_ray(tmp_path):
-    """The stage's entry point ends with one line naming the bad URI, before any Ray start-up."""
+    """The stage's entry point ends with one line naming the bad URI, before any Ray start-up, and makes
+    nothing: no folder named after the URI (a local "ftp:/host/runs/x") in the working folder."""
+    assert not (ROOT / "ftp:").exists()
     done = run_job(["ray_jobs/preprocess.py", "run_dir=ftp://host/runs/x"], dict(os.environ), timeout=120)
+    assert not (ROOT / "ftp:").exists()
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "simpersona.data.io.UnsupportedInputError: storage_path: unsupported URI scheme 'ftp' in "
