@@ -3,6 +3,10 @@ local run_dir, a driver with run_dir on S3 (moto on loopback), and `ray job subm
 uploaded copy of the project). The three metrics.json are equal but for run-specific keys (wall times,
 folders); the S3 run is re-run from an empty cache (another machine) and skips every stage.
 
+Then the same run once more as one `ray job submit` per stage script (preprocess ... whatif), which
+gives the same metrics.json too; and, on the local run, simulate.py (every agent exactly once) and
+serve_policy.py (the job deploys and ends; the detached app answers on 127.0.0.1).
+
 The pipeline is the smoke config made cheaper (PIPELINE_ARGS), still running every stage: one baseline
 instead of four, one what-if merchant, shorter agents and trainings.
 """
@@ -10,12 +14,16 @@ instead of four, one what-if merchant, shorter agents and trainings.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
+import httpx
 import pytest
+from s3_server import free_port
 
-from cluster.conftest import ROOT, run_job
+from cluster.conftest import BIN, ROOT, run_job
 from cluster.outputs import metrics_results
+from cluster.test_job_scripts import _json_line
 from cluster.test_jobs import submit
 from simpersona.data import io
 
@@ -33,6 +41,8 @@ PIPELINE_ARGS = [
     "whatif.merchants=1", "whatif.bootstrap=50",
 ]
 TIMEOUT_S = 900
+# the pipeline's stages as their own job scripts, in pipeline order (the report is written by pipeline.py)
+STAGE_JOBS = ["preprocess", "train_vqvae", "assign_types", "finetune", "evaluate", "whatif"]
 
 
 def _pipeline(ray_head, *args: str) -> tuple[str, float]:
@@ -48,10 +58,18 @@ def _s3_args(s3, root: str, cache) -> list[str]:
             f"data.s3.region={c.region}", f"data.s3.access_key={c.access_key}", f"data.s3.secret_key={c.secret_key}"]
 
 
-def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, tmp_path):
+@pytest.fixture(scope="module")
+def local_run(ray_head, tmp_path_factory):
+    """The reference: the pipeline run by a driver on a local run_dir (also the finished run that
+    test_job_scripts simulates and serves from)."""
+    local = tmp_path_factory.mktemp("pipeline") / "local"
+    _, wall = _pipeline(ray_head, f"run_dir={local}")
+    return local, wall
+
+
+def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, local_run, tmp_path):
     walls = {}
-    local = tmp_path / "local"
-    _, walls["local"] = _pipeline(ray_head, f"run_dir={local}")
+    local, walls["local"] = local_run
     reference = json.loads((local / "evaluate" / "metrics.json").read_text())
 
     root = "s3://runs/smoke"
@@ -85,9 +103,46 @@ def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, tmp_path):
     assert metrics_results(on_s3) == metrics_results(reference)
     assert metrics_results(by_job) == metrics_results(reference)
 
+    # each stage's own script, one `ray job submit` after another on one run_dir: the same metrics again
+    t0 = time.perf_counter()
+    stagewise = tmp_path / "stagewise"
+    for script in STAGE_JOBS:
+        done = submit(ray_head, [f"ray_jobs/{script}.py", f"run_dir={stagewise}", *PIPELINE_ARGS], timeout=TIMEOUT_S)
+        assert done.returncode == 0 and "succeeded" in done.stdout, (script, done.stdout[-3000:] + done.stderr[-3000:])
+    walls["stage_jobs"] = time.perf_counter() - t0
+    by_stage_jobs = json.loads((stagewise / "evaluate" / "metrics.json").read_text())
+    assert metrics_results(by_stage_jobs) == metrics_results(reference)
+    assert (stagewise / "whatif" / "deltas.json").exists()
+
     # another machine (an empty cache) runs the same command again: every stage is current, none runs
     out, walls["s3_rerun"] = _pipeline(ray_head, *_s3_args(s3, root, tmp_path / "other_cache"))
     for stage in STAGES:
         assert f"[{stage}] up to date, skipped" in out, out[-3000:]
     assert not (tmp_path / "other_cache").exists()  # nothing had to be fetched to decide that
     print("wall s: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
+
+
+def test_simulate_and_serve_policy_jobs(ray_head, local_run):
+    run_dir, _ = local_run  # a finished run (the pipeline's reference run) for the two jobs to work on
+
+    done = submit(ray_head, ["ray_jobs/simulate.py", f"run_dir={run_dir}", *PIPELINE_ARGS, "merchants=2",
+                             "agents_per_merchant=3", "max_steps=4", "workers=1", "contexts_per_worker=3",
+                             "variant=jobcheck"], timeout=TIMEOUT_S)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = _json_line(done.stdout, "completed")
+    assert summary["agents"] == 6 and summary["completed"] + summary["crashed"] == 6 and summary["crashed"] == 0
+    assert (run_dir / "simulate" / "jobcheck").is_dir()
+
+    port = free_port()
+    done = submit(ray_head, ["ray_jobs/serve_policy.py", f"run_dir={run_dir}", "config=smoke", f"serve.port={port}"])
+    try:
+        assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+        url = _json_line(done.stdout, "url")["url"]
+        assert url == f"http://127.0.0.1:{port}/policy"
+        request = {"persona": 0, "observation": "page: home", "history": [], "allowed": ["search shoes", "leave"],
+                   "seed": 1, "step": 0}
+        resp = httpx.post(url, json=request, timeout=120)  # the job is over; its app still answers
+        assert resp.status_code == 200 and resp.json()["action"] in request["allowed"], resp.text
+    finally:
+        subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", ray_head.dashboard], cwd=ROOT,
+                       env=ray_head.env, capture_output=True, timeout=120)
