@@ -541,6 +541,9 @@ class Config:
     storage_path: str = ""  # "" = run_dir; s3://bucket/prefix or a local folder
     # local working mirror of an s3:// storage root (stages run there, then upload); "" = <system temp>/simpersona
     cache_dir: str = ""
+    # where Ray Train keeps its checkpoints ("" = storage_path); the stage runner points it at the remote
+    # root when a stage runs on the local mirror, so a killed training resumes from any machine
+    checkpoint_root: str = ""
     seed: int = 0
     config: str = ""  # name of the YAML in configs/ merged over the stage defaults
     progress: bool = True

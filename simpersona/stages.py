@@ -199,6 +199,8 @@ def _on_mirror(cfg: DictConfig, streams: bool = False) -> DictConfig:
     local = copy.deepcopy(cfg)  # a DictConfig's shallow copy shares its value nodes with the original
     local.storage_path = storage_root(cfg) if streams else str(mirror_dir(cfg))
     local.run_dir = str(mirror_dir(cfg))
+    # training checkpoints stay on the remote root: another machine (an empty mirror) resumes them
+    local.checkpoint_root = cfg.get("checkpoint_root") or storage_root(cfg)
     return local
 
 

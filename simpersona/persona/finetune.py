@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
+from simpersona.data import io
 from simpersona.persona.examples import collate
 
 STAGE_MODES = ("full", "persona_rows", "lora_persona", "lora")
@@ -311,8 +313,9 @@ def steps_per_epoch(n_rows: int, batch_size: int, workers: int) -> int:
     return max(1, math.ceil((n_rows // max(1, workers)) / batch_size))
 
 
-def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool = True) -> dict:
-    """Run one stage with a Ray Train TorchTrainer (or reuse its finished output); returns its metrics."""
+def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool = True, s3=None) -> dict:
+    """Run one stage with a Ray Train TorchTrainer (or reuse its finished output); returns its metrics.
+    `storage_path` (Ray Train's checkpoints) is a local folder or an s3:// URI, reached with `s3` (S3Config)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -325,9 +328,15 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
     tcfg = spec.train
     workers = int(tcfg.get("workers", 1))
     name = f"{spec.name}-{fp}"
-    storage = str(storage_path) if "://" in str(storage_path) else str(Path(storage_path).resolve())
-    if not resume and "://" not in storage:
-        shutil.rmtree(Path(storage) / name, ignore_errors=True)
+    if io.is_s3(str(storage_path)):  # the filesystem carries the endpoint and keys; nothing goes in env vars
+        filesystem, storage = io.resolve(str(storage_path), s3)
+    else:
+        filesystem, storage = None, str(Path(storage_path).resolve())
+    if not resume:
+        if filesystem is None:
+            shutil.rmtree(Path(storage) / name, ignore_errors=True)
+        elif filesystem.get_file_info(f"{storage}/{name}").type == pafs.FileType.Directory:
+            filesystem.delete_dir(f"{storage}/{name}")
     for stale in (marker, Path(spec.output_dir) / TRAIN_METRICS):
         stale.unlink(missing_ok=True)
     if workers == 0:
@@ -344,7 +353,7 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
         train_loop_config={"spec": asdict(spec)},
         scaling_config=scaling,
         run_config=RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage, storage_filesystem=filesystem,
             worker_runtime_env={"env_vars": worker_env(tcfg)},
             checkpoint_config=CheckpointConfig(num_to_keep=int(tcfg.get("keep_checkpoints", 2))),
             failure_config=FailureConfig(max_failures=int(tcfg.get("max_failures", 1))),

@@ -262,7 +262,7 @@ def loop_config(cfg, spec: FeatureSpec, train_rows: int) -> dict:
 def checkpoint_storage(cfg) -> str:
     """Ray Train storage: beside, not inside, DIR/vqvae — the stage runner clears the stage folder
     before a run, and a killed run must find its checkpoints when it is started again."""
-    return io.join_uri(cfg.storage_path or cfg.run_dir, "checkpoints", "vqvae")
+    return io.join_uri(cfg.get("checkpoint_root") or cfg.storage_path or cfg.run_dir, "checkpoints", "vqvae")
 
 
 # Settings that do not change what is trained: a run re-started with other values resumes the same checkpoints.

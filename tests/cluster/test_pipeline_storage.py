@@ -18,6 +18,7 @@ import subprocess
 import time
 
 import httpx
+import pyarrow.fs as pafs
 import pytest
 from s3_server import free_port
 
@@ -119,6 +120,26 @@ def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, local_run, 
     for stage in STAGES:
         assert f"[{stage}] up to date, skipped" in out, out[-3000:]
     assert not (tmp_path / "other_cache").exists()  # nothing had to be fetched to decide that
+
+    # Ray Train's checkpoints live on the S3 root, not in one machine's cache ...
+    on_root = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{path}/checkpoints", recursive=True))]
+    # (finetune runs in Ray Train's local mode in this config, which keeps no checkpoints; its S3 checkpoints
+    # are tested in tests/persona/test_stages.py)
+    assert any("/checkpoints/vqvae/" in p and p.endswith("state.pt") for p in on_root), on_root[:5]
+    assert not list((tmp_path / "cache").rglob("checkpoint_*"))
+    # ... so a training killed on one machine resumes on another (an empty cache) from its last checkpoint
+    t0 = time.perf_counter()
+    kill = ["vq.train.name=killed", "vq.train.fail_at_step=6", "vq.train.checkpoint_every=3", "vq.train.max_failures=0"]
+    failed = run_job(["ray_jobs/train_vqvae.py", *_s3_args(s3, root, tmp_path / "machine_a"), *PIPELINE_ARGS, *kill],
+                     ray_head.job_env(), timeout=TIMEOUT_S)
+    assert failed.returncode != 0 and "injected failure at step 6" in failed.stdout + failed.stderr
+    resumed = run_job(["ray_jobs/train_vqvae.py", *_s3_args(s3, root, tmp_path / "machine_b"), *PIPELINE_ARGS, *kill],
+                      ray_head.job_env(), timeout=TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    training = json.loads(read("vqvae/summary.json"))["training"]
+    assert training["resumed_from_steps"] and training["resumed_from_steps"][0] in (3, 6), training
+    assert training["steps"] >= 10
+    walls["kill_resume"] = time.perf_counter() - t0
     print("wall s: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
 
 

@@ -140,6 +140,30 @@ def test_worker_failure_resumes_from_checkpoint(ray_local, persona_base):
     assert (tmp_path / "resume" / "config.json").exists()
 
 
+@pytest.mark.slow
+def test_checkpoints_on_s3_and_resumed_from_there(ray_local, persona_base):
+    """The same failure with Ray Train's storage on S3 (moto on loopback): the checkpoints are objects in
+    the bucket, the restarted group continues from them, and nothing is made on local disk for them."""
+    import pyarrow.fs as pafs
+    from s3_server import MotoS3Server
+
+    from simpersona.data import io
+
+    tmp_path, ids, data = persona_base
+    train = dict(TRAIN, workers=1, cpus_per_worker=1, checkpoint_every=2, max_failures=1, fail_at_step=4)
+    spec = make_spec(tmp_path, "resume_s3", "persona_rows", ids, data, train=train)
+    with MotoS3Server() as server:
+        server.client().create_bucket(Bucket="ckpt")
+        s3 = server.s3_config()
+        metrics = run_stage(spec, ray.data.from_pandas(data), "s3://ckpt/finetune/ray", s3=s3)
+        fs, root = io.resolve("s3://ckpt/finetune/ray", s3)
+        objects = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                   if i.type == pafs.FileType.File]
+    assert metrics["resumed_from_step"] == 4 and metrics["step"] == 6
+    assert any("/checkpoint_" in p and p.endswith("trainable.pt") for p in objects), objects[:5]
+    assert not list(tmp_path.glob("s3*"))
+
+
 @pytest.mark.gpu
 def test_stage2_on_gpu_with_bf16(ray_local, persona_base):
     """With CUDA: one worker on the GPU, bf16 autocast (DeepSpeed too when it is installed)."""
