@@ -349,6 +349,16 @@ class VQLossConfig:
 
 
 @dataclass
+class SplitMergeConfig:
+    """Split-and-merge moves on the initial mixture (simpersona.vq.mixture.split_merge)."""
+
+    rounds: int = 0  # 0 = off; else at most this many accepted moves
+    merges: int = 5  # most correlated code pairs tried per round
+    splits: int = 4  # worst-explained codes tried per round
+    iters: int = 30  # EM rounds that settle each candidate
+
+
+@dataclass
 class VQTrainConfig:
     """Ray Train TorchTrainer settings; `batch_size` is per worker."""
 
@@ -383,6 +393,8 @@ class VQTrainConfig:
     # partition; 0 = start from the k-means partition itself
     em_init_mixture_iters: int = 0
     em_init_mixture_prior: float = 0.1  # pseudo-count of the mixture's expected counts
+    # split-and-merge moves on that mixture (needs em_init_mixture_iters > 0)
+    em_init_split_merge: SplitMergeConfig = field(default_factory=SplitMergeConfig)
     fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
 
 

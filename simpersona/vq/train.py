@@ -327,7 +327,7 @@ def run_training(cfg) -> dict:
     from simpersona.vq import dataset
     from simpersona.vq.evaluate import evaluate
     from simpersona.vq.kmeans import fit_kmeans
-    from simpersona.vq.mixture import fit_mixture
+    from simpersona.vq.mixture import fit_mixture, split_merge
     from simpersona.vq.model import save_model
 
     sw = Stopwatch()
@@ -353,11 +353,18 @@ def run_training(cfg) -> dict:
             km = fit_kmeans(fit_rows, spec, k, int(cfg.vq.kmeans.batch_size), int(cfg.vq.kmeans.n_init),
                             int(cfg.vq.kmeans.max_iter), int(cfg.seed))
     arrays.pop("merchant_id")
-    init = km
+    init, init_moves = km, None
     if km is not None and int(cfg.vq.train.em_init_mixture_iters) > 0:
         with sw.lap("mixture"):  # the k-means partition refined by a closed-form EM (simpersona.vq.mixture)
             init = fit_mixture(fit_rows, spec, km.assign(fit_rows, spec), k, int(cfg.vq.train.em_init_mixture_iters),
                                float(cfg.vq.train.em_init_mixture_prior), bool(cfg.progress))
+        sm = cfg.vq.train.em_init_split_merge
+        if int(sm.rounds) > 0:
+            with sw.lap("split_merge"):
+                init, init_moves = split_merge(fit_rows, spec, init, km.transform(fit_rows, spec), int(sm.rounds),
+                                               int(sm.merges), int(sm.splits), int(sm.iters),
+                                               float(cfg.vq.train.em_init_mixture_prior), int(cfg.seed),
+                                               bool(cfg.progress))
 
     with sw.lap("validate"):
         ds = dataset.read_features(cfg.run_dir, spec, TRAIN_COLUMNS + ("merchant_id",), s3)
@@ -395,6 +402,7 @@ def run_training(cfg) -> dict:
             "histories_per_s_per_epoch": [h["histories_per_s"] for h in history],
             "resumed_from_steps": client.get("resumed_from", []),
             "checkpoints": io.join_uri(checkpoint_storage(cfg), run_name(cfg, config)),
+            "init_split_merge_moves": init_moves,
         },
         "out": out, "wall_s": sw.total(), "phases_s": sw.laps,
     })
