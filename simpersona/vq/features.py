@@ -102,6 +102,18 @@ def load_spec(run_dir: str, s3: S3Config | None = None) -> FeatureSpec:
             raise FeatureError(f"{uri}: not JSON ({exc})") from None
 
 
+def _stored_width(typ: pa.DataType, name: str, where: str) -> int:
+    """Values per row of a feature column: a fixed-size list, or, for the int8 sequence columns, also
+    fixed-size binary (one byte per token; what preprocess writes, as Parquet decodes it about ten
+    times faster than a nested list)."""
+    if pa.types.is_fixed_size_list(typ):
+        return typ.list_size
+    if name in SEQ_COLUMNS and pa.types.is_fixed_size_binary(typ):
+        return typ.byte_width
+    allowed = "fixed_size_binary or fixed_size_list<int8>" if name in SEQ_COLUMNS else "fixed_size_list"
+    raise FeatureError(f"{where}column {name!r} must be {allowed}, got {typ}")
+
+
 def check_schema(schema: pa.Schema, spec: FeatureSpec, where: str) -> None:
     """Column presence, list widths and element types of a feature table's schema."""
     missing = [c for c in FEATURE_COLUMNS if c not in schema.names]
@@ -110,23 +122,24 @@ def check_schema(schema: pa.Schema, spec: FeatureSpec, where: str) -> None:
     for name in SEQ_COLUMNS + ("agg",):
         width = spec.agg_width if name == "agg" else spec.seq_len
         what = "agg_names" if name == "agg" else "seq_len"
-        typ = schema.field(name).type
-        if not pa.types.is_fixed_size_list(typ):
-            raise FeatureError(f"{where}: column {name!r} must be fixed_size_list, got {typ}")
-        if typ.list_size != width:
-            raise FeatureError(f"{where}: column {name!r} has width {typ.list_size}, "
+        stored = _stored_width(schema.field(name).type, name, f"{where}: ")
+        if stored != width:
+            raise FeatureError(f"{where}: column {name!r} has width {stored}, "
                                f"feature_spec.json says {width} ({what})")
 
 
 def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int, name: str, dtype) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if not pa.types.is_fixed_size_list(arr.type):
-        raise FeatureError(f"column {name!r} must be fixed_size_list, got {arr.type}")
-    if arr.type.list_size != width:
+    stored = _stored_width(arr.type, name, "")
+    if stored != width:
         what = "agg_names" if name == "agg" else "seq_len"
-        raise FeatureError(f"column {name!r} has width {arr.type.list_size}, feature_spec.json says {width} ({what})")
+        raise FeatureError(f"column {name!r} has width {stored}, feature_spec.json says {width} ({what})")
     if arr.null_count:
         raise FeatureError(f"column {name!r} has {arr.null_count} null rows")
+    if pa.types.is_fixed_size_binary(arr.type):  # the bytes are the int8 tokens (zero-copy)
+        buf = arr.buffers()[1]
+        data = np.frombuffer(buf, dtype=np.int8) if buf is not None else np.zeros(0, dtype=np.int8)
+        return data[arr.offset * width:(arr.offset + len(arr)) * width].reshape(len(arr), width)
     # .values ignores the array's slice offset: slice the child by hand (zero-copy)
     flat = arr.values.slice(arr.offset * width, len(arr) * width)
     return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(arr), width)

@@ -135,7 +135,9 @@ class BuyerVQVAE(nn.Module):
 
     def token_ids(self, batch: Mapping[str, Tensor]) -> Tensor:
         d = self.dims
-        ev, pr, gp, fl = (batch[c].long() for c in SEQ_COLUMNS)
+        # int32 arithmetic: ids stay below event x price x gap x flag tokens (about a thousand), and
+        # int64 would double the memory traffic of the assignment pass
+        ev, pr, gp, fl = (batch[c].int() for c in SEQ_COLUMNS)
         return ((ev * d.price_tokens + pr) * d.gap_tokens + gp) * d.flag_tokens + fl
 
     def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -254,10 +256,11 @@ class BuyerVQVAE(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            _, indices, _ = self.vq(self.encode(batch))
+            # the quantizer's own choice in eval mode (nearest code: highest cosine similarity, or
+            # smallest distance), without building the quantized output that assignment does not need
+            return self.code_logits(self.encode(batch)).argmax(1)
         finally:
             self.train(was_training)
-        return indices
 
     @property
     def codebook(self) -> Tensor:

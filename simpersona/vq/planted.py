@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from simpersona import manifest
 from simpersona.data import io
+from simpersona.data.features import as_fixed_binary
 from simpersona.data.schema import EVENTS
 from simpersona.vq.features import FeatureSpec, features_uri, spec_uri
 
@@ -266,7 +267,7 @@ def write_planted_features(run_dir: str, histories: int, n_types: int = 8, merch
         table = pa.table({
             "history_id": pc.binary_join_element_wise(buyer, merch, "|"),
             "buyer_id": buyer, "merchant_id": merch,
-            **{c: _fixed(cols[c], pa.int8()) for c in ("seq_event", "seq_price", "seq_gap", "seq_flags")},
+            **{c: as_fixed_binary(cols[c].astype(np.int8)) for c in ("seq_event", "seq_price", "seq_gap", "seq_flags")},
             "agg": _fixed(((cols["agg_raw"] - mean) / std).astype(np.float32), pa.float32()),
             "label_purchase": pa.array(cols["label_purchase"], pa.int8()),
             "label_cart_abandon": pa.array(cols["label_cart_abandon"], pa.int8()),

@@ -142,6 +142,10 @@ def test_normalised_features_follow_the_contract():
                                 "seq_flags", "agg", "label_purchase", "label_cart_abandon", "label_depth",
                                 "planted_type"]  # fmt: skip
     assert out.schema.field("agg").type == pa.list_(pa.float32(), len(F.AGG_NAMES))
+    # token sequences: one byte per token, the same tokens as the raw rows' lists
+    assert out.schema.field("seq_event").type == pa.binary(32)
+    for name in F.SEQ_COLUMNS:
+        assert [list(v) for v in out.column(name).to_pylist()] == raw.column(name).to_pylist(), name
     z = F.agg_matrix(out.rename_columns([c if c != "agg" else "agg_raw" for c in out.column_names]))
     varying = np.asarray(std) != 1.0
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)

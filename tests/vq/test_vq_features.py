@@ -56,6 +56,37 @@ def test_bad_batches(change, message):
     assert str(err.value) == message
 
 
+def as_binary(t: pa.Table, width: int | None = None) -> pa.Table:
+    """The seq_* columns as fixed-size binary (the format preprocess writes); `width` forces a wrong one."""
+    from simpersona.data.features import as_fixed_binary
+
+    for name in ("seq_event", "seq_price", "seq_gap", "seq_flags"):
+        rows = np.asarray(t[name].to_pylist(), dtype=np.int8)
+        if width is not None:
+            rows = np.zeros((len(rows), width), dtype=np.int8)
+        t = t.set_column(t.schema.get_field_index(name), name, as_fixed_binary(rows))
+    return t
+
+
+def test_binary_sequences_read_as_lists():
+    listed, packed = table(**GOOD), as_binary(table(**GOOD))
+    assert pa.types.is_fixed_size_binary(packed.schema.field("seq_event").type)
+    check_schema(packed.schema, SPEC, "t")
+    a, b = arrays_from_arrow(listed, SPEC), arrays_from_arrow(packed, SPEC)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+    # a slice of a binary column starts at its own row (the buffer offset is honoured)
+    assert np.array_equal(arrays_from_arrow(packed.slice(1, 1), SPEC)["seq_event"], a["seq_event"][1:])
+    with pytest.raises(FeatureError, match=r"^column 'seq_event' has width 5, feature_spec.json says 4 \(seq_len\)$"):
+        arrays_from_arrow(as_binary(table(**GOOD), width=5), SPEC)
+    with pytest.raises(FeatureError, match=r"^t: column 'seq_event' has width 5, feature_spec.json says 4"):
+        check_schema(as_binary(table(**GOOD), width=5).schema, SPEC, "t")
+    strings = table(**GOOD).set_column(3, "seq_event", pa.array(["ab", "cd"]))
+    with pytest.raises(FeatureError, match=r"^t: column 'seq_event' must be fixed_size_binary or "
+                                           r"fixed_size_list<int8>, got string$"):
+        check_schema(strings.schema, SPEC, "t")
+
+
 def test_schema_errors():
     t = table(**GOOD).drop_columns(["label_depth"])
     with pytest.raises(FeatureError, match=r"^x.parquet: missing feature columns \['label_depth'\]$"):
