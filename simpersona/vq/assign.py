@@ -13,6 +13,7 @@ type_profiles.parquet + type_profiles.json (one row per code with its descriptio
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from simpersona.config import ConfigError
 from simpersona.data import io
 from simpersona.vq.features import (
     ID_COLUMNS,
@@ -79,6 +81,19 @@ class TypeAssigner:
         return pa.table(cols)
 
 
+def check_local_cpus(cfg, cluster_cpus: float) -> None:
+    """On a local Ray (fixed resources) the actor pool must leave one CPU for Ray Data's read tasks:
+    with 3 actors x 0.5 CPU on 2 CPUs the reads never got scheduled and the stage waited forever with
+    no error. A cluster's autoscaler can add CPUs, so only local Ray is checked."""
+    a = cfg.vq.assign
+    pool = int(a.actors) * float(a.actor_cpus)
+    if pool + 1.0 > cluster_cpus + 1e-9:
+        raise ConfigError(f"vq.assign.actors={int(a.actors)} x vq.assign.actor_cpus={float(a.actor_cpus):g} = "
+                          f"{pool:g} CPUs leaves {max(cluster_cpus - pool, 0):g} of this Ray's {cluster_cpus:g} CPUs "
+                          f"for the read tasks, which need 1: the stage would wait forever; lower vq.assign.actors "
+                          f"or vq.assign.actor_cpus")
+
+
 def assign_stream(cfg, spec: FeatureSpec):
     """The lazily assigned dataset (nothing runs until it is iterated)."""
     from ray.data import ActorPoolStrategy
@@ -105,7 +120,12 @@ def run_assign(cfg) -> dict:
     check_compatible(model_spec, spec)
     k = int(meta["hparams"]["codebook_size"])
     out = io.join_uri(cfg.storage_path or cfg.run_dir, "assign")
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     init_ray(cfg)
+    if local:
+        import ray
+
+        check_local_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     configure_ray_data(cfg.progress)
     total = count_rows(cfg.run_dir, s3)
 

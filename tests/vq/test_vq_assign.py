@@ -121,3 +121,21 @@ def test_features_from_another_layout_are_refused(planted_dir):
                                    "agg_mean": list(spec.agg_mean) + [0.0], "agg_std": list(spec.agg_std) + [1.0]})
     with pytest.raises(FeatureError, match=r"feature_spec.json agg_names = 16 but the VQ-VAE was trained with 15"):
         check_compatible(spec, other)
+
+
+@pytest.mark.parametrize("actors, actor_cpus, cpus, fits", [
+    (2, 0.5, 2, True), (3, 0.33, 2, True), (3, 0.5, 2, False), (2, 1.0, 2, False), (8, 1.0, 16, True),
+])
+def test_actor_pool_must_leave_a_cpu_for_reading(actors, actor_cpus, cpus, fits):
+    """3 x 0.5 CPU on a 2-CPU local Ray hung without a word (the read tasks never ran): now one line."""
+    from simpersona.config import ConfigError
+    from simpersona.vq.assign import check_local_cpus
+
+    cfg = load("assign_types", ["run_dir=x", f"vq.assign.actors={actors}", f"vq.assign.actor_cpus={actor_cpus}"])
+    if fits:
+        check_local_cpus(cfg, cpus)
+        return
+    with pytest.raises(ConfigError, match=rf"^vq.assign.actors={actors} x vq.assign.actor_cpus={actor_cpus:g} = "
+                                          rf"{actors * actor_cpus:g} CPUs leaves .* of this Ray's {cpus} CPUs for "
+                                          r"the read tasks, which need 1: the stage would wait forever"):
+        check_local_cpus(cfg, cpus)
