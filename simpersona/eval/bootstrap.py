@@ -144,3 +144,34 @@ def ara_bootstrap(sim: dict[str, tuple[int, int]], real: dict[str, tuple[int, in
                                "other_ara": _normal_ci(oa, oa_reps, level, (0.0, 1.0)),
                                "other_ara_minmax": _normal_ci(omm, omm_reps, level, (0.0, 1.0))}
     return out
+
+
+def ceiling_at_sample_size(types_half: dict[str, tuple[int, int]], real: dict[str, tuple[int, int]],
+                           sim_units: dict[str, int], merchants: list[str], draws: int = 1000,
+                           level: float = 0.95, seed: int = 0) -> dict:
+    """What an ideal simulator scores with the simulation's own number of agents per merchant.
+
+    The ideal simulator's agents behave exactly like the merchant's real buyers of the types half:
+    each converts with that half's rate (its agents are drawn i.i.d. from those buyers). With the
+    n agents the simulation ran at a merchant, its rate is Binomial(n, p_types) / n; scored against the
+    rates half's observed rate like a simulation. ARA punishes sampling noise (a storefront whose real
+    rate is 0.1 scores 0 with 0 or 2 of 8 agents converting), so this is the ceiling that the
+    simulation's sample size leaves, apart from the real halves' own disagreement (the plain ceiling).
+    Returns the mean over draws of ara_overall / ara_minmax_overall, with the central `level` range."""
+    rng = np.random.default_rng(seed)
+    missing = [m for m in merchants if not types_half.get(m, (0, 0))[1] or not real.get(m, (0, 0))[1]]
+    if missing:
+        raise ValueError(f"merchants without real buyers in both halves: {missing[:5]}")
+    n = np.array([int(sim_units.get(m, 0)) for m in merchants])
+    p = np.array([types_half[m][0] / types_half[m][1] for m in merchants])
+    r = np.array([real[m][0] / real[m][1] for m in merchants])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a merchant with no agent scores 0, as in `compare`
+        s = np.where(n > 0, rng.binomial(np.maximum(n, 1), p, size=(draws, len(merchants))) / np.maximum(n, 1), np.nan)
+    rr = np.broadcast_to(r, s.shape)
+    a = alignment.ara(s.ravel(), rr.ravel()).reshape(s.shape).mean(axis=1)
+    mm = alignment.ara_minmax(s.ravel(), rr.ravel()).reshape(s.shape).mean(axis=1)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {"ara_overall": float(a.mean()), "ara_overall_range": [float(np.percentile(a, lo)), float(np.percentile(a, hi))],
+            "ara_minmax_overall": float(mm.mean()),
+            "ara_minmax_overall_range": [float(np.percentile(mm, lo)), float(np.percentile(mm, hi))],
+            "units_per_merchant_mean": float(n.mean()), "draws": draws}

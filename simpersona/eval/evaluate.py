@@ -273,6 +273,11 @@ def run_evaluation(cfg, simulate=None) -> dict:
         "ara_pooled_ceiling": ceil["ara_pooled"],
         "spearman_ceiling": ceil["spearman_cr"],
         "ceiling_spread": ceiling_spread(events, split, cfg),
+        # the ceiling with as many agents per merchant as the simulation ran (ideal agents = real buyers)
+        "ceiling_at_sim_size": bootstrap.ceiling_at_sample_size(
+            _converters(types_half, e.rate), _converters(rates_half, e.rate),
+            {m: n for m, (_, n) in _converters(main_sim, e.rate).items()}, split.heldout, e.bootstrap,
+            e.ci_level, cfg.seed),
         "real_pooled": ceil["real_pooled"],
         "main": main,
         "ceiling": {k: v for k, v in ceil.items() if k != "per_merchant"},

@@ -4,6 +4,9 @@
   per-type JS      for each type, the model's action distribution over action verbs (its probability
                    mass summed per verb, averaged over the type's held-out steps) against the verbs the
                    type's buyers actually chose there; Jensen-Shannon divergence, base 2, in [0, 1]
+  per-page JS      the same per page kind (home, product, checkout, ...): calibration where a funnel
+                   is decided; e.g. a model that leaves checkout pages, which real buyers never do,
+                   shows it here long before a simulation's conversion does
   sensitivity      sessions rolled out on the storefront model (simpersona.store.model.Shop) with
                    actions *sampled* from the model under each persona token; the share of sessions
                    that place an order per type, Spearman-correlated with the types' real share
@@ -67,6 +70,7 @@ def step_metrics(df: pd.DataFrame, logprobs: list[list[float]], min_type_steps: 
     page = df["observation"].str.extract(r"^page: (\w+)", expand=False).fillna("?").to_numpy()
     hits = np.asarray(correct)
     by_page = {str(k): float(hits[page == k].mean()) for k in np.unique(page)}
+    js_page = {str(k): js_divergence(model_mass[page == k].mean(0), real[page == k].mean(0)) for k in np.unique(page)}
     types = df["type_id"].to_numpy()
     js = {}
     for k in np.unique(types):
@@ -74,7 +78,8 @@ def step_metrics(df: pd.DataFrame, logprobs: list[list[float]], min_type_steps: 
         if rows.sum() >= min_type_steps:
             js[int(k)] = js_divergence(model_mass[rows].mean(0), real[rows].mean(0))
     return {"acc": float(np.mean(correct)), "nll": float(np.mean(nll)), "n": len(df), "acc_by_page": by_page,
-            "js_per_type": js, "js_mean": float(np.mean(list(js.values()))) if js else float("nan")}
+            "js_per_page": js_page, "js_per_type": js,
+            "js_mean": float(np.mean(list(js.values()))) if js else float("nan")}
 
 
 def rollout_conversion(scorer: ActionScorer, personas: list, merchants: list[list[str]], store_cfg: dict,

@@ -241,6 +241,7 @@ def run(cfg) -> dict:
         "heldout_acc_prompt_persona": held.get("prompt", {}).get("acc"),
         "heldout_acc_mismatch": held["mismatch"]["acc"],
         "heldout_acc_by_page": {v: held[v]["acc_by_page"] for v in held},
+        "page_js": {v: held[v]["js_per_page"] for v in held},  # action-verb calibration per page kind
         "heldout_nll_persona": held["persona"]["nll"],
         "heldout_nll_no_persona": held["none"]["nll"],
         "heldout_nll_prompt_persona": held.get("prompt", {}).get("nll"),

@@ -87,3 +87,25 @@ def test_ara_bootstrap_intervals():
     assert same_lo < 0 < same_hi and same_hi == pytest.approx(-same_lo)
     with pytest.raises(ValueError, match="every held-out merchant needs real buyers"):
         bootstrap.ara_bootstrap(good, {}, merchants, n_boot=10)
+
+
+def test_ceiling_at_sample_size_grows_with_agents_and_matches_the_exact_expectation():
+    """Real rate 0.1 in both halves at every merchant: with 8 ideal agents the simulated rate is k/8, so
+    the expectation is exactly sum_k Binomial(k; 8, 0.1) * ara(k/8, 0.1); with 800 agents it nears 1."""
+    from scipy.stats import binom
+
+    from simpersona.eval import alignment
+
+    merchants = [f"m{i}" for i in range(40)]
+    half = {m: (15, 150) for m in merchants}
+    exact = sum(binom.pmf(k, 8, 0.1) * alignment.ara(k / 8, 0.1)[0] for k in range(9))
+    small = bootstrap.ceiling_at_sample_size(half, half, {m: 8 for m in merchants}, merchants, draws=4000)
+    assert small["ara_overall"] == pytest.approx(exact, abs=0.01)  # ~0.28: 0.75 only when 1 of 8 converts
+    assert small["ara_overall_range"][0] <= small["ara_overall"] <= small["ara_overall_range"][1]
+    big = bootstrap.ceiling_at_sample_size(half, half, {m: 800 for m in merchants}, merchants, draws=500)
+    assert big["ara_overall"] > 0.85 > small["ara_overall"] + 0.4
+    # a merchant the simulation never reached scores 0, as in alignment.compare
+    none = bootstrap.ceiling_at_sample_size(half, half, {m: 0 for m in merchants}, merchants, draws=10)
+    assert none["ara_overall"] == 0.0
+    with pytest.raises(ValueError, match="without real buyers"):
+        bootstrap.ceiling_at_sample_size({}, half, {m: 8 for m in merchants}, merchants)

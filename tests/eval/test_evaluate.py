@@ -79,6 +79,10 @@ def test_run_evaluation_identities(real_events, tmp_path):
     assert none["type_mix_js"] is None  # no persona, no type mix
     assert m["main"]["type_mix_js"] < 0.05
     assert 0 < m["ara_ceiling"] < 1 and m["ceiling_spread"]["ara_overall"]["n"] == 3
+    # the ideal simulator with the main run's sample size (here: every rates-half buyer, replayed)
+    at_n = m["ceiling_at_sim_size"]
+    assert at_n["units_per_merchant_mean"] == pytest.approx(m["split"]["buyers_rates_half"] / 42)
+    assert 0 < at_n["ara_overall"] < m["ara_ceiling"] + 0.05  # binomial noise on top of the halves' own
     assert m["baselines"]["mismatch"] is None and m["baselines"]["kmeans"] is None
     t = m["targets"]
     assert t["ara_at_least"]["met"] and t["ceiling_fraction"]["met"]
