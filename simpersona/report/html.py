@@ -57,6 +57,11 @@ give the real rates. Rate: <b>{{ m.rate }}</b>. The ceiling scores one real half
 <td>{{ fmt(m[ceil]) if ceil else '' }}{% if ceil and m.ceiling_spread and m.ceiling_spread[key] %}
 <span class="note">(other splits {{ fmt(m.ceiling_spread[key].mean) }} &plusmn; {{ fmt(m.ceiling_spread[key].sd) }})</span>{% endif %}</td></tr>
 {% endfor %}</table>
+{% if m.ceiling_at_sim_size %}<p class="note" id="ceiling-at-sim-size">With {{ fmt(m.ceiling_at_sim_size.units_per_merchant_mean) }}
+simulated units per merchant, an ideal simulator (agents that convert exactly like the merchant's real
+buyers of the types half) would score ara_overall {{ fmt(m.ceiling_at_sim_size.ara_overall) }}
+(95% of draws {{ ci(m.ceiling_at_sim_size.ara_overall_range) }}) and ara_minmax_overall
+{{ fmt(m.ceiling_at_sim_size.ara_minmax_overall) }}: the ceiling that this sample size leaves.</p>{% endif %}
 <h3>Targets</h3>
 <table id="targets-table"><tr><th class="l">target</th><th class="l">judged on</th><th>met</th></tr>
 {% for name, t in targets %}<tr><td class="l">{{ name }}</td><td class="l">{{ t.text }}</td>

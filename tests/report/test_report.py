@@ -123,6 +123,7 @@ def test_report_renders_in_chromium(run_dir):
                                    "i.naturalHeight, i.src.slice(0, 22)])")
             rows = dict(page.evaluate("Array.from(document.querySelectorAll('table')).map(t => [t.id, t.rows.length])"))
             headline = page.locator("#headline-table tr").nth(1).inner_text()
+            ceiling_note = page.locator("#ceiling-at-sim-size").inner_text()
             page.locator("details summary").first.click()  # the per-merchant table opens
             merchant_table_visible = page.locator("#merchant-table").is_visible()
         finally:
@@ -138,4 +139,8 @@ def test_report_renders_in_chromium(run_dir):
     assert rows["whatif-table"] == 1 + 2 and rows["whatif-merchant-table"] == 1 + 2 * 3
     assert headline.split("\t")[:2] == ["ARA 1 - |sim - real| / real (mean over merchants)", "1.000"]
     assert merchant_table_visible
+    # the replayed rates half has ~all its buyers per merchant as simulated units: the note says how many
+    per_merchant = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["ceiling_at_sim_size"]
+    note = " ".join(ceiling_note.split())
+    assert f"With {per_merchant['units_per_merchant_mean']:.3f} simulated units" in note and "ideal simulator" in note
     assert build_report(load("report", [f"run_dir={run_dir}", f"report.path={run_dir / 'copy.html'}"])).exists()
