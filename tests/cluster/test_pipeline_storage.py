@@ -1,11 +1,13 @@
-"""The smoke pipeline three ways on one local `ray start --head`, all with the same seed: a driver with a
-local run_dir, a driver with run_dir on S3 (moto on loopback), and `ray job submit --working-dir .` (the
-uploaded copy of the project). The three metrics.json are equal but for run-specific keys (wall times,
-folders); the S3 run is re-run from an empty cache (another machine) and skips every stage.
+"""The smoke pipeline two ways on one local `ray start --head`, with the same seed: one `ray job submit
+--working-dir .` per stage script (preprocess ... whatif, the uploaded copy of the project) on a local
+run_dir, and `pipeline.py` run by a driver with run_dir on S3 (moto on loopback). The two metrics.json are
+equal but for run-specific keys (wall times, folders); the S3 run is re-run from an empty cache (another
+machine) and skips every stage; a VQ-VAE training killed on one machine resumes on another from its S3
+checkpoint. Then, on the local run, simulate.py (every agent exactly once) and serve_policy.py (the job
+deploys and ends; the detached app answers on 127.0.0.1).
 
-Then the same run once more as one `ray job submit` per stage script (preprocess ... whatif), which
-gives the same metrics.json too; and, on the local run, simulate.py (every agent exactly once) and
-serve_policy.py (the job deploys and ends; the detached app answers on 127.0.0.1).
+(`pipeline.py` on a local run_dir is tests/test_pipeline_e2e.py's subject; running it here too, and the
+whole pipeline once more as one job, cost three minutes of CI and tested nothing the two runs here miss.)
 
 The pipeline is the smoke config made cheaper (PIPELINE_ARGS), still running every stage: one baseline
 instead of four, one what-if merchant, shorter agents and trainings.
@@ -61,17 +63,22 @@ def _s3_args(s3, root: str, cache) -> list[str]:
 
 @pytest.fixture(scope="module")
 def local_run(ray_head, tmp_path_factory):
-    """The reference: the pipeline run by a driver on a local run_dir (also the finished run that
-    test_job_scripts simulates and serves from)."""
-    local = tmp_path_factory.mktemp("pipeline") / "local"
-    _, wall = _pipeline(ray_head, f"run_dir={local}")
-    return local, wall
+    """The reference: each stage's own script, one `ray job submit` after another on one local run_dir
+    (also the finished run that test_simulate_and_serve_policy_jobs simulates and serves from)."""
+    local = tmp_path_factory.mktemp("pipeline") / "stagewise"
+    t0 = time.perf_counter()
+    for script in STAGE_JOBS:
+        done = submit(ray_head, [f"ray_jobs/{script}.py", f"run_dir={local}", *PIPELINE_ARGS], timeout=TIMEOUT_S)
+        assert done.returncode == 0 and "succeeded" in done.stdout, (script, done.stdout[-3000:] + done.stderr[-3000:])
+    return local, time.perf_counter() - t0
 
 
-def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, local_run, tmp_path):
+def test_stage_jobs_and_an_s3_driver_give_the_same_metrics(ray_head, s3, local_run, tmp_path):
     walls = {}
-    local, walls["local"] = local_run
+    local, walls["stage_jobs"] = local_run
     reference = json.loads((local / "evaluate" / "metrics.json").read_text())
+    assert (local / "whatif" / "deltas.json").exists()
+    assert reference["ara_ceiling"] > 0.0 and len(reference["heldout_merchants"]) == 3
 
     root = "s3://runs/smoke"
     assert not (ROOT / "s3:").exists()
@@ -89,31 +96,11 @@ def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, local_run, 
         assert m["stage"] == stage and json.loads(read(f"{stage}/summary.json"))
     assert json.loads(read("pipeline.json"))["report"] == f"{root}/report/report.html"
     on_s3 = json.loads(read("evaluate/metrics.json"))
-
-    t0 = time.perf_counter()
-    done = submit(ray_head, ["ray_jobs/pipeline.py", f"run_dir={tmp_path / 'job'}", *PIPELINE_ARGS], timeout=TIMEOUT_S)
-    walls["job"] = time.perf_counter() - t0
-    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-4000:] + done.stderr[-4000:]
-    by_job = json.loads((tmp_path / "job" / "evaluate" / "metrics.json").read_text())
-    # the job read the bundled data from its uploaded copy: the same input identity as the local run
-    job_pre = json.loads((tmp_path / "job" / "preprocess" / "manifest.json").read_text())
-    local_pre = json.loads((local / "preprocess" / "manifest.json").read_text())
-    assert job_pre["inputs_hash"] == local_pre["inputs_hash"] and job_pre["sources"] != local_pre["sources"]
-
-    assert reference["ara_ceiling"] > 0.0 and len(reference["heldout_merchants"]) == 3
     assert metrics_results(on_s3) == metrics_results(reference)
-    assert metrics_results(by_job) == metrics_results(reference)
-
-    # each stage's own script, one `ray job submit` after another on one run_dir: the same metrics again
-    t0 = time.perf_counter()
-    stagewise = tmp_path / "stagewise"
-    for script in STAGE_JOBS:
-        done = submit(ray_head, [f"ray_jobs/{script}.py", f"run_dir={stagewise}", *PIPELINE_ARGS], timeout=TIMEOUT_S)
-        assert done.returncode == 0 and "succeeded" in done.stdout, (script, done.stdout[-3000:] + done.stderr[-3000:])
-    walls["stage_jobs"] = time.perf_counter() - t0
-    by_stage_jobs = json.loads((stagewise / "evaluate" / "metrics.json").read_text())
-    assert metrics_results(by_stage_jobs) == metrics_results(reference)
-    assert (stagewise / "whatif" / "deltas.json").exists()
+    # the jobs read the bundled data from their uploaded copy: the same input identity as the driver's
+    job_pre = json.loads((local / "preprocess" / "manifest.json").read_text())
+    driver_pre = json.loads(read("preprocess/manifest.json"))
+    assert job_pre["inputs_hash"] == driver_pre["inputs_hash"] and job_pre["sources"] != driver_pre["sources"]
 
     # another machine (an empty cache) runs the same command again: every stage is current, none runs
     out, walls["s3_rerun"] = _pipeline(ray_head, *_s3_args(s3, root, tmp_path / "other_cache"))
@@ -144,7 +131,7 @@ def test_local_s3_and_job_submit_give_the_same_metrics(ray_head, s3, local_run, 
 
 
 def test_simulate_and_serve_policy_jobs(ray_head, local_run):
-    run_dir, _ = local_run  # a finished run (the pipeline's reference run) for the two jobs to work on
+    run_dir, _ = local_run  # a finished run (the stage jobs' reference run) for the two jobs to work on
 
     done = submit(ray_head, ["ray_jobs/simulate.py", f"run_dir={run_dir}", *PIPELINE_ARGS, "merchants=2",
                              "agents_per_merchant=3", "max_steps=4", "workers=1", "contexts_per_worker=3",
