@@ -255,6 +255,16 @@ def _baselines() -> list[str]:
 
 
 @dataclass
+class LargerModelConfig:
+    """The larger_model baseline: a base LM without personas or fine-tuning (runs when name_or_path is set)."""
+
+    name_or_path: str = ""  # "" = not run | hub id | local save_pretrained folder | smollm2
+    gguf_file: str = ""  # a GGUF file inside name_or_path
+    revision: str = ""
+    trust_remote_code: bool = False
+
+
+@dataclass
 class EvalConfig:
     """Held-out storefront evaluation (simpersona.eval)."""
 
@@ -266,6 +276,7 @@ class EvalConfig:
     simulate: bool = True
     run_prefix: str = "eval_"  # simulation folders: eval_vq, eval_none, eval_mismatch, ...
     baselines: list[str] = field(default_factory=_baselines)  # of no_persona|mismatch|prompt_persona|kmeans
+    larger_model: LargerModelConfig = field(default_factory=LargerModelConfig)
     require_baselines: bool = True  # with simulate=false: a missing baseline folder is an error (else null)
     type_smoothing: float = 0.1  # additive smoothing of a held-out merchant's type histogram (types half)
     bootstrap: int = 2000  # bootstrap replicates for intervals

@@ -7,7 +7,9 @@ run_evaluation(cfg)
      -> <run_dir>/evaluate/heldout_merchant_types.parquet (what the simulated populations sample)
   3. with eval.simulate: one simulation per persona mode on the held-out merchants, through the
      simulate stage, into <run_dir>/simulate/<eval.run_prefix><mode>/: vq (the product) and the
-     baselines of eval.baselines (no_persona -> none, mismatch, prompt_persona -> prompt, kmeans)
+     baselines of eval.baselines (no_persona -> none, mismatch, prompt_persona -> prompt, kmeans), and
+     larger_model when eval.larger_model.name_or_path names one: that base LM, as it is (no persona
+     tokens, no fine-tuning), copied once to <run_dir>/evaluate/larger_model/<source hash>/
   4. the same metric code on each run's storefront log and on the real rates half; alignment,
      ceiling (real types half vs real rates half), bootstrap intervals, targets
      -> <run_dir>/evaluate/metrics.json and summary.json
@@ -19,12 +21,16 @@ A re-run resumes a simulation folder made from the same inputs and starts it afr
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from omegaconf import OmegaConf
 
 from simpersona.eval import alignment, bootstrap, holdout, metrics
 from simpersona.eval.artifacts import ArtifactError, json_safe, write_json
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAIN_MODE = "vq"
 BASELINE_MODES = {"no_persona": "none", "mismatch": "mismatch", "prompt_persona": "prompt", "kmeans": "kmeans"}
+LARGER = "larger_model"  # baseline: a larger base LM without personas (eval.larger_model), folder eval_larger_model
 HEADLINE = ("ara_overall", "ara_minmax_overall", "ara_pooled", "spearman_cr", "crash_rate")
 
 
@@ -74,14 +81,59 @@ def write_heldout_types(cfg, split: HoldoutSplit) -> Path:
     return path
 
 
-def sim_config(cfg, mode: str, merchants: list[str], types_path: Path):
-    """The config that simulates persona mode `mode` on the held-out merchants."""
+def sim_config(cfg, mode: str, merchants: list[str], types_path: Path, folder: str = "", model_dir: str = ""):
+    """The config that simulates persona mode `mode` on the held-out merchants (into simulate/<prefix><folder
+    or mode>, with the policy model at `model_dir` when given)."""
     vcfg = copy.deepcopy(cfg)
-    vcfg.sim.variant = f"{cfg.eval.run_prefix}{mode}"
+    vcfg.sim.variant = f"{cfg.eval.run_prefix}{folder or mode}"
     vcfg.sim.persona_mode = mode
     vcfg.sim.merchants = list(merchants)
     vcfg.sim.merchant_types = str(types_path)
+    if model_dir:
+        vcfg.serve.model_dir = model_dir
     return vcfg
+
+
+def larger_model_source(cfg) -> dict | None:
+    """eval.larger_model as {name_or_path, gguf_file, revision}; None when not configured."""
+    lm = cfg.eval.get("larger_model") or {}
+    name = str(lm.get("name_or_path") or "").strip()
+    if not name:
+        return None
+    return {"name_or_path": name, "gguf_file": str(lm.get("gguf_file") or ""), "revision": str(lm.get("revision") or ""),
+            "trust_remote_code": bool(lm.get("trust_remote_code", False))}
+
+
+def prepare_larger_model(cfg, source: dict) -> Path:
+    """The larger base model as a save_pretrained folder the policy loads (GGUF dequantised once), with a
+    persona.json of no persona tokens and the main model's history length. Reused while the source is
+    the same; another source gets another folder (so its simulation's fingerprint differs too)."""
+    from simpersona.persona.model_loading import load_pretrained, save
+    from simpersona.persona.scoring import read_persona_info
+
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cfg.run_dir) / "evaluate" / LARGER / key
+    if (folder / "config.json").exists() and (folder / "source.json").exists():
+        return folder
+    main_info = read_persona_info(Path(cfg.serve.model_dir or Path(cfg.run_dir) / "finetune" / "model"))
+    history_len = main_info.get("history_len", OmegaConf.select(cfg, "persona.history_len", default=None))
+    try:
+        model, tokenizer = load_pretrained(source["name_or_path"], source["gguf_file"], source["revision"],
+                                           source["trust_remote_code"])
+    except Exception as exc:  # a hub id offline, a missing folder, a model that is not causal
+        raise EvaluationError(f"eval.larger_model.name_or_path={source['name_or_path']!r}: could not load it as a "
+                              f"causal LM ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from exc
+    tmp = folder.with_name(f".{key}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tokenizer, tmp)
+    info = {"persona_tokens": [], "persona_token_ids": [], "codebook_size": 0, "base_model": source["name_or_path"]}
+    if history_len is not None:
+        info["history_len"] = int(history_len)
+    write_json(info, tmp / "persona.json")
+    write_json({**source, "parameters": int(sum(p.numel() for p in model.parameters()))}, tmp / "source.json")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # complete or absent: a crash mid-save leaves only the .tmp folder
+    return folder
 
 
 # ---- figures --------------------------------------------------------------------------------------
@@ -205,7 +257,8 @@ def _check(cfg) -> None:
         raise EvaluationError(f"eval.rate={e.rate!r} is not a metric; choose one of {', '.join(metrics.RATE_NAMES)}")
     unknown = [b for b in e.baselines if b not in BASELINE_MODES]
     if unknown:
-        raise EvaluationError(f"eval.baselines: unknown {unknown}; choose from {', '.join(BASELINE_MODES)}")
+        hint = f" ({LARGER} runs when eval.larger_model.name_or_path is set)" if LARGER in unknown else ""
+        raise EvaluationError(f"eval.baselines: unknown {unknown}; choose from {', '.join(BASELINE_MODES)}{hint}")
 
 
 def run_evaluation(cfg, simulate=None) -> dict:
@@ -220,23 +273,31 @@ def run_evaluation(cfg, simulate=None) -> dict:
     events = holdout.load_real_events(cfg, split.heldout)  # only the held-out merchants are scored
     types = _types_table(run_dir)
     modes = {"vq": MAIN_MODE, **{b: BASELINE_MODES[b] for b in e.baselines}}
+    larger = larger_model_source(cfg)
+    baseline_names = [*e.baselines, *([LARGER] if larger else [])]
     sim_seconds: dict[str, float] = {}
     if e.simulate:
         if simulate is None:
             from simpersona.sim.simulate import run_simulation as simulate
+        larger_dir = str(prepare_larger_model(cfg, larger).resolve()) if larger else ""  # fails before any simulation
         types_path = write_heldout_types(cfg, split)
         for name, mode in modes.items():
             t = time.time()
             simulate_run(sim_config(cfg, mode, split.heldout, types_path), types_path, simulate)
             sim_seconds[name] = round(time.time() - t, 2)
+        if larger:
+            t = time.time()
+            simulate_run(sim_config(cfg, "none", split.heldout, types_path, folder=LARGER, model_dir=larger_dir),
+                         types_path, simulate)
+            sim_seconds[LARGER] = round(time.time() - t, 2)
 
     types_half, rates_half = holdout.real_half_metrics(events, split)
     ceil = holdout.ceiling(events, split, e.rate, e.stratum_unit, halves=(types_half, rates_half))
     main, main_sim = evaluate_run(SimRun(run_folder(cfg, MAIN_MODE), split.heldout), rates_half, split, cfg, types)
     baselines: dict[str, dict | None] = {}
     sims = {"sim": main_sim}
-    for name in e.baselines:
-        folder = run_folder(cfg, BASELINE_MODES[name])
+    for name in baseline_names:
+        folder = run_folder(cfg, BASELINE_MODES.get(name, name))
         if not (folder / "agents.parquet").exists():
             if e.require_baselines:
                 raise EvaluationError(f"baseline {name}: no simulation at {folder} (eval.require_baselines=true)")
@@ -244,6 +305,8 @@ def run_evaluation(cfg, simulate=None) -> dict:
             baselines[name] = None
             continue
         baselines[name], sims[name] = evaluate_run(SimRun(folder, split.heldout), rates_half, split, cfg, types)
+        if name == LARGER:
+            baselines[name]["model"] = larger
 
     ci = bootstrap.ara_bootstrap(
         _converters(main_sim, e.rate), _converters(rates_half, e.rate), split.heldout, e.bootstrap, e.ci_level,

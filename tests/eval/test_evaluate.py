@@ -5,7 +5,9 @@ replays the types half must score exactly the ceiling."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -107,5 +109,88 @@ def test_run_evaluation_errors(real_events, tmp_path):
     assert (run_dir / "holdout" / "time-n42-seed0-salt0" / "halves.parquet").exists()
     with pytest.raises(EvaluationError, match="eval.rate='conversion' is not a metric"):
         run_evaluation(load("evaluate", [*base, "eval.rate=conversion"]))
-    with pytest.raises(EvaluationError, match=r"eval.baselines: unknown \['larger_model'\]"):
+    with pytest.raises(EvaluationError, match=r"eval.baselines: unknown \['larger_model'\].*eval.larger_model.name_or_path"):
         run_evaluation(load("evaluate", [*base, "eval.baselines=[no_persona,larger_model]"]))
+
+
+def _base_lm(folder, hidden: int):
+    """A plain causal LM folder (no persona tokens): the "larger base model" of these tests."""
+    from omegaconf import OmegaConf
+
+    from simpersona.config import SmallLMConfig
+    from simpersona.persona.model_loading import save
+    from simpersona.persona.small import build_model, train_tokenizer
+    from simpersona.serve.untrained import random_pages
+    from simpersona.sim.observation import allowed_actions, render
+
+    small = OmegaConf.merge(OmegaConf.structured(SmallLMConfig),
+                            {"vocab_size": 400, "hidden_size": hidden, "layers": 1, "heads": 2, "intermediate_size": 64})
+    tokenizer = train_tokenizer([render(p) + " " + " ".join(allowed_actions(p)) for p in random_pages(100, 0)], 400)
+    save(build_model(tokenizer, small, 0), tokenizer, folder)
+    return folder
+
+
+def test_larger_model_baseline_simulates_that_model_without_personas(real_events, tmp_path):
+    from simpersona.persona.scoring import ActionScorer, ScoreRequest
+    from simpersona.sim.simulate import variant_dir
+
+    events, folder = real_events
+    run_dir = tmp_path / "run"
+    base_lm = _base_lm(tmp_path / "base_lm", hidden=32)
+    overrides = [f"run_dir={run_dir}", f"eval.real_events={folder}", "eval.ceiling_repeats=2", "eval.bootstrap=100",
+                 "eval.baselines=[no_persona]", f"eval.larger_model.name_or_path={base_lm}", "persona.history_len=3",
+                 "progress=false"]
+    cfg = load("evaluate", overrides)
+    split = holdout.holdout_for(cfg)
+    rates = holdout.half_events(events, split, HALF_RATES)
+    types = holdout.half_events(events, split, HALF_TYPES)
+    typed = types.select("buyer_id", "merchant_id").unique()
+    (run_dir / "assign").mkdir(parents=True)
+    typed.with_columns(type_id=pl.lit(0, pl.Int32), kmeans_type_id=pl.lit(0, pl.Int32)).write_parquet(
+        run_dir / "assign" / "types.parquet")
+    calls = []
+
+    def simulate(vcfg):  # what the simulate stage would be asked; its "agents" replay real buyers
+        calls.append((vcfg.sim.variant, vcfg.sim.persona_mode, vcfg.serve.model_dir))
+        out = variant_dir(vcfg)
+        if not (out / "agents.parquet").exists():
+            write_run(out, rates if vcfg.sim.persona_mode == "vq" else types, crash_every=5,
+                      persona_mode=vcfg.sim.persona_mode)
+
+    run_evaluation(cfg, simulate=simulate)
+    (variant, mode, model_dir), = [c for c in calls if c[0] == "eval_larger_model"]
+    assert mode == "none" and [c[0] for c in calls] == ["eval_vq", "eval_none", "eval_larger_model"]
+    assert all(c[2] == "" for c in calls[:2])  # the main run and the other baselines keep their model
+    prepared = Path(model_dir)
+    assert prepared.parent == run_dir / "evaluate" / "larger_model"
+    info = json.loads((prepared / "persona.json").read_text())
+    assert info["codebook_size"] == 0 and info["history_len"] == 3 and info["base_model"] == str(base_lm)
+    scorer = ActionScorer(prepared)  # what the policy loads: the base model, no persona tokens
+    assert scorer.n_personas == 0 and scorer.history_len == 3
+    (lp,) = scorer.score([ScoreRequest(None, "page: home", ["open 1"], ["search shoes", "leave"])])
+    assert len(lp) == 2 and abs(sum(np.exp(lp)) - 1) < 1e-6
+
+    m = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    larger, none = m["baselines"]["larger_model"], m["baselines"]["no_persona"]
+    assert larger["model"]["name_or_path"] == str(base_lm) and larger["persona_mode"] == "none"
+    assert larger["ara_overall"] == pytest.approx(none["ara_overall"])  # both replayed the types half
+    assert larger["ara_overall"] == pytest.approx(m["ara_ceiling"]) and m["ara_overall"] == pytest.approx(1.0)
+    assert larger["ara_ceiling"] == m["ara_ceiling"] and "larger_model" in m["targets"]["above_baselines"]
+    assert m["simulation_seconds"].keys() == {"vq", "no_persona", "larger_model"}
+
+    mtime = (prepared / "config.json").stat().st_mtime_ns
+    run_evaluation(cfg, simulate=simulate)  # the same source: the copy is reused, not written again
+    assert (prepared / "config.json").stat().st_mtime_ns == mtime
+    other = _base_lm(tmp_path / "other_lm", hidden=48)  # another source: another folder, so another fingerprint
+    run_evaluation(load("evaluate", [*overrides, f"eval.larger_model.name_or_path={other}"]), simulate=simulate)
+    assert calls[-1][2] != model_dir and Path(calls[-1][2]).parent == prepared.parent
+
+
+def test_larger_model_that_cannot_load_fails_before_any_simulation(real_events, tmp_path):
+    events, folder = real_events
+    calls = []
+    cfg = load("evaluate", [f"run_dir={tmp_path / 'run'}", f"eval.real_events={folder}", "progress=false",
+                            f"eval.larger_model.name_or_path={tmp_path / 'no_such_model'}"])
+    with pytest.raises(EvaluationError, match=r"eval.larger_model.name_or_path=.*no_such_model.*could not load"):
+        run_evaluation(cfg, simulate=calls.append)
+    assert calls == [] and not list((tmp_path / "run" / "evaluate" / "larger_model").glob("*/config.json"))
