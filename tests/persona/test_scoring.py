@@ -30,7 +30,7 @@ def requests_from(steps, n=24):
     return reqs
 
 
-def test_kv_cache_equals_naive(scorer, planted_steps):
+def test_one_pass_scoring_equals_naive(scorer, planted_steps):
     reqs = requests_from(planted_steps)
     # candidates of different token lengths, prompts of different lengths, in one batch
     reqs.append(ScoreRequest(1, "page: cart | cart: 2\nitems: [1] x 1.00; [2] y 2.00\nsubtotal: 3.00 | shipping: 8.00",
