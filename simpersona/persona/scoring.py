@@ -121,49 +121,54 @@ class ActionScorer:
 
     @torch.no_grad()
     def _score_chunk(self, reqs: list[ScoreRequest]) -> list[list[float]]:
-        """One forward pass for the chunk: each row is a prompt followed by all of its candidates' tokens,
-        and a 4D mask lets a candidate token see the prompt and its own earlier tokens only. Every
-        candidate then reads the prompt's keys and values where they are, instead of from a copy of the
-        prompt's KV cache per candidate (which cost a third of a batch's time on CPU)."""
-        pad = self.tokenizer.pad_token_id
+        """One forward pass for the chunk. Each request is a segment: its prompt followed by all of its
+        candidates' tokens, under a mask that lets a candidate token see the prompt and its own earlier
+        tokens only; every candidate reads the prompt's keys and values in place, instead of from a copy
+        of the prompt's KV cache per candidate (a third of a batch's time on CPU). Segments are packed
+        several to a row, each with its own block of the mask and positions from 0, so a batch does not
+        compute on padding (one row per request left half of it padding on the benchmark's pages)."""
         prompts = encode_prompts(self.tokenizer, [self.prompt(r) for r in reqs])
-        rows, pos_rows, spans, reads, targets = [], [], [], [], []
-        for i, (r, p) in enumerate(zip(reqs, prompts, strict=True)):
-            ids, pos, span = list(p), list(range(len(p))), []
+        segments, targets = [], []
+        for r, p in zip(reqs, prompts, strict=True):
+            ids, spans, reads = list(p), [], []
             for a in r.allowed:
                 c = self.targets(a)
                 start = len(ids)
                 ids += c[:-1]  # the last token is only ever predicted, never fed
-                pos += range(len(p), len(p) + len(c) - 1)
-                span.append((start, len(ids)))
-                # token j of the candidate is read off position (prompt end, then its own tokens 0..n-2)
-                reads.append([(i, len(p) - 1)] + [(i, start + j) for j in range(len(c) - 1)])
+                spans.append((start, len(ids)))
+                # token j of the candidate is read off the prompt's last position, then its own tokens
+                reads.append([len(p) - 1] + list(range(start, start + len(c) - 1)))
                 targets.append(c)
-            rows.append(ids)
-            pos_rows.append(pos)
-            spans.append((len(p), span))
-        width = max(len(x) for x in rows)
-        n = len(rows)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        pos = torch.zeros((n, width), dtype=torch.long)
-        allowed = torch.zeros((n, width, width), dtype=torch.bool)
+            segments.append((ids, len(p), spans, reads))
+        rows = _pack([len(s[0]) for s in segments])
+        width = max(sum(len(segments[k][0]) for k in row) for row in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
         causal = torch.ones((width, width), dtype=torch.bool).tril()
-        for i, (row, prow, (plen, span)) in enumerate(zip(rows, pos_rows, spans, strict=True)):
-            ids[i, : len(row)] = torch.tensor(row)
-            pos[i, : len(row)] = torch.tensor(prow)
-            allowed[i, :plen, :plen] = causal[:plen, :plen]
-            for a, b in span:
-                allowed[i, a:b, :plen] = True  # the whole prompt
-                allowed[i, a:b, a:b] = causal[: b - a, : b - a]  # and the candidate's own earlier tokens
-            idle = torch.arange(len(row), width)
+        where: list[tuple[int, int]] = [(0, 0)] * len(segments)  # segment -> (row, offset)
+        for i, row in enumerate(rows):
+            o = 0
+            for k in row:
+                seg, plen, spans, _ = segments[k]
+                where[k] = (i, o)
+                ids[i, o: o + len(seg)] = torch.tensor(seg)
+                pos[i, o: o + plen] = torch.arange(plen)
+                allowed[i, o: o + plen, o: o + plen] = causal[:plen, :plen]
+                for a, b in spans:
+                    pos[i, o + a: o + b] = torch.arange(plen, plen + b - a)
+                    allowed[i, o + a: o + b, o: o + plen] = True  # the whole prompt
+                    allowed[i, o + a: o + b, o + a: o + b] = causal[: b - a, : b - a]  # its own earlier tokens
+                o += len(seg)
+            idle = torch.arange(o, width)
             allowed[i, idle, idle] = True  # padding sees itself: no row of the mask is empty
-        mask = torch.zeros((n, 1, width, width), dtype=self.dtype)
+        mask = torch.zeros((len(rows), 1, width, width), dtype=self.dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
         dev = self.device
         hidden = self.decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                               use_cache=False).last_hidden_state
-        flat = [rc for rd in reads for rc in rd]
-        at = torch.tensor(flat, device=dev)
+        at = torch.tensor([(where[k][0], where[k][1] + j) for k, seg in enumerate(segments)
+                           for rd in seg[3] for j in rd], device=dev)
         logits = self.lm_head(hidden[at[:, 0], at[:, 1]]).float()
         want = torch.tensor([t for c in targets for t in c], device=dev)
         tok_lp = torch.log_softmax(logits, dim=-1).gather(-1, want[:, None])[:, 0]
@@ -184,6 +189,23 @@ class ActionScorer:
                 totals.append(float(sum(lp[len(p) - 1 + j, t[j]] for j in range(len(t)))))
             flat.append(r)
         return _normalise(torch.tensor(totals, dtype=torch.float64), flat)
+
+
+def _pack(lengths: list[int]) -> list[list[int]]:
+    """Segments (by index) into rows no longer than the longest segment: first fit, longest first."""
+    cap = max(lengths)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for k in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        for i, room in enumerate(free):
+            if lengths[k] <= room:
+                rows[i].append(k)
+                free[i] -= lengths[k]
+                break
+        else:
+            rows.append([k])
+            free.append(cap - lengths[k])
+    return rows
 
 
 def _normalise(total: torch.Tensor, reqs: list[ScoreRequest]) -> list[list[float]]:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from simpersona.persona.model_loading import save
-from simpersona.persona.scoring import ActionScorer, ScoreRequest, sample
+from simpersona.persona.examples import encode_prompts
+from simpersona.persona.scoring import ActionScorer, ScoreRequest, _pack, sample
 from simpersona.persona.tokens import add_persona_tokens
 
 from .conftest import K
@@ -30,13 +31,24 @@ def requests_from(steps, n=24):
     return reqs
 
 
+def test_pack_first_fit_longest_first():
+    assert _pack([10, 4, 6, 3]) == [[0], [2, 1], [3]]
+    rows = _pack(lens := [7, 1, 9, 2, 2, 5, 8, 3])
+    assert sorted(k for r in rows for k in r) == list(range(8)) and all(sum(lens[k] for k in r) <= 9 for r in rows)
+
+
 def test_one_pass_scoring_equals_naive(scorer, planted_steps):
     reqs = requests_from(planted_steps)
     # candidates of different token lengths, prompts of different lengths, in one batch
     reqs.append(ScoreRequest(1, "page: cart | cart: 2\nitems: [1] x 1.00; [2] y 2.00\nsubtotal: 3.00 | shipping: 8.00",
                              [], ["open 12", "remove 1", "continue_shopping", "search tea"]))
+    reqs += [ScoreRequest(None, "page: product", [], ["add_to_cart", "leave"]), ScoreRequest(0, "page: home", [], ["leave"])]
     fast = scorer.score(reqs)
     slow = scorer.score_naive(reqs)
+    # several requests share a row of the forward pass (packed segments), so the blocks of the mask matter
+    seg_lens = [len(p) + sum(len(scorer.targets(a)) - 1 for a in r.allowed)
+                for r, p in zip(reqs, encode_prompts(scorer.tokenizer, [scorer.prompt(r) for r in reqs]))]
+    assert len(_pack(seg_lens)) <= len(reqs) - 2
     assert len({len(p) for p in scorer.tokenizer([scorer.prompt(r) for r in reqs]).input_ids}) > 3
     for r, f, s in zip(reqs, fast, slow):
         assert len(f) == len(r.allowed)
