@@ -618,6 +618,9 @@ def parse_overrides(argv: list[str], aliases: dict[str, str] | None = None) -> l
     return out
 
 
+# jobs that run simulations read the simulate job's YAML first (browser flags, Serve and storefront
+# settings), so that run alone they simulate exactly as inside the pipeline
+SIMULATING_JOBS = {"evaluate": ("simulate", "evaluate"), "whatif": ("simulate", "whatif")}
 PIPELINE_JOBS = ("preprocess", "train_vqvae", "assign_types", "finetune", "simulate", "evaluate", "whatif",
                  "pipeline")
 
@@ -630,7 +633,7 @@ def load(job: str, argv: list[str] | None = None, aliases: dict[str, str] | None
     overrides = parse_overrides(list(argv or []), aliases)
     named = [o.split("=", 1)[1] for o in overrides if o.startswith("config=")]
     cfg = OmegaConf.structured(Config)
-    jobs = PIPELINE_JOBS if job == "pipeline" else (job,)
+    jobs = PIPELINE_JOBS if job == "pipeline" else SIMULATING_JOBS.get(job, (job,))
     layers = [_yaml("base")] + [_yaml(j) for j in jobs]
     for name in named:
         layer = _yaml(name)
