@@ -89,7 +89,8 @@ def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, 
     assert hook.killed is not None, "the run ended before the worker could be killed"
     assert summary["agents"] == 12 and summary["completed"] == 12 and summary["crashed"] == 0
     assert summary["workers_lost"] == 1 and summary["requeued"] >= 1
-    assert summary["workers_started"] >= 3  # the dead worker was replaced
+    # a replacement worker starts only while agents are left; the survivor may have taken them all first
+    assert summary["workers_started"] >= 2
     out = run_dir / "simulate" / "kill_worker"
     checked = check_exactly_once(out)
     retried = checked["results"][checked["results"].attempt > 1]
