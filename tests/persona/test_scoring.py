@@ -1,4 +1,4 @@
-"""ActionScorer: KV-cache scoring equals full-forward scoring, and only allowed actions come back."""
+"""ActionScorer: one-pass packed scoring equals full-forward scoring, and only allowed actions come back."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from simpersona.persona.model_loading import save
 from simpersona.persona.examples import encode_prompts
+from simpersona.persona.model_loading import save
 from simpersona.persona.scoring import ActionScorer, ScoreRequest, _pack, sample
 from simpersona.persona.tokens import add_persona_tokens
 
