@@ -265,6 +265,16 @@ class LargerModelConfig:
 
 
 @dataclass
+class TypeAlignmentConfig:
+    """Per buyer type, simulated vs real (simpersona.eval.type_alignment)."""
+
+    min_agents: int = 10  # a type counts when it has this many visiting simulated agents ...
+    min_real: int = 10  # ... and this many real histories in the rates half
+    js_min_steps: int = 20  # steps on a page kind, each side, for its action-verb JS
+    ideal_repeats: int = 200  # draws of the ideal simulator at the simulation's agents per type
+
+
+@dataclass
 class EvalConfig:
     """Held-out storefront evaluation (simpersona.eval)."""
 
@@ -285,6 +295,7 @@ class EvalConfig:
     target_ara: float = 0.78  # the paper's headline
     target_ceiling_fraction: float = 0.9  # ara_overall >= this x ara_ceiling
     target_crash_ratio: float = 0.34  # crash rate with personas <= this x the no-persona baseline
+    types: TypeAlignmentConfig = field(default_factory=TypeAlignmentConfig)
 
 
 def _whatif_variants() -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 from omegaconf import OmegaConf
 
-from simpersona.eval import alignment, bootstrap, holdout, metrics
+from simpersona.eval import alignment, bootstrap, holdout, metrics, type_alignment
 from simpersona.eval.artifacts import ArtifactError, json_safe, write_json
 from simpersona.eval.holdout import HALF_RATES, HoldoutSplit
 from simpersona.eval.simruns import SimRun, simulate_run
@@ -293,7 +293,8 @@ def run_evaluation(cfg, simulate=None) -> dict:
 
     types_half, rates_half = holdout.real_half_metrics(events, split)
     ceil = holdout.ceiling(events, split, e.rate, e.stratum_unit, halves=(types_half, rates_half))
-    main, main_sim = evaluate_run(SimRun(run_folder(cfg, MAIN_MODE), split.heldout), rates_half, split, cfg, types)
+    runs = {MAIN_MODE: SimRun(run_folder(cfg, MAIN_MODE), split.heldout)}
+    main, main_sim = evaluate_run(runs[MAIN_MODE], rates_half, split, cfg, types)
     baselines: dict[str, dict | None] = {}
     sims = {"sim": main_sim}
     for name in baseline_names:
@@ -304,7 +305,8 @@ def run_evaluation(cfg, simulate=None) -> dict:
             log.warning("baseline %s: no simulation at %s; reported as null", name, folder)
             baselines[name] = None
             continue
-        baselines[name], sims[name] = evaluate_run(SimRun(folder, split.heldout), rates_half, split, cfg, types)
+        runs[name] = SimRun(folder, split.heldout)
+        baselines[name], sims[name] = evaluate_run(runs[name], rates_half, split, cfg, types)
         if name == LARGER:
             baselines[name]["model"] = larger
 
@@ -348,6 +350,8 @@ def run_evaluation(cfg, simulate=None) -> dict:
         "per_merchant": _per_merchant(split, types_half, rates_half, sims, e.rate),
         "real_behaviour": metrics.overall_metrics(holdout.half_events(events, split, HALF_RATES)),
         "simulation_seconds": sim_seconds,
+        "type_alignment": type_alignment.evaluate_types(runs, MAIN_MODE, events, split, types,
+                                                        run_dir / "preprocess" / "traces", e.types, cfg.seed),
     }
     result["targets"] = _targets(main, ceil, baselines, ci, e)
     out = run_dir / "evaluate"

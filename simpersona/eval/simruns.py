@@ -75,3 +75,11 @@ class SimRun:
         results = read_parquet_folder(folder / "results", "agent results")
         self.results = results.join(ids, on="agent_id", how="semi")
         self.persona_mode = str(self.agents["persona_mode"][0]) if "persona_mode" in self.agents.columns else ""
+
+    def trajectories(self) -> pl.DataFrame | None:
+        """agent_id, observation, action of every committed step (None when the folder has none)."""
+        folder = self.folder / "trajectories"
+        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+            return None
+        steps = pl.scan_parquet(folder / "*.parquet").select("agent_id", "observation", "action")
+        return steps.join(self.results.select("agent_id").lazy(), on="agent_id", how="semi").collect()
