@@ -556,6 +556,7 @@ class PersonaConfig:
     stage1: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=3e-2))
     stage2: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=5e-3))
     stage2_mode: str = "lora"  # lora (LoRA + persona rows) | full (every weight)
+    persona_dropout: float = 0.0  # stage 2: share of examples shown without their persona token
     lora: PersonaLoraConfig = field(default_factory=PersonaLoraConfig)
     baselines: list[str] = field(default_factory=lambda: ["none", "prompt"])  # trained on the same examples
     train: PersonaTrainConfig = field(default_factory=PersonaTrainConfig)

@@ -62,6 +62,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
+        Stage("synthetic", "simpersona.data.synthetic:run_synthetic", ("synth",), (), streams=True),
         Stage("preprocess", "simpersona.data.pipeline:run_preprocess",
               ("data", "sessions", "features", "traces", "store"), (), streams=True),
         Stage("vqvae", "simpersona.vq.train:run_training", ("vq", "eval.holdout"), ("preprocess",)),

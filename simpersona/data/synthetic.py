@@ -876,6 +876,15 @@ def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None
     return summary
 
 
+def run_synthetic(cfg) -> dict:
+    """The pipeline's `synthetic` stage (configs/planted.yaml): the planted world into
+    <storage_path>/synthetic (or synth.out), which preprocess then reads as canonical events."""
+    from omegaconf import OmegaConf
+
+    out = cfg.synth.out or io.join_uri(cfg.storage_path, "synthetic")
+    return generate(cfg.synth, out, progress=bool(cfg.progress), s3=OmegaConf.to_object(cfg.data.s3))
+
+
 __all__ = [
     "PLANTED_SCHEMA",
     "TYPE_LIBRARY",

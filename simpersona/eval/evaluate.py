@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from simpersona.eval import alignment, bootstrap, holdout, metrics, type_alignment
 from simpersona.eval.artifacts import ArtifactError, json_safe, write_json
 from simpersona.eval.holdout import HALF_RATES, HoldoutSplit
+from simpersona.eval.signal_budget import signal_budget
 from simpersona.eval.simruns import SimRun, simulate_run
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,7 @@ def run_evaluation(cfg, simulate=None) -> dict:
         "type_alignment": type_alignment.evaluate_types(runs, MAIN_MODE, events, split, types,
                                                         run_dir / "preprocess" / "traces", e.types, cfg.seed),
     }
+    result["signal_budget"] = signal_budget(run_dir, result["type_alignment"])
     result["targets"] = _targets(main, ceil, baselines, ci, e)
     out = run_dir / "evaluate"
     write_json(result, out / "metrics.json")

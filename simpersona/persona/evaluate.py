@@ -116,8 +116,10 @@ def rollout_conversion(scorer: ActionScorer, personas: list, merchants: list[lis
 
 def type_sensitivity(scorer: ActionScorer, heldout: pd.DataFrame, all_steps: pd.DataFrame, n_types: int,
                      store_cfg: dict, n_sessions: int, max_steps: int, temperature: float, seed: int,
-                     progress: bool = False) -> dict:
-    """Model vs real per-type session conversion and their Spearman correlation."""
+                     progress: bool = False, shift: int = 0) -> dict:
+    """Model vs real per-type session conversion and their Spearman correlation. With `shift`, each type's
+    sessions carry the token of type (k + shift) mod K instead (the mismatch peer: same merchants, same
+    seeds, a wrong persona)."""
     real = session_conversion(all_steps)
     types = [int(k) for k in real.index if 0 <= int(k) < n_types]
     pools = []
@@ -125,7 +127,8 @@ def type_sensitivity(scorer: ActionScorer, heldout: pd.DataFrame, all_steps: pd.
         rows = heldout[heldout["type_id"] == k]
         pool = rows if len(rows) else all_steps[all_steps["type_id"] == k]
         pools.append(sorted(pool["merchant_id"].astype(str).unique()))
-    model = rollout_conversion(scorer, types, pools, store_cfg, n_sessions, max_steps, temperature, seed, progress)
+    personas = [(k + shift) % n_types for k in types]
+    model = rollout_conversion(scorer, personas, pools, store_cfg, n_sessions, max_steps, temperature, seed, progress)
     real_rates = [float(real[k]) for k in types]
     rho = float(spearmanr(model, real_rates).statistic) if len(types) > 1 and len(set(real_rates)) > 1 else float("nan")
     return {"types": types, "model": model, "real": real_rates, "spearman": rho}

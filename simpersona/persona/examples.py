@@ -129,16 +129,32 @@ def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """At most n rows, chosen by a seeded hash (deterministic, order kept); n <= 0 keeps all."""
     if n <= 0 or len(df) <= n:
         return df
-    keys = df["history_id"].astype(str) + "|" + df["session_idx"].astype(str) + "|" + df["step"].astype(str)
-    order = np.argsort(hash_unit(keys, seed + 1), kind="stable")[:n]
+    order = np.argsort(hash_unit(step_keys(df), seed + 1), kind="stable")[:n]
     return df.iloc[np.sort(order)].reset_index(drop=True)
 
 
-def persona_of(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None) -> list:
-    """The `persona` argument of build_prompt for each row."""
+def step_keys(df: pd.DataFrame) -> pd.Series:
+    return df["history_id"].astype(str) + "|" + df["session_idx"].astype(str) + "|" + df["step"].astype(str)
+
+
+def dropped_personas(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Rows that a persona-dropout stage shows without their token: a `fraction` chosen by seeded hash."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"persona dropout must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return np.zeros(len(df), dtype=bool)
+    return hash_unit(step_keys(df), seed + 2) < fraction
+
+
+def persona_of(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None,
+               dropout: float = 0.0, seed: int = 0) -> list:
+    """The `persona` argument of build_prompt for each row; with `dropout` (persona variant only) a
+    seeded share of the rows has no persona line, so a model learns the shared behaviour from those and
+    what each token adds from the rest."""
     types = df["type_id"].to_numpy()
     if variant == "persona":
-        return [int(t) for t in types]
+        drop = dropped_personas(df, dropout, seed)
+        return [None if d else int(t) for t, d in zip(types, drop)]
     if variant == "none":
         return [None] * len(df)
     if variant == "mismatch":  # the type half-way round the codebook: always a different one when K > 1
@@ -151,8 +167,9 @@ def persona_of(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[
     raise ValueError(f"unknown example variant {variant!r}; expected one of {VARIANTS}")
 
 
-def prompts_for(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None) -> list[str]:
-    personas = persona_of(df, variant, n_types, descriptions)
+def prompts_for(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None,
+                dropout: float = 0.0, seed: int = 0) -> list[str]:
+    personas = persona_of(df, variant, n_types, descriptions, dropout, seed)
     return [build_prompt(p, o, list(h)) for p, o, h in zip(personas, df["observation"], df["history"])]
 
 

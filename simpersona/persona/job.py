@@ -121,8 +121,8 @@ def run(cfg) -> dict:
     dropped: dict[str, int] = {}
     base_name = resolve_name(pc.model.name_or_path)
 
-    def tokenized(tokenizer, variant: str) -> pd.DataFrame:
-        prompts = ex.prompts_for(train_df, variant, n_types, steps.descriptions)
+    def tokenized(tokenizer, variant: str, dropout: float = 0.0) -> pd.DataFrame:
+        prompts = ex.prompts_for(train_df, variant, n_types, steps.descriptions, dropout, seed)
         df, dropped[variant] = ex.tokenize(tokenizer, prompts, train_df["action"].tolist(), pc.max_prompt_tokens)
         if df.empty:
             raise ValueError(f"every {variant} example is longer than persona.max_prompt_tokens={pc.max_prompt_tokens}")
@@ -178,8 +178,9 @@ def run(cfg) -> dict:
     if mode2 is None:
         raise ValueError(f"persona.stage2_mode must be lora or full, got {pc.stage2_mode!r}")
     with timer("stage2"):
-        s2 = spec("stage2", work / "stage1", final_dir, mode2, pc.stage2, persona_data, ids)
-        metrics["stage2"] = run_stage(s2, dataset(persona_data, pc.stage2.batch_size, seed), storage, pc.train.resume, cfg.data.s3)
+        stage2_data = tokenized(base_tok, "persona", pc.persona_dropout) if pc.persona_dropout else persona_data
+        s2 = spec("stage2", work / "stage1", final_dir, mode2, pc.stage2, stage2_data, ids)
+        metrics["stage2"] = run_stage(s2, dataset(stage2_data, pc.stage2.batch_size, seed), storage, pc.train.resume, cfg.data.s3)
     baseline_dirs = {}
     _, plain_tok = load_saved(base_dir)
     for b in baselines:
@@ -222,6 +223,9 @@ def run(cfg) -> dict:
         all_steps = pd.concat([steps.train, steps.heldout], ignore_index=True)
         sens = type_sensitivity(scorer, steps.heldout, all_steps, n_types, to_dict(cfg.store),
                                 ev.rollouts_per_type, ev.rollout_max_steps or int(cfg.traces.max_steps_per_session), pc.temperature, seed, cfg.progress)
+        sens_mismatch = type_sensitivity(scorer, steps.heldout, all_steps, n_types, to_dict(cfg.store),
+                                         ev.rollouts_per_type, ev.rollout_max_steps or int(cfg.traces.max_steps_per_session),
+                                         pc.temperature, seed, cfg.progress, shift=max(1, n_types // 2))
 
     summary = {
         "base_model": base_name if base_name != SMALL else "small",
@@ -254,6 +258,9 @@ def run(cfg) -> dict:
         "type_conversion_model": dict(zip(sens["types"], sens["model"])),
         "type_conversion_real": dict(zip(sens["types"], sens["real"])),
         "type_conversion_spearman": sens["spearman"],
+        # the same rollouts with each type's sessions under another type's token: the peer that must lose
+        "type_conversion_model_mismatch": dict(zip(sens_mismatch["types"], sens_mismatch["model"])),
+        "type_conversion_spearman_mismatch": sens_mismatch["spearman"],
         "n_train_examples": len(train_df), "n_heldout_steps": len(eval_df),
         "n_train_histories": int(train_df["history_id"].nunique()),
         "untyped_trace_rows": steps.untyped_rows, "dropped_long_examples": dropped,

@@ -46,6 +46,34 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 <h1>{{ title }}</h1>
 <p class="note">run {{ run_dir }} &middot; generated {{ generated }}</p>
 
+<h2 id="persona-effect">Persona effect: does each agent behave like its buyer type?</h2>
+{% if m and m.type_alignment %}
+<p class="note">The same agents and seeds in every mode; each agent counts under the buyer type it was drawn
+as from its merchant's type mix. <b>vq</b> gives it that type's persona token, <b>no_persona</b> none,
+<b>mismatch</b> another type's. Real: the held-out storefronts' rates half, each history under its assigned
+type. Types with at least {{ m.type_alignment.vq.min_agents }} visiting agents and {{ m.type_alignment.vq.min_real }}
+real histories count.</p>
+<table id="persona-effect-table"><tr><th class="l">mode</th><th>types</th><th>type-level conversion Spearman</th>
+<th>type-level conversion ARA</th><th>action JS (per page kind)</th><th>merchant-level ara_overall</th>
+<th>merchant-level spearman_cr</th></tr>
+{% for name, t in m.type_alignment.items() %}<tr><td class="l">{{ name }}</td><td>{{ t.n_types }}</td>
+<td>{{ fmt(t.spearman_conversion) }}</td><td>{{ fmt(t.ara_conversion) }}</td><td>{{ fmt(t.action_js_mean) }}</td>
+<td>{{ fmt((m.main if name == 'vq' else m.baselines[name]).ara_overall) }}</td>
+<td>{{ fmt((m.main if name == 'vq' else m.baselines[name]).spearman_cr) }}</td></tr>{% endfor %}
+{% set t = m.type_alignment.vq %}
+<tr><td class="l">real half vs real half</td><td>{{ t.real_vs_real.n_types }}</td><td>{{ fmt(t.real_vs_real.spearman_conversion) }}</td>
+<td>{{ fmt(t.real_vs_real.ara_conversion) }}</td><td></td><td>{{ fmt(m.ara_ceiling) }}</td><td>{{ fmt(m.spearman_ceiling) }}</td></tr>
+{% if t.ideal_at_sim_size.spearman_conversion %}<tr><td class="l">ideal simulator, same agents per type</td>
+<td>{{ t.ideal_at_sim_size.n_types }}</td><td>{{ fmt(t.ideal_at_sim_size.spearman_conversion.mean) }}</td>
+<td>{{ fmt(t.ideal_at_sim_size.ara_conversion.mean) }}</td><td></td><td>{{ fmt(m.ceiling_at_sim_size.ara_overall) if m.ceiling_at_sim_size else '' }}</td><td></td></tr>{% endif %}
+</table>
+{% if fig.types %}<img id="plot-types" alt="conversion per buyer type" src="{{ fig.types }}">{% endif %}
+{% if m.signal_budget %}<h3>Signal budget: the type signal after each hand-over</h3>
+<table id="signal-budget-table"><tr><th class="l">stage</th><th class="l">with the type signal</th><th class="l">peer</th><th class="l">peer's figures</th></tr>
+{% for r in m.signal_budget %}<tr><td class="l">{{ r.stage }}</td><td class="l">{{ figs(r.persona) }}</td><td class="l">{{ r.peer }}</td>
+<td class="l">{{ figs(r.peer_value) }}</td></tr>{% endfor %}</table>{% endif %}
+{% else %}<p class="missing">no type-level alignment yet (the evaluate stage writes it)</p>{% endif %}
+
 <h2 id="headline">Held-out storefronts: headline</h2>
 {% if m %}
 <p class="note">{{ m.heldout_merchants|length }} held-out merchants; split by {{ m.split.method }}
@@ -144,6 +172,11 @@ def fmt(x, digits: int = 3) -> str:
         return str(x)
 
 
+def figures(d: dict | None) -> str:
+    """name value pairs of a signal-budget cell, e.g. 'nll 1.437, acc 0.377'."""
+    return ", ".join(f"{k} {fmt(v)}" for k, v in (d or {}).items() if v is not None) or "–"
+
+
 def ci(pair) -> str:
     return "–" if not pair or isinstance(pair, jinja2.Undefined) else f"[{fmt(pair[0])}, {fmt(pair[1])}]"
 
@@ -203,6 +236,8 @@ def render_report(metrics: dict | None, deltas: dict | None = None, profiles: li
             if b:
                 series[name] = {s: d["sim_pooled"] for s, d in b["strata"].items()}
         fig["funnel"] = plots.funnel_strata(series, m.get("strata_defs", {}), dpi)
+        if m.get("type_alignment"):
+            fig["types"] = plots.type_conversion(m["type_alignment"], dpi)
     fields = [f for f in PROFILE_FIELDS if profiles and any(isinstance(p.get(f), int | float) for p in profiles)]
     if profiles and fields:
         fig["profiles"] = plots.type_profiles(profiles, fields, dpi)
@@ -216,7 +251,8 @@ def render_report(metrics: dict | None, deltas: dict | None = None, profiles: li
     return TEMPLATE.render(
         title=title, run_dir=run_dir, generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), m=m, d=deltas,
         fig=fig, headline=HEADLINE_ROWS, targets=_targets(m) if m else [], runs=runs_rows,
-        baseline_names=baseline_names, profiles=profiles, profile_fields=fields, fmt=fmt, ci=ci, knobs=_knobs)
+        baseline_names=baseline_names, profiles=profiles, profile_fields=fields, fmt=fmt, ci=ci, knobs=_knobs,
+        figs=figures)
 
 
 def _read_json(path: Path):

@@ -180,3 +180,31 @@ def grid_sweep(grid: dict, outcomes: list[str], dpi: int = 90) -> str:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return to_data_uri(fig, dpi)
+
+
+def type_conversion(alignment: dict[str, dict], dpi: int = 90) -> str:
+    """Per buyer type: real conversion (rates half) against each mode's simulated conversion, types sorted
+    by their real rate; a persona chain that works puts the persona mode on the real curve and leaves the
+    no-persona mode flat."""
+    main = alignment.get("vq") or next(iter(alignment.values()))
+    rows = sorted([r for r in main["rows"] if r.get("real_buyer_conversion") is not None
+                   and (r.get("real_buyers") or 0) >= main.get("min_real", 1)],
+                  key=lambda r: (r["real_buyer_conversion"], r["type_id"]))
+    types = [r["type_id"] for r in rows]
+    x = np.arange(len(types))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(types) + 2), 3.6))
+    ax.plot(x, [r["real_buyer_conversion"] for r in rows], "o-", color=COLORS["real"], label="real (rates half)")
+    for i, (name, a) in enumerate(alignment.items()):
+        if a.get("typing") != "vq":
+            continue
+        by_type = {r["type_id"]: r for r in a["rows"]}
+        vals = [by_type.get(k, {}).get("sim_buyer_conversion") for k in types]
+        style = "D" if name == "vq" else "x"
+        ax.plot(x, [np.nan if v is None else v for v in vals], style, ms=5 if name == "vq" else 4,
+                color=COLORS["sim"] if name == "vq" else _color(name, i), label=f"simulated: {name}")
+    ax.set_xticks(x, [str(k) for k in types], fontsize=7)
+    ax.set_xlabel("buyer type (VQ code), sorted by real conversion")
+    ax.set_ylabel("buyer conversion")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.grid(alpha=0.3)
+    return to_data_uri(fig, dpi)
