@@ -2,7 +2,7 @@
 
 One trace row (DIR/preprocess/traces, contracts.md) is one example: the prompt holds the page
 observation and the session's last `history_len` actions, the target is the action taken. The
-variants differ only in the prompt's first line, so every model is trained and evaluated on
+variants differ only in the prompt's persona line (before `action:`), so every model is trained and evaluated on
 identical rows:
   persona   the history's type token <|persona_k|>          (the persona model)
   none      no persona line                                 (the "one average buyer" baseline)
@@ -191,10 +191,8 @@ class TargetCache:
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Prompt token ids, opened by the tokenizer's start token when it has one.
 
-    The start token gives every prompt the same first position (the one attention rests on), so the
-    persona line that follows it is new content rather than a new first token: measured on the small
-    model, a persona token in first position cost a third of the pre-trained accuracy before training.
-    """
+    The start token gives every prompt the same first position (the one attention rests on), so the page
+    always opens at the same distance from it, with or without a persona line (which comes later)."""
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     return [[bos] + x for x in ids] if bos is not None else ids

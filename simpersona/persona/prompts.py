@@ -1,10 +1,15 @@
-"""Prompt text shared by training, scoring and serving: one persona token, the page, the last actions.
+"""Prompt text shared by training, scoring and serving: the page, the last actions, one persona token.
 
-    <|persona_3|>
     page: product | cart: 0
     product: classic shoe edition | 87.23 | shoes
     history: open 2 > back > open 1
+    <|persona_3|>
     action:
+
+The persona line sits right before the decision, not in front of the page: a base model learnt to read
+pages that open right after its start token, and a new token there moves every page token away from it.
+Measured on the demo's small LM (persona line first): the fine-tuned persona model left checkout pages
+with probability 0.9, where every training example continued, and did so under any type's token.
 
 The target appended to a prompt is `" " + action` followed by the tokenizer's end marker; the loss
 (and the scorer) covers only those tokens. Prompt and target are tokenized separately and
@@ -23,7 +28,7 @@ def persona_token(k: int) -> str:
 
 
 def persona_prefix(persona: int | str | None) -> str:
-    """The first line of a prompt: a persona token, a prose persona (the prompt baseline) or nothing."""
+    """The persona line of a prompt: a persona token, a prose persona (the prompt baseline) or nothing."""
     if persona is None:
         return ""
     if isinstance(persona, bool):  # bool is an int subclass; True is not persona 1
@@ -44,7 +49,7 @@ def history_line(history: list[str]) -> str:
 
 def build_prompt(persona: int | str | None, observation: str, history: list[str]) -> str:
     """Prompt for the next action; `history` is the session's previous actions, oldest first."""
-    return f"{persona_prefix(persona)}{observation}\n{history_line(history)}\naction:"
+    return f"{observation}\n{history_line(history)}\n{persona_prefix(persona)}action:"
 
 
 def target_text(action: str, end: str) -> str:

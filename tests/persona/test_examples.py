@@ -17,9 +17,9 @@ from .conftest import K
 def test_prompt_variants():
     obs = "page: home | cart: 0\nproducts p1: [1] soft shoe set 12.00"
     assert persona_token(3) == "<|persona_3|>"
-    assert build_prompt(3, obs, ["open 1", "back"]) == f"<|persona_3|>\n{obs}\nhistory: open 1 > back\naction:"
+    assert build_prompt(3, obs, ["open 1", "back"]) == f"{obs}\nhistory: open 1 > back\n<|persona_3|>\naction:"
     assert build_prompt(None, obs, []) == f"{obs}\nhistory: (start)\naction:"
-    assert build_prompt("  likes\n deals ", obs, []).startswith("persona: likes deals\npage: home")
+    assert build_prompt("  likes\n deals ", obs, []) == f"{obs}\nhistory: (start)\npersona: likes deals\naction:"
     assert target_text("add_to_cart", "<|end|>") == " add_to_cart<|end|>"
     with pytest.raises(ValueError, match="persona type id must be >= 0"):
         build_prompt(-1, obs, [])
@@ -72,11 +72,24 @@ def test_variants_share_rows(planted_steps):
     prose = ex.prompts_for(df, "prompt", K, d)
     mismatch = ex.persona_of(df, "mismatch", K, d)
     for p, n, q, t, m in zip(persona, none, prose, df.type_id, mismatch):
-        assert p == f"<|persona_{t}|>\n{n}"
-        assert q == f"persona: {d[t]}\n{n}"
+        body = n.removesuffix("action:")
+        assert p == f"{body}<|persona_{t}|>\naction:"
+        assert q == f"{body}persona: {d[t]}\naction:"
         assert m != t
     with pytest.raises(ValueError, match="needs a description for every type"):
         ex.prompts_for(df, "prompt", K, ["x"] * (K - 1) + [""])
+
+
+def test_persona_dropout_drops_a_seeded_share_of_tokens(planted_steps):
+    df = planted_steps.train
+    kept = ex.persona_of(df, "persona", K, None)
+    dropped = ex.persona_of(df, "persona", K, None, dropout=0.3, seed=0)
+    share = np.mean([d is None for d in dropped])
+    assert abs(share - 0.3) < 0.05 and all(d in (None, k) for d, k in zip(dropped, kept))
+    assert dropped == ex.persona_of(df, "persona", K, None, dropout=0.3, seed=0)  # the same rows every time
+    assert dropped != ex.persona_of(df, "persona", K, None, dropout=0.3, seed=1)
+    with pytest.raises(ValueError, match="persona dropout"):
+        ex.persona_of(df, "persona", K, None, dropout=1.0)
 
 
 def test_loss_only_on_action_tokens(tiny):
