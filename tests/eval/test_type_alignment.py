@@ -111,3 +111,27 @@ def test_every_mode_is_grouped_by_the_type_the_agent_was_drawn_as():
     assert out["mismatch"]["spearman_conversion"] == pytest.approx(0.5)  # same agents, same drawn types
     assert out["vq"]["real_vs_real"]["spearman_conversion"] == pytest.approx(1.0)
     assert out["vq"]["typing"] == "vq"
+
+
+def test_signal_budget_reads_each_stage_beside_its_peer(tmp_path):
+    import json
+
+    from simpersona.eval.signal_budget import signal_budget
+
+    (tmp_path / "vqvae").mkdir()
+    (tmp_path / "finetune").mkdir()
+    (tmp_path / "vqvae" / "summary.json").write_text(json.dumps(
+        {"nmi_planted": 0.9, "type_auc_purchase": 0.99, "kmeans": {"nmi_planted": 0.7}}))
+    (tmp_path / "finetune" / "summary.json").write_text(json.dumps(
+        {"heldout_nll_persona": 1.2, "heldout_nll_no_persona": 1.4, "heldout_acc_persona": 0.5,
+         "type_conversion_spearman": 0.8, "type_conversion_spearman_mismatch": 0.1}))
+    live = {"vq": {"spearman_conversion": 0.9, "n_types": 5, "ideal_at_sim_size": {"spearman_conversion": {"mean": 0.95}}},
+            "no_persona": {"spearman_conversion": 0.2}}
+    rows = {r["stage"]: r for r in signal_budget(tmp_path, live)}
+    assert list(rows) == ["types", "offline", "rollout", "live"]
+    assert rows["types"]["persona"]["nmi_planted"] == 0.9 and rows["types"]["peer_value"] == {"nmi_planted": 0.7}
+    assert rows["offline"]["persona"]["nll"] == 1.2 and rows["offline"]["peer_value"]["nll"] == 1.4
+    assert rows["rollout"]["peer_value"]["type_conversion_spearman"] == 0.1
+    assert rows["live"]["persona"]["type_conversion_spearman"] == 0.9
+    assert rows["live"]["peer_value"]["type_conversion_spearman"] == 0.2
+    assert rows["live"]["ideal_at_sim_size"]["mean"] == 0.95
