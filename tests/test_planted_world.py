@@ -1,10 +1,10 @@
 """A small planted world through the pipeline, from the generator to the fine-tuned policy.
 
-`python ray_jobs/pipeline.py config=planted` made small: planted buyer types with known conversion, VQ
-codes learnt from their clickstreams, persona tokens, the two-stage fine-tune. The policy's sessions in
-the storefront model (finetune's rollouts, one set per VQ code) must rank the codes by their real
-conversion, and the same rollouts under mismatched tokens must not: a test that fails when the policy
-ignores its persona token. (The browser half of the chain is the smoke pipeline's, tests/test_pipeline_e2e.py.)
+`python ray_jobs/pipeline.py config=planted` made small: planted buyer types, VQ codes learnt from their
+clickstreams, persona tokens, the two-stage fine-tune. The codes must recover the planted types better than
+k-means, and on held-out histories the persona model must predict actions better than the no-persona model
+trained on the same examples and worse under another type's token: tests that fail when the policy ignores
+its persona token. (The browser half of the chain is the smoke pipeline's, tests/test_pipeline_e2e.py.)
 """
 
 from __future__ import annotations
@@ -41,21 +41,14 @@ def planted_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_persona_rollouts_rank_the_codes_by_real_conversion(planted_run):
-    s = json.loads((planted_run / "finetune" / "summary.json").read_text())
-    persona, mismatch = s["type_conversion_spearman"], s["type_conversion_spearman_mismatch"]
-    detail = {"model": s["type_conversion_model"], "mismatch": s["type_conversion_model_mismatch"],
-              "real": s["type_conversion_real"]}
-    assert persona >= 0.7, detail
-    assert persona - mismatch >= 0.5, detail  # a wrong token must cost most of the ranking
-
-
 def test_persona_model_beats_no_persona_on_held_out_histories(planted_run):
     s = json.loads((planted_run / "finetune" / "summary.json").read_text())
     assert s["heldout_nll_persona"] < s["heldout_nll_no_persona"] - 0.02, s
     assert s["heldout_nll_mismatch"] > s["heldout_nll_persona"], s
 
 
-def test_planted_types_are_recovered_by_the_codes(planted_run):
+def test_planted_types_are_recovered_by_the_codes_better_than_kmeans(planted_run):
     vq = json.loads((planted_run / "vqvae" / "summary.json").read_text())
-    assert vq["nmi_planted"] >= 0.6, {k: v for k, v in vq.items() if "planted" in k}
+    recovery = {k: v for k, v in vq.items() if "planted" in k}
+    assert vq["nmi_planted"] >= 0.6 and vq["nmi_planted"] > vq["kmeans_nmi_planted"], recovery
+    assert vq["homogeneity_planted"] >= vq["kmeans_homogeneity_planted"], recovery
