@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from simpersona.data import io
+from simpersona.runtime import replace_durably
 
 SECRET_KEYS = ("secret", "password", "token", "access_key", "credential", "api_key")
 REDACTED = "***"
@@ -156,9 +157,7 @@ def write(stage_dir: str | Path, manifest: dict[str, Any], s3cfg=None) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".manifest.json.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(dumps(manifest))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, local)
+    replace_durably(tmp, local)  # synced, renamed, folder synced: "finished" survives a power loss
 
 
 def read_text(stage_dir: str | Path, s3cfg=None) -> str | None:

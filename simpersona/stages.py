@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simpersona import manifest, runlock
 from simpersona.data import io
-from simpersona.runtime import write_summary
+from simpersona.runtime import replace_durably, write_summary
 
 PARTIAL = "partial"  # DIR/.<stage>.partial-<id>: a run in progress (or killed)
 PREVIOUS = "old"  # DIR/.<stage>.old-<id>: the previous output, moved aside while the stage runs
@@ -308,7 +308,7 @@ def fetch(cfg: DictConfig, name: str, mirror: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(local, ignore_errors=True)
-    os.replace(tmp, local)
+    replace_durably(tmp, local)  # the mirror's manifest must not outlive the files it vouches for
     print(f"[{name}] fetched {remote} -> {local}", flush=True)
 
 
@@ -335,7 +335,7 @@ def _run_atomically(out: Path, run: Callable[[], dict]) -> dict:
             os.replace(previous, out)
         raise
     out.unlink()
-    os.replace(partial, out)
+    replace_durably(partial, out)  # on disk before the manifest (written next) says the stage finished
     shutil.rmtree(previous, ignore_errors=True)
     return summary
 
