@@ -39,12 +39,22 @@ class DataConfig:
     input: str = "data/tmall2014/t_alibaba_data.csv"
     format: str = "auto"  # auto | csv | parquet
     csv_delimiter: str = ","
+    # false: the CSV files have no header line (the public Taobao UserBehavior file); csv_columns names them
+    csv_header: bool = True
+    csv_columns: list[str] = field(default_factory=list)
     max_bad_fraction: float = 0.01
     # generic adapter: canonical column -> source column, and source event value -> canonical event
     columns: dict[str, str] = field(default_factory=dict)
     event_values: dict[str, str] = field(default_factory=dict)
     ts_format: str = ""  # strptime format for the generic adapter; "" = ISO 8601
     ts_unit: str = ""  # s | ms | us | ns when the time column is an epoch number (wins over ts_format)
+    # times outside [min_ts, max_ts] are quarantined (ts_out_of_range): epoch zeros, unit mistakes, 2100s
+    min_ts: str = "1990-01-01"
+    max_ts: str = ""  # "" = a day after the read (a day of clock skew on the logging servers)
+    # a row identical in every source column to an earlier row of its file: quarantine (duplicate_row) |
+    # keep | auto = keep for day-resolution sources (Tmall: two views of a brand on one day are two equal
+    # lines), else quarantine
+    duplicate_rows: str = "auto"
     year: int = 2014  # Tmall's M-D dates carry no year
     merchant_id: str = ""  # non-empty: every row belongs to this one storefront (retailrocket: "retailrocket")
     rees46_empty_brand: str = "unbranded"  # merchant for REES46 rows without a brand; "" = quarantine them
@@ -614,6 +624,9 @@ def parse_overrides(argv: list[str], aliases: dict[str, str] | None = None) -> l
             raise ConfigError(f"expected key=value, got {arg!r}")
         key, value = arg.split("=", 1)
         key = (aliases or {}).get(key, key)
+        if value.startswith("%"):  # YAML reads a leading % as a directive and fails with a scanner error
+            raise ConfigError(f"{key}={value}: a value starting with '%' must be quoted for YAML, "
+                              f"e.g. {key}='\"{value}\"' (the outer quotes are for the shell)")
         out.append(f"{key}={value}")
     return out
 

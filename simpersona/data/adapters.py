@@ -61,6 +61,7 @@ class Adapter:
     # source columns a file must have for this adapter (checked once per file, before reading rows)
     required_columns: Callable[[DataConfig], list[str]]
     map: Callable[[pa.Table, DataConfig], Mapped]
+    day_resolution: bool = False  # times are days: equal rows are repeat events of a day, not duplicates
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -414,7 +415,7 @@ def map_canonical(table: pa.Table, cfg: DataConfig) -> Mapped:
 # ---------------------------------------------------------------------------------------------------
 
 ADAPTERS: dict[str, Adapter] = {
-    "tmall2014": Adapter("tmall2014", _tmall_columns, map_tmall2014),
+    "tmall2014": Adapter("tmall2014", _tmall_columns, map_tmall2014, day_resolution=True),
     "rees46": Adapter("rees46", _rees46_columns, map_rees46),
     "retailrocket": Adapter("retailrocket", _retailrocket_columns, map_retailrocket),
     "generic": Adapter("generic", _generic_columns, map_generic),

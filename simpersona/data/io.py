@@ -296,10 +296,12 @@ class CsvOptions:
     delimiter: str = ","
     encoding: str = "utf-8"
     block_bytes: int = 2 << 20
+    column_names: tuple[str, ...] = ()  # non-empty: the file has no header line, these are its columns
 
 
 def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> list[str] | None:
-    """Column names from the first line (None for a 0-byte file)."""
+    """Column names from the first line, or `opts.column_names` for a header-less file (None for a
+    0-byte file)."""
     # Chunks until the first newline: a header never needs the whole file.
     raw = b""
     try:
@@ -313,6 +315,8 @@ def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> 
         raise CorruptFileError(f"cannot read {uri}: {_first_line(exc)}") from None
     if not raw.strip():
         return None
+    if opts.column_names:
+        return list(opts.column_names)
     line = raw.split(b"\n", 1)[0].rstrip(b"\r")
     try:
         text = codecs.decode(line, opts.encoding)
@@ -363,8 +367,11 @@ def iter_csv(
             return "error"
         return "skip"
 
-    read = pacsv.ReadOptions(block_size=opts.block_bytes, encoding=opts.encoding, use_threads=False)
-    parse = pacsv.ParseOptions(delimiter=opts.delimiter, invalid_row_handler=handler)
+    read = pacsv.ReadOptions(block_size=opts.block_bytes, encoding=opts.encoding, use_threads=False,
+                             column_names=list(opts.column_names) or None)
+    # a quoted value may hold a newline (a product title, a comment): without newlines_in_values a record
+    # split by a block boundary desynchronises the parser and the whole file fails to read
+    parse = pacsv.ParseOptions(delimiter=opts.delimiter, invalid_row_handler=handler, newlines_in_values=True)
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
     rows = 0
     try:

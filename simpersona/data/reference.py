@@ -37,7 +37,7 @@ from simpersona.data.schema import EVENTS, SCHEMA
 from simpersona.data.sessions import check as check_sessions
 from simpersona.data.sessions import sessionize
 from simpersona.data.traces import as_mapping
-from simpersona.data.validate import FileReport, Validator, file_seq_base, iter_file_canonical, list_inputs
+from simpersona.data.validate import FileReport, Validator, file_seq_base, iter_readable, list_inputs
 
 PLANTED_COLUMNS = ("buyer_id", "merchant_id", "planted_type")
 
@@ -189,6 +189,7 @@ def counts_summary(totals: dict, report, stats: F.MerchantStats, unit: str) -> d
         "rows_bad": report.rows_bad,
         "bad_by_reason": dict(sorted(report.bad_by_reason.items())),
         "filled": dict(report.filled),
+        "unreadable_files": dict(report.unreadable_files),  # set aside whole, within data.max_bad_fraction
         "rows_valid": rows_good,
         "buyers": totals["first_of_buyer"],
         "merchants": stats.merchants,
@@ -223,9 +224,10 @@ def read_events(data_cfg, quarantine_uri: str | None, progress: bool = False):
     listing = list_inputs(data_cfg.input, data_cfg.s3, data_cfg.format)
     validator = Validator(data_cfg, quarantine_uri)
     validator.report.skipped_files.extend(listing.skipped)
+    validator.report.input_bytes = sum(f.size for f in listing.files)
     tables = []
     for index, file in enumerate(tqdm(listing.files, unit="file", desc="read", disable=not progress)):
-        for chunk in iter_file_canonical(file.uri, data_cfg, file_seq_base(index), file.format):
+        for chunk in iter_readable(file, data_cfg, file_seq_base(index), validator.report):
             good = validator.add(chunk)
             if good.num_rows:
                 tables.append(good)
