@@ -1,4 +1,5 @@
-"""Shared fixtures: a local Ray with 2 CPUs, paths to the bundled data, GPU skipping."""
+"""Shared fixtures: a local Ray with 2 CPUs in this process, one `ray start --head` cluster for the tests
+that submit jobs, paths to the bundled data, GPU skipping."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     # left running for other tests; shut down at interpreter exit
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """One local `ray start --head` (2 CPUs, dashboard on 127.0.0.1) for the whole session: the cluster
+    tests and the simulate job test submit to it (tests/local_cluster.py); stopped by its own pids."""
+    from local_cluster import start_head, stop_cluster
+
+    head = start_head(tmp_path_factory)
+    try:
+        yield head
+    finally:
+        stop_cluster(head.temp_dir)
 
 
 @pytest.fixture(scope="session")
