@@ -33,9 +33,9 @@ class S3Config:
 
 @dataclass
 class DataConfig:
-    # adapter: tmall2014 | rees46 | retailrocket | generic | canonical
+    # adapter: tmall2014 | rees46 | retailrocket | generic | canonical | ga4 | segment
     adapter: str = "tmall2014"
-    # file, folder, glob or s3:// URI; CSV or Parquet (format from suffix unless `format` is set)
+    # file, folder, glob or s3:// URI; CSV, Parquet or JSON lines (format from suffix unless `format` is set)
     input: str = "data/tmall2014/t_alibaba_data.csv"
     format: str = "auto"  # auto | csv | parquet
     csv_delimiter: str = ","
@@ -59,7 +59,8 @@ class DataConfig:
     merchant_id: str = ""  # non-empty: every row belongs to this one storefront (retailrocket: "retailrocket")
     rees46_empty_brand: str = "unbranded"  # merchant for REES46 rows without a brand; "" = quarantine them
     encoding: str = "utf-8"  # text encoding of CSV input
-    # CSV read granularity; pyarrow reads ~30 blocks ahead, so a reader holds ~30x this, whatever the file size
+    # CSV (and JSON lines) read granularity; pyarrow reads ~30 blocks ahead, so a reader holds ~30x this,
+    # whatever the file size
     csv_block_bytes: int = 2 << 20
     parquet_batch_rows: int = 262144
     # the bad-row limit is also checked while reading, once this many rows were read (fail fast)

@@ -269,6 +269,7 @@ def _report_from_dict(d: dict) -> ValidationReport:
     rep.filled = dict(d["filled"])
     rep.examples = list(d["examples"])
     rep.unreadable_files = dict(d.get("unreadable_files", {}))
+    rep.ignored = dict(d.get("ignored", {}))
     return rep
 
 

@@ -189,7 +189,8 @@ def counts_summary(totals: dict, report, stats: F.MerchantStats, unit: str) -> d
         "rows_bad": report.rows_bad,
         "bad_by_reason": dict(sorted(report.bad_by_reason.items())),
         "filled": dict(report.filled),
-        "unreadable_files": dict(report.unreadable_files),  # set aside whole, within data.max_bad_fraction
+        "unreadable_files": dict(report.unreadable_files),
+        "ignored": dict(sorted(report.ignored.items())),  # source events outside the canonical vocabulary  # set aside whole, within data.max_bad_fraction
         "rows_valid": rows_good,
         "buyers": totals["first_of_buyer"],
         "merchants": stats.merchants,

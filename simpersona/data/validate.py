@@ -54,6 +54,7 @@ from simpersona.data.io import (  # noqa: F401  (the error family is re-exported
     UnsupportedInputError,
     detect_format,
     iter_csv,
+    iter_json,
     iter_parquet,
     list_inputs,
     parquet_file,
@@ -108,6 +109,9 @@ class ValidationReport:
     files: dict[str, FileReport] = field(default_factory=dict)  # per input file, in read order
     skipped_files: list[str] = field(default_factory=list)  # under the input folder, not CSV/Parquet
     filled: dict[str, int] = field(default_factory=dict)  # empty source values given a documented default
+    # source rows an adapter leaves out because they are no canonical event (GA4 page_view, begin_checkout;
+    # Segment page calls), by source event: counted, not quarantined (they are not errors)
+    ignored: dict[str, int] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)  # first bad rows, as quarantine records
     # files that could not be read to their end: uri -> {reason, error, bytes, rows_read}
     unreadable_files: dict[str, dict] = field(default_factory=dict)
@@ -135,14 +139,16 @@ class ValidationReport:
         self.unreadable_files[source] = {"reason": reason, "error": str(exc), "bytes": int(size), "rows_read": rows}
         self.files.setdefault(source, FileReport())
 
-    def add(self, source: str, rows_read: int, quarantine: pa.Table, filled: dict[str, int] | None = None):
+    def add(self, source: str, rows_read: int, quarantine: pa.Table, filled: dict[str, int] | None = None,
+            ignored: dict[str, int] | None = None):
         """Count one chunk of `source`: `rows_read` rows, of which `quarantine` are bad."""
         per_file = self.files.setdefault(source, FileReport())
         per_file.rows_read += rows_read
         self.rows_read += rows_read
-        for key, n in (filled or {}).items():
-            if n:
-                self.filled[key] = self.filled.get(key, 0) + n
+        for counts, into in ((filled, self.filled), (ignored, self.ignored)):
+            for key, n in (counts or {}).items():
+                if n:
+                    into[key] = into.get(key, 0) + n
         if quarantine.num_rows == 0:
             return
         per_file.rows_bad += quarantine.num_rows
@@ -170,6 +176,8 @@ class ValidationReport:
             self.bad_by_reason[reason] = self.bad_by_reason.get(reason, 0) + n
         for key, n in other.filled.items():
             self.filled[key] = self.filled.get(key, 0) + n
+        for key, n in other.ignored.items():
+            self.ignored[key] = self.ignored.get(key, 0) + n
         self.unreadable_files.update(other.unreadable_files)
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
         self.skipped_files.extend(other.skipped_files)
@@ -327,6 +335,7 @@ class Chunk:
     quarantine: pa.Table  # QUARANTINE_SCHEMA
     rows_read: int  # good + quarantined rows of this chunk
     filled: dict[str, int]
+    ignored: dict[str, int] = field(default_factory=dict)  # source rows outside the canonical vocabulary
 
 
 def _wrong_delimiter_hint(names: list[str], delimiter: str) -> str:
@@ -415,7 +424,10 @@ def iter_file_canonical(
         raise UnsupportedInputError(f"cannot tell the format of {uri} from its suffix; set data.format")
     fs, path = resolve(uri, cfg.s3)
     opts = csv_options(cfg)
-    names = read_schema(InputFile(uri, fmt, 0), cfg.s3, opts)
+    if fmt == "json" and adapter.json_schema is not None:
+        names = adapter.json_schema.names  # the fields it maps; a line without one has it null
+    else:
+        names = read_schema(InputFile(uri, fmt, 0), cfg.s3, opts)
     if not names:  # a 0-byte CSV: nothing to read, nothing lost (the run-level check catches all-empty input)
         return
     check_columns(names, adapter, cfg, uri, fmt)
@@ -450,12 +462,14 @@ def iter_file_canonical(
         bad = _malformed_rows(rows, names, adapter, cfg, uri, seq_base)
         return Chunk(uri, SCHEMA.empty_table(), bad, len(rows), {})
 
-    batches = (
-        iter_csv(fs, path, opts, on_bad_row=on_bad_row)
-        if fmt == "csv"
-        else iter_parquet(fs, path, cfg.parquet_batch_rows)
-    )
+    if fmt == "csv":
+        batches = iter_csv(fs, path, opts, on_bad_row=on_bad_row)
+    elif fmt == "json":
+        batches = iter_json(fs, path, cfg.csv_block_bytes, adapter.json_schema)
+    else:
+        batches = iter_parquet(fs, path, cfg.parquet_batch_rows)
     parsed = 0  # rows the parser returned so far (malformed lines excluded)
+    emitted = 0  # canonical rows so far, for adapters that map a source row to several (one per item)
     for batch in batches:
         n = batch.num_rows
         # Row positions skip the malformed lines the parser dropped: shift each row by the number of
@@ -470,8 +484,14 @@ def iter_file_canonical(
         except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             raise (_nested_hint(batch, adapter, uri) or exc) from None
         duplicate = seen.repeats(_row_hashes(batch)) if seen is not None and n else None
-        good, bad = split_rows(mapped, uri, position + 1 + header_lines, seq_base + position, bounds, duplicate)
-        yield Chunk(uri, good, bad, n, mapped.filled)
+        lines, seq = position + 1 + header_lines, seq_base + position
+        if mapped.rows is not None:  # rows of a source row share its line; seq numbers the canonical rows
+            lines = lines[mapped.rows]
+            seq = seq_base + emitted + np.arange(mapped.num_rows, dtype=np.int64)
+            duplicate = duplicate[mapped.rows] if duplicate is not None else None
+        emitted += mapped.num_rows
+        good, bad = split_rows(mapped, uri, lines, seq, bounds, duplicate)
+        yield Chunk(uri, good, bad, mapped.num_rows, mapped.filled, mapped.ignored)
         if pending:
             yield flush()
     if pending:
@@ -502,7 +522,7 @@ def read_file_canonical(
     report = ValidationReport(max_examples=cfg.quarantine_examples)
     goods, bads = [], []
     for chunk in iter_file_canonical(uri, cfg, seq_base):
-        report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled)
+        report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled, chunk.ignored)
         goods.append(chunk.good)
         bads.append(chunk.quarantine)
     report.files.setdefault(uri, FileReport())
@@ -531,7 +551,7 @@ class Validator:
 
     def add(self, chunk: Chunk) -> pa.Table:
         """Count and quarantine one chunk; returns its good rows."""
-        self.report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled)
+        self.report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled, chunk.ignored)
         if chunk.quarantine.num_rows:
             self._write(chunk.quarantine)
         if self.report.rows_read >= self.cfg.bad_check_min_rows:

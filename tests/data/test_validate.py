@@ -272,7 +272,7 @@ def test_path_errors(tmp_path):
     events, _ = read_all(DataConfig(input=str(tmp_path / "log.txt"), format="csv"))
     assert events.num_rows == 1
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(InputNotFoundError, match=r"^input not found: no CSV or Parquet files under "):
+    with pytest.raises(InputNotFoundError, match=r"^input not found: no CSV, Parquet or JSON-lines files under "):
         read_all(DataConfig(input=str(tmp_path / "empty_dir")))
     assert issubclass(InputNotFoundError, DataError) and issubclass(DataError, ValueError)
 
