@@ -37,7 +37,14 @@ from simpersona.data.schema import EVENTS, SCHEMA
 from simpersona.data.sessions import check as check_sessions
 from simpersona.data.sessions import sessionize
 from simpersona.data.traces import as_mapping
-from simpersona.data.validate import FileReport, Validator, file_seq_base, iter_readable, list_inputs
+from simpersona.data.validate import (
+    FileReport,
+    Validator,
+    check_data,
+    file_seq_base,
+    iter_readable,
+    list_inputs,
+)
 
 PLANTED_COLUMNS = ("buyer_id", "merchant_id", "planted_type")
 
@@ -78,6 +85,7 @@ def resolve_planted(cfg) -> str | None:
 
 
 def check_config(cfg) -> None:
+    check_data(cfg.data)
     check_sessions(cfg.sessions)
     F.check(cfg.features)
     T.check(cfg.traces)

@@ -403,6 +403,13 @@ def csv_options(cfg: DataConfig) -> CsvOptions:
                       column_names=names)
 
 
+def check_data(cfg: DataConfig) -> None:
+    """Stop in one line on the driver, before any read task, on data settings the reader would refuse."""
+    csv_options(cfg)
+    _dedup(cfg, get_adapter(cfg.adapter))
+    ts_bounds(cfg)
+
+
 def _nested_hint(batch: pa.Table, adapter: Adapter, uri: str) -> InputFormatError | None:
     """The one-line error for a file whose columns the adapter cannot read because they are nested."""
     nested = [f"{f.name} ({f.type})" for f in batch.schema if pa.types.is_nested(f.type)]
