@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def pytest_collection_modifyitems(config, items):
+def _skip_gpu_tests_without_a_gpu(items) -> None:
     try:
         import torch
 
@@ -30,6 +30,35 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+# --- the session's `ray start --head`: its tests run together, and it stops after the last of them --------
+# (an idle head costs ~20% of a core: GCS, raylet, dashboard and its agents, idle workers)
+_HEAD: dict = {"last_user": None, "head": None}
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m/--lf have chosen the items
+def pytest_collection_modifyitems(config, items):
+    """The modules with a test on `ray_head` run one after another where the first of them is (the cluster
+    tests, then tests/sim/test_simulate_job.py); every other module keeps its place and order."""
+    _skip_gpu_tests_without_a_gpu(items)
+    users = {item.path for item in items if "ray_head" in item.fixturenames}
+    if not users:
+        return
+    first = next(i for i, item in enumerate(items) if item.path in users)
+    block = [item for item in items if item.path in users]
+    items[:] = items[:first] + block + [item for item in items[first:] if item.path not in users]
+    _HEAD["last_user"] = next(item.nodeid for item in reversed(items) if "ray_head" in item.fixturenames)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if item.nodeid == _HEAD["last_user"] and _HEAD["head"] is not None:
+        from local_cluster import stop_cluster
+
+        stop_cluster(_HEAD["head"].temp_dir)  # no test needs it any more
+        _HEAD["head"] = None
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +78,12 @@ def ray_head(tmp_path_factory):
     tests and the simulate job test submit to it (tests/local_cluster.py); stopped by its own pids."""
     from local_cluster import start_head, stop_cluster
 
-    head = start_head(tmp_path_factory)
+    head = _HEAD["head"] = start_head(tmp_path_factory)
     try:
         yield head
     finally:
-        stop_cluster(head.temp_dir)
+        stop_cluster(head.temp_dir)  # when pytest_runtest_teardown has not already
+        _HEAD["head"] = None
 
 
 @pytest.fixture(scope="session")
