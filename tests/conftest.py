@@ -35,19 +35,24 @@ def _skip_gpu_tests_without_a_gpu(items) -> None:
 # --- the session's `ray start --head`: its tests run together, and it stops after the last of them --------
 # (an idle head costs ~20% of a core: GCS, raylet, dashboard and its agents, idle workers)
 _HEAD: dict = {"last_user": None, "head": None}
+RUN_BEFORE_RAY_LOCAL = ("test_pipeline_e2e.py",)
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m/--lf have chosen the items
 def pytest_collection_modifyitems(config, items):
     """The modules with a test on `ray_head` run one after another where the first of them is (the cluster
-    tests, then tests/sim/test_simulate_job.py); every other module keeps its place and order."""
+    tests, then tests/sim/test_simulate_job.py), followed by RUN_BEFORE_RAY_LOCAL; every other module keeps
+    its place and order."""
     _skip_gpu_tests_without_a_gpu(items)
     users = {item.path for item in items if "ray_head" in item.fixturenames}
     if not users:
         return
     first = next(i for i, item in enumerate(items) if item.path in users)
-    block = [item for item in items if item.path in users]
-    items[:] = items[:first] + block + [item for item in items[first:] if item.path not in users]
+    # then the pipeline runs of test_pipeline_e2e (subprocesses with a local Ray of their own), before any
+    # test starts the in-process Ray (ray_local), which would idle through them
+    early = {item.path for item in items if item.path.name in RUN_BEFORE_RAY_LOCAL} - users
+    block = [item for item in items if item.path in users] + [item for item in items if item.path in early]
+    items[:] = items[:first] + block + [item for item in items[first:] if item.path not in users | early]
     _HEAD["last_user"] = next(item.nodeid for item in reversed(items) if "ray_head" in item.fixturenames)
 
 
