@@ -168,6 +168,23 @@ class BrowserConfig:
 
 
 @dataclass
+class SynthKnobsConfig:
+    """Store knobs that differ between synthetic merchants (simpersona.data.synthetic, "Knobs").
+
+    Each merchant draws every knob uniformly from its list (a stream of its own, so the catalogs and
+    mixtures stay those of the same seed without knobs). The names are the storefront's (store.model.Knobs).
+    """
+
+    # false: every merchant has the storefront's default knobs and the output is byte-identical to a
+    # generator without knobs
+    enabled: bool = False
+    price_multiplier: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1, 1.25])
+    shipping_fee: list[float] = field(default_factory=lambda: [0.0, 4.0, 8.0, 12.0])
+    checkout_steps: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    recommendations: list[bool] = field(default_factory=lambda: [True, False])
+
+
+@dataclass
 class SynthConfig:
     """Synthetic clickstream with planted buyer types (simpersona.data.synthetic)."""
 
@@ -199,6 +216,7 @@ class SynthConfig:
     executor: str = "auto"  # auto | process | ray | serial (auto = ray when ray is initialised)
     workers: int = 0  # process pool size; 0 = all cores
     compression: str = "snappy"
+    knobs: SynthKnobsConfig = field(default_factory=SynthKnobsConfig)
 
 
 @dataclass
