@@ -518,7 +518,8 @@ def _ga4_param(params, key: str, kind: str):
     parents = pc.filter(pc.list_parent_indices(params), hit).to_numpy()
     values = as_str(pc.filter(_field(_field(flat, "value"), kind), hit))
     first = np.full(n, -1)
-    first[parents[::-1]] = np.arange(len(parents))[::-1]  # the first match of each row wins
+    rows, at = np.unique(parents, return_index=True)  # the first match of each row wins
+    first[rows] = at
     return pc.take(values, pa.array(first, mask=first < 0))
 
 
