@@ -58,6 +58,7 @@ from simpersona.data.reference import (
     finish_features,
     output_uris,
     resolve_planted,
+    store_section,
     transform,
 )
 from simpersona.data.schema import SCHEMA
@@ -403,7 +404,8 @@ def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> dict:
         items += [{"kind": "planted", "uri": f.uri} for f in list_inputs(planted_uri, s3cfg, "parquet").files]
     partitions = num_partitions(cfg, estimated_rows(listing.files, s3cfg))
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    sections = {name: as_mapping(cfg[name]) for name in ("sessions", "features", "traces", "store")}
+    sections = {name: as_mapping(cfg[name]) for name in ("sessions", "features", "traces")}
+    sections["store"] = store_section(cfg)  # with the merchants' own knobs when the data has them
     transform_kwargs = {"run": uuid.uuid4().hex, "sections": sections, "uris": uris, "scratch": scratch,
                         "s3cfg": s3cfg}  # fmt: skip
     read_kwargs = {"data_cfg": data_cfg, "quarantine_dir": uris["quarantine"], "scratch": scratch}
