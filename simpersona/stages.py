@@ -154,6 +154,11 @@ def stage_manifest(cfg: DictConfig, stage: Stage) -> dict[str, Any]:
     if stage.name == "preprocess":
         listing = io.list_inputs(cfg.data.input, cfg.data.s3, cfg.data.format)
         uris = [f.uri for f in listing.files]
+        from simpersona.data.reference import resolve_merchant_knobs
+
+        knobs = resolve_merchant_knobs(cfg)  # a synthetic input's merchant knobs shape its traces too
+        if knobs is not None:
+            uris.append(knobs)
         # content, not location: the same bytes from another folder, machine or bucket are the same input
         inputs["raw"] = manifest.file_fingerprint(uris, cfg.data.s3)
         sources += uris

@@ -19,6 +19,29 @@ start on a random day of the period at a time of day drawn from a diurnal profil
 log-normal seconds (capped below the 30-minute sessionisation gap), inter-session gaps log-normal hours
 to days (floored above it), so sessionisation by inactivity recovers the planted sessions exactly.
 
+Knobs (synth.knobs, off by default). With `synth.knobs.enabled` every merchant draws the store knobs the
+what-ifs change (price_multiplier, shipping_fee, checkout_steps, recommendations: the storefront's names,
+store.model.Knobs) uniformly from the config's lists, on a stream of its own, and each planted type
+responds as its `KnobResponse` says: the purchase odds of its chain scale with the price level, the
+shipping fee and every checkout step beyond the reference (the storefront defaults, REFERENCE_KNOBS), and
+recommendations lengthen the view -> view runs of browsing types; loyal_repeat does not respond at all.
+Chains are then per merchant x type (still one vectorised draw per session step), logged prices are the
+catalog prices times price_multiplier, and OUT/merchant_knobs.json lists each merchant's knobs (the shape
+of store.merchant_overrides, which preprocess uses for the traces). `true_effect` replays a what-if: the
+same buyers, histories, types, sessions and chain draws (common random numbers) under other knobs for
+some merchants, paired per history; `expected_effect` is the chains' analytic answer (type_expectations
+with knobs). Knobs off: the reference knobs everywhere, and output byte-identical to the generator
+without knobs. Knobs on, the chain steps of a shard are drawn as one (sessions x width) matrix, so the
+events differ from knobs off even at reference knobs (the world and the planted table do not).
+Measured (tests/data/test_synthetic.py, 20,000 buyers, 12 merchants, seed 3; true = paired replay (se),
+analytic = expected_effect; every merchant moved from its own knobs to the value):
+
+    shipping_fee 12        conversion -0.0106 (0.0006) vs -0.0105; bargain_hunter -0.176 (0.011) vs -0.171
+    shipping_fee 0         conversion +0.0126 (0.0006) vs +0.0135
+    checkout_steps 4       conversion -0.0043 (0.0004) vs -0.0040
+    recommendations off    product views per history -0.234 (0.006) vs -0.226
+    price_multiplier 1.25  conversion -0.0089 (0.0006) vs -0.0082
+
 Output (per shard k of `shard_buyers` buyers): canonical events (schema.SCHEMA; session_id null;
 `seq` = k * 2**32 + row, increasing across shards in shard order) and the planted table (buyer_id,
 merchant_id, planted_type, planted_name; one row per history). Shard k depends only on (config, k):
