@@ -33,23 +33,34 @@ class S3Config:
 
 @dataclass
 class DataConfig:
-    # adapter: tmall2014 | rees46 | retailrocket | generic | canonical
+    # adapter: tmall2014 | rees46 | retailrocket | generic | canonical | ga4 | segment
     adapter: str = "tmall2014"
-    # file, folder, glob or s3:// URI; CSV or Parquet (format from suffix unless `format` is set)
+    # file, folder, glob or s3:// URI; CSV, Parquet or JSON lines (format from suffix unless `format` is set)
     input: str = "data/tmall2014/t_alibaba_data.csv"
     format: str = "auto"  # auto | csv | parquet
     csv_delimiter: str = ","
+    # false: the CSV files have no header line (the public Taobao UserBehavior file); csv_columns names them
+    csv_header: bool = True
+    csv_columns: list[str] = field(default_factory=list)
     max_bad_fraction: float = 0.01
     # generic adapter: canonical column -> source column, and source event value -> canonical event
     columns: dict[str, str] = field(default_factory=dict)
     event_values: dict[str, str] = field(default_factory=dict)
     ts_format: str = ""  # strptime format for the generic adapter; "" = ISO 8601
     ts_unit: str = ""  # s | ms | us | ns when the time column is an epoch number (wins over ts_format)
+    # times outside [min_ts, max_ts] are quarantined (ts_out_of_range): epoch zeros, unit mistakes, 2100s
+    min_ts: str = "1990-01-01"
+    max_ts: str = ""  # "" = a day after the read (a day of clock skew on the logging servers)
+    # a row identical in every source column to an earlier row of its file: quarantine (duplicate_row) |
+    # keep | auto = keep for day-resolution sources (Tmall: two views of a brand on one day are two equal
+    # lines), else quarantine
+    duplicate_rows: str = "auto"
     year: int = 2014  # Tmall's M-D dates carry no year
     merchant_id: str = ""  # non-empty: every row belongs to this one storefront (retailrocket: "retailrocket")
     rees46_empty_brand: str = "unbranded"  # merchant for REES46 rows without a brand; "" = quarantine them
     encoding: str = "utf-8"  # text encoding of CSV input
-    # CSV read granularity; pyarrow reads ~30 blocks ahead, so a reader holds ~30x this, whatever the file size
+    # CSV (and JSON lines) read granularity; pyarrow reads ~30 blocks ahead, so a reader holds ~30x this,
+    # whatever the file size
     csv_block_bytes: int = 2 << 20
     parquet_batch_rows: int = 262144
     # the bad-row limit is also checked while reading, once this many rows were read (fail fast)
@@ -157,6 +168,23 @@ class BrowserConfig:
 
 
 @dataclass
+class SynthKnobsConfig:
+    """Store knobs that differ between synthetic merchants (simpersona.data.synthetic, "Knobs").
+
+    Each merchant draws every knob uniformly from its list (a stream of its own, so the catalogs and
+    mixtures stay those of the same seed without knobs). The names are the storefront's (store.model.Knobs).
+    """
+
+    # false: every merchant has the storefront's default knobs and the output is byte-identical to a
+    # generator without knobs
+    enabled: bool = False
+    price_multiplier: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1, 1.25])
+    shipping_fee: list[float] = field(default_factory=lambda: [0.0, 4.0, 8.0, 12.0])
+    checkout_steps: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    recommendations: list[bool] = field(default_factory=lambda: [True, False])
+
+
+@dataclass
 class SynthConfig:
     """Synthetic clickstream with planted buyer types (simpersona.data.synthetic)."""
 
@@ -188,6 +216,7 @@ class SynthConfig:
     executor: str = "auto"  # auto | process | ray | serial (auto = ray when ray is initialised)
     workers: int = 0  # process pool size; 0 = all cores
     compression: str = "snappy"
+    knobs: SynthKnobsConfig = field(default_factory=SynthKnobsConfig)
 
 
 @dataclass
@@ -626,6 +655,9 @@ def parse_overrides(argv: list[str], aliases: dict[str, str] | None = None) -> l
             raise ConfigError(f"expected key=value, got {arg!r}")
         key, value = arg.split("=", 1)
         key = (aliases or {}).get(key, key)
+        if value.startswith("%"):  # YAML reads a leading % as a directive and fails with a scanner error
+            raise ConfigError(f"{key}={value}: a value starting with '%' must be quoted for YAML, "
+                              f"e.g. {key}='\"{value}\"' (the outer quotes are for the shell)")
         out.append(f"{key}={value}")
     return out
 

@@ -3,7 +3,7 @@
 A stage is finished when `<stage>/manifest.json` exists: it is written last (locally through a
 temporary file and a rename; on S3 an object appears whole or not at all), so a crashed stage never
 looks finished. The manifest records the stage's resolved config section(s) with credentials
-redacted, the hashes of its inputs (the upstream stages' manifests, or the raw input files' contents),
+redacted (the config hash is taken over the real values), the hashes of its inputs (the upstream stages' manifests, or the raw input files' contents),
 the project's git revision and package versions. `is_current` compares a new manifest with the stored
 one to decide whether a pipeline re-run may skip the stage.
 
@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from simpersona.data import io
+from simpersona.runtime import replace_durably
 
 SECRET_KEYS = ("secret", "password", "token", "access_key", "credential", "api_key")
 REDACTED = "***"
@@ -41,12 +42,18 @@ PACKAGES = ("simpersona", "ray", "torch", "pyarrow", "polars", "transformers", "
 
 
 def redact(obj: Any) -> Any:
-    """A copy of `obj` with every value under a secret-looking key replaced by ***."""
+    """A copy of `obj` with every value under a secret-looking key replaced by ***, numbers excepted:
+    under such names they are counts (max_prompt_tokens, tokenizer_examples), never credentials."""
     if isinstance(obj, dict):
-        return {k: (REDACTED if _secret(k) and v not in ("", None) else redact(v)) for k, v in obj.items()}
+        return {k: (REDACTED if _secret(k) and v not in ("", None) and not _number(v) else redact(v))
+                for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float))  # bool included
 
 
 def _secret(key: str) -> bool:
@@ -112,11 +119,14 @@ def file_fingerprint(uris: list[str], s3cfg=None) -> str:
 def build(stage: str, config_sections: dict[str, Any], inputs: dict[str, str],
           sources: list[str] | None = None) -> dict[str, Any]:
     """A stage's manifest. `inputs` (identities) decide whether it is current; `sources` (the inputs'
-    absolute paths or URIs) are recorded for tracing only."""
-    config_sections = redact(config_sections)
+    absolute paths or URIs) are recorded for tracing only.
+
+    The config hash sees the real values: redaction is by key name, so hashing the redacted copy would make
+    a change of e.g. `persona.max_prompt_tokens` ("token") invisible and leave a stale stage "up to date".
+    Only the redacted copy is written; a credential's value reaches the manifest only inside that hash."""
     return {
         "stage": stage,
-        "config": config_sections,
+        "config": redact(config_sections),
         "config_hash": stable_hash(config_sections),
         "inputs": inputs,
         "inputs_hash": stable_hash(inputs),
@@ -147,9 +157,7 @@ def write(stage_dir: str | Path, manifest: dict[str, Any], s3cfg=None) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".manifest.json.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(dumps(manifest))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, local)
+    replace_durably(tmp, local)  # synced, renamed, folder synced: "finished" survives a power loss
 
 
 def read_text(stage_dir: str | Path, s3cfg=None) -> str | None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from simpersona import manifest
 from simpersona.data import io
 from simpersona.runtime import init_ray, write_json
-from simpersona.stages import STAGES, is_remote, run_stage, stage_uri, storage_root
+from simpersona.stages import STAGES, is_remote, run_lock, run_stage, stage_uri, storage_root
 
 DEFAULT_STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
 RAY_START_ATTEMPTS = 5  # a local Ray gives its raylet a fixed 30 s to register; a busy box can miss that
@@ -47,6 +47,11 @@ def pipeline_stages(cfg: DictConfig) -> list[str]:
 
 
 def run_pipeline(cfg: DictConfig) -> dict:
+    with run_lock(cfg):  # one run at a time on a run_dir, from the first stage to pipeline.json
+        return _run_pipeline(cfg)
+
+
+def _run_pipeline(cfg: DictConfig) -> dict:
     stages = pipeline_stages(cfg)
     start = time.time()
     timings: dict[str, dict] = {}

@@ -1,4 +1,8 @@
-"""Shared run-time helpers of the stages: Ray start-up, summaries, timing, atomic output folders."""
+"""Shared run-time helpers of the stages: Ray start-up, summaries, timing, atomic output folders.
+
+Atomic local writes are also durable: a file is fsync'ed before the rename that publishes it and its folder
+after, so a machine that loses power after a write returned finds the new file whole (a rename alone can
+reach the disk before the file's data does, leaving an empty file under the final name)."""
 
 from __future__ import annotations
 
@@ -44,6 +48,40 @@ def configure_ray_data(progress: bool) -> None:
     ctx.print_on_execution_start = False
 
 
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Every file and folder under `folder` on disk, before a rename publishes the folder as finished."""
+    for dirpath, _, filenames in os.walk(folder):  # does not follow links
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                fsync_file(path)
+        fsync_dir(dirpath)
+
+
+def replace_durably(src: str | Path, dst: str | Path) -> None:
+    """os.replace of a written file or folder, with its contents synced first and the rename after."""
+    if os.path.isdir(src):
+        fsync_tree(src)
+    else:
+        fsync_file(src)
+    os.replace(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
 def write_json(uri: str, obj: dict, s3cfg=None) -> str:
     """Write `obj` as indented JSON at a local path (atomically: tmp file + rename) or an s3:// URI."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
@@ -55,7 +93,7 @@ def write_json(uri: str, obj: dict, s3cfg=None) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
     return uri
 
 
@@ -109,10 +147,10 @@ def atomic_output_dir(uri: str, s3cfg=None) -> Iterator[str]:
     if final.exists():
         old = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
-        os.replace(tmp, final)
+        replace_durably(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
+        replace_durably(tmp, final)
 
 
 def remove(uri: str, s3cfg=None) -> None:

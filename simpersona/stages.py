@@ -8,6 +8,8 @@ Local storage root (run_dir): the stage runs into a fresh temporary sibling `DIR
 it always does), which is renamed to `DIR/<stage>` only when the stage succeeded; the manifest is
 written last. So `DIR/<stage>` holds either the previous complete output or the new complete output,
 never a mix, an interrupted stage never looks finished, and a re-run skips the finished ones.
+Clearing what a killed run left is safe because a run holds the run directory's lock (simpersona.runlock)
+while it runs: a second run on the same run_dir stops in one line naming the holder.
 
 Remote storage root (s3://bucket/prefix, from storage_path or run_dir): object stores have no rename,
 so the manifest alone marks completion. The stage's old manifest is deleted before anything of it is
@@ -40,9 +42,9 @@ from typing import Any, Callable
 import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 
-from simpersona import manifest
+from simpersona import manifest, runlock
 from simpersona.data import io
-from simpersona.runtime import write_summary
+from simpersona.runtime import replace_durably, write_summary
 
 PARTIAL = "partial"  # DIR/.<stage>.partial-<id>: a run in progress (or killed)
 PREVIOUS = "old"  # DIR/.<stage>.old-<id>: the previous output, moved aside while the stage runs
@@ -119,6 +121,13 @@ def mirror_dir(cfg: DictConfig) -> Path:
     return base.absolute() / hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
+def run_lock(cfg: DictConfig) -> contextlib.AbstractContextManager:
+    """The lock of the folder a run works in (its storage root when remote, else run_dir), taken after a
+    bad run_dir/storage_path has stopped in one line; re-entrant, so the pipeline holds it across stages."""
+    io.check_storage_root(storage_root(cfg), cfg.data.s3)
+    return runlock.hold(storage_root(cfg) if is_remote(cfg) else str(cfg.run_dir), cfg.data.s3)
+
+
 def upstream_closure(name: str) -> list[str]:
     """Every stage `name` reads from, directly or through the ones it reads (in pipeline order)."""
     seen: set[str] = set()
@@ -146,6 +155,11 @@ def stage_manifest(cfg: DictConfig, stage: Stage) -> dict[str, Any]:
     if stage.name == "preprocess":
         listing = io.list_inputs(cfg.data.input, cfg.data.s3, cfg.data.format)
         uris = [f.uri for f in listing.files]
+        from simpersona.data.reference import resolve_merchant_knobs
+
+        knobs = resolve_merchant_knobs(cfg)  # a synthetic input's merchant knobs shape its traces too
+        if knobs is not None:
+            uris.append(knobs)
         # content, not location: the same bytes from another folder, machine or bucket are the same input
         inputs["raw"] = manifest.file_fingerprint(uris, cfg.data.s3)
         sources += uris
@@ -158,9 +172,12 @@ def run_stage(name: str, cfg: DictConfig, force: bool = False,
 
     `before_run()` is called only when the stage does run (the pipeline starts Ray there, so a
     re-run whose stages are all current never starts it)."""
-    stage = STAGES[name]
-    # a bad run_dir/storage_path stops here, in one line, before anything is created
-    io.check_storage_root(storage_root(cfg), cfg.data.s3)
+    with run_lock(cfg):  # a bad run_dir/storage_path stops here, in one line, before anything is created
+        return _run_stage(STAGES[name], cfg, force, before_run)
+
+
+def _run_stage(stage: Stage, cfg: DictConfig, force: bool, before_run: Callable[[], None] | None) -> dict[str, Any]:
+    name = stage.name
     remote = is_remote(cfg)
     out = stage_uri(cfg, name)
     if not remote:
@@ -233,9 +250,9 @@ def run_job_stage(name: str, cfg: DictConfig, start_ray: Callable[[], None]) -> 
     directly, as it always did (hand-made run folders, e.g. planted test data, have no upstream manifests)."""
     if is_remote(cfg):
         return run_stage(name, cfg, force=True, before_run=start_ray)
-    io.check_storage_root(storage_root(cfg), cfg.data.s3)
-    start_ray()
-    return resolve_function(STAGES[name].function)(cfg) or {}
+    with run_lock(cfg):
+        start_ray()
+        return resolve_function(STAGES[name].function)(cfg) or {}
 
 
 @contextlib.contextmanager
@@ -297,7 +314,7 @@ def fetch(cfg: DictConfig, name: str, mirror: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(local, ignore_errors=True)
-    os.replace(tmp, local)
+    replace_durably(tmp, local)  # the mirror's manifest must not outlive the files it vouches for
     print(f"[{name}] fetched {remote} -> {local}", flush=True)
 
 
@@ -324,7 +341,7 @@ def _run_atomically(out: Path, run: Callable[[], dict]) -> dict:
             os.replace(previous, out)
         raise
     out.unlink()
-    os.replace(partial, out)
+    replace_durably(partial, out)  # on disk before the manifest (written next) says the stage finished
     shutil.rmtree(previous, ignore_errors=True)
     return summary
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a local Ray with 2 CPUs, paths to the bundled data, GPU skipping."""
+"""Shared fixtures: a local Ray with 2 CPUs in this process, one `ray start --head` cluster for the tests
+that submit jobs, paths to the bundled data, GPU skipping."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def pytest_collection_modifyitems(config, items):
+def _skip_gpu_tests_without_a_gpu(items) -> None:
     try:
         import torch
 
@@ -31,6 +32,40 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+# --- the session's `ray start --head`: its tests run together, and it stops after the last of them --------
+# (an idle head costs ~20% of a core: GCS, raylet, dashboard and its agents, idle workers)
+_HEAD: dict = {"last_user": None, "head": None}
+RUN_BEFORE_RAY_LOCAL = ("test_pipeline_e2e.py",)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m/--lf have chosen the items
+def pytest_collection_modifyitems(config, items):
+    """The modules with a test on `ray_head` run one after another where the first of them is (the cluster
+    tests, then tests/sim/test_simulate_job.py), followed by RUN_BEFORE_RAY_LOCAL; every other module keeps
+    its place and order."""
+    _skip_gpu_tests_without_a_gpu(items)
+    users = {item.path for item in items if "ray_head" in item.fixturenames}
+    if not users:
+        return
+    first = next(i for i, item in enumerate(items) if item.path in users)
+    # then the pipeline runs of test_pipeline_e2e (subprocesses with a local Ray of their own), before any
+    # test starts the in-process Ray (ray_local), which would idle through them
+    early = {item.path for item in items if item.path.name in RUN_BEFORE_RAY_LOCAL} - users
+    block = [item for item in items if item.path in users] + [item for item in items if item.path in early]
+    items[:] = items[:first] + block + [item for item in items[first:] if item.path not in users | early]
+    _HEAD["last_user"] = next(item.nodeid for item in reversed(items) if "ray_head" in item.fixturenames)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if item.nodeid == _HEAD["last_user"] and _HEAD["head"] is not None:
+        from local_cluster import stop_cluster
+
+        stop_cluster(_HEAD["head"].temp_dir)  # no test needs it any more
+        _HEAD["head"] = None
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session (starting Ray costs seconds; tests share it)."""
@@ -40,6 +75,20 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     # left running for other tests; shut down at interpreter exit
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """One local `ray start --head` (2 CPUs, dashboard on 127.0.0.1) for the whole session: the cluster
+    tests and the simulate job test submit to it (tests/local_cluster.py); stopped by its own pids."""
+    from local_cluster import start_head, stop_cluster
+
+    head = _HEAD["head"] = start_head(tmp_path_factory)
+    try:
+        yield head
+    finally:
+        stop_cluster(head.temp_dir)  # when pytest_runtest_teardown has not already
+        _HEAD["head"] = None
 
 
 @pytest.fixture(scope="session")

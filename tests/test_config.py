@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from simpersona.config import load
+from simpersona.config import ConfigError, load
 
 SIM_SECTIONS = ("sim", "serve", "store", "browser")
 
@@ -22,3 +22,12 @@ def test_simulating_jobs_alone_simulate_as_inside_the_pipeline(job, named):
         assert alone[section] == piped[section], section
     assert any(a.startswith("--disable-features=") and "WebUIOmniboxPopup" in a for a in alone["browser"]["args"])
     assert alone["serve"]["http"] is False
+
+
+def test_a_percent_value_on_the_command_line_gets_a_one_line_hint_to_quote_it():
+    """`data.ts_format=%m%d` is a YAML directive to OmegaConf: a scanner error, unless quoted."""
+    with pytest.raises(ConfigError) as err:
+        load("preprocess", ["data.ts_format=%m%d"])
+    assert str(err.value) == ("data.ts_format=%m%d: a value starting with '%' must be quoted for YAML, "
+                              "e.g. data.ts_format='\"%m%d\"' (the outer quotes are for the shell)")
+    assert load("preprocess", ['data.ts_format="%m%d"']).data.ts_format == "%m%d"

@@ -169,38 +169,63 @@ def test_changed_whatif_key_reruns_only_whatif_and_report(smoke):
     assert json.loads((run_dir / "whatif" / "manifest.json").read_text())["config"]["whatif"]["bootstrap"] == 150
 
 
+# evaluation's simulation folders in the order evaluate runs them (vq, then eval.baselines in order)
+EVAL_SIMS = ["eval_vq", "eval_none", "eval_mismatch", "eval_prompt", "eval_kmeans"]
+KILLED_SIM = "eval_prompt"  # killed during this one; one more simulation follows it, so the stage is unfinished
+
+
 def test_killed_pipeline_resumes_after_finished_stages_with_the_same_metrics(smoke, tmp_path):
-    """SIGKILL during evaluation's simulations; the re-run skips preprocess..finetune and ends with
-    the clean run's metrics.json (same seed)."""
+    """SIGKILL during one of evaluation's simulations; the re-run skips preprocess..finetune, reuses the
+    simulations the interrupted run had finished, resumes the killed one and ends with the clean run's
+    metrics.json (same seed).
+
+    What the interrupted run had finished is the clean run's: its stages preprocess..finetune and the
+    simulations before KILLED_SIM. The interrupted run's folder takes the clean run's place (the clean one is
+    moved aside and put back at the end), since a simulation folder counts as done only for the same inputs,
+    the path of the held-out type distribution included. (That fresh simulations give the same metrics again
+    is tests/cluster/test_pipeline_storage.py's check: two whole runs, one metrics.json.)"""
     clean = smoke["run_dir"]
-    run_dir = tmp_path / "killed"
-    run_dir.mkdir()
-    finished = ["preprocess", "vqvae", "assign", "finetune"]
-    for stage in finished:  # what an interrupted run had finished before it reached evaluate
-        shutil.copytree(clean / stage, run_dir / stage, symlinks=True)
-    before = stage_files(run_dir, finished)
-
-    log = tmp_path / "killed.log"
-    with open(log, "w") as fh:  # a file, not a pipe: nobody reads the output until the run is killed
-        proc = start_pipeline(run_dir, stdout=fh)
-    try:
-        deadline = time.time() + RUN_TIMEOUT_S
-        results = run_dir / "simulate" / "eval_vq" / "results"
-        while time.time() < deadline and not list(results.glob("*.parquet")):
-            assert proc.poll() is None, f"pipeline ended before it was killed:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        assert list(results.glob("*.parquet")), "evaluation never committed an agent"
-        proc.send_signal(signal.SIGKILL)  # mid-evaluation: some agents committed, the stage unfinished
-        proc.wait(timeout=30)
-    finally:
-        end_session(proc)  # what it started in its session (its local Ray, Chromium)
-    assert not (run_dir / "evaluate" / "manifest.json").exists()
-
-    out, _ = run_pipeline(run_dir)
-    stages = pipeline_record(run_dir)["stages"]
-    assert [s for s in STAGES if stages[s]["skipped"]] == finished, stages
-    assert stage_files(run_dir, finished) == before
-    assert not list(run_dir.glob(".evaluate.*")) and not (run_dir / "evaluate").is_symlink()
-    resumed = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     reference = json.loads((clean / "evaluate" / "metrics.json").read_text())
-    assert without_timings(resumed) == without_timings(reference)
+    saved = clean.parent / "clean_run"
+    os.rename(clean, saved)
+    run_dir = clean
+    try:
+        run_dir.mkdir()
+        finished = ["preprocess", "vqvae", "assign", "finetune"]
+        for stage in finished:  # what an interrupted run had finished before it reached evaluate
+            shutil.copytree(saved / stage, run_dir / stage, symlinks=True)
+        done_sims = EVAL_SIMS[:EVAL_SIMS.index(KILLED_SIM)]
+        for sim in done_sims:  # ... and the simulations evaluate ran before the one it was killed in
+            shutil.copytree(saved / "simulate" / sim, run_dir / "simulate" / sim, symlinks=True)
+        before = stage_files(run_dir, finished)
+
+        log = tmp_path / "killed.log"
+        with open(log, "w") as fh:  # a file, not a pipe: nobody reads the output until the run is killed
+            proc = start_pipeline(run_dir, stdout=fh)
+        try:
+            deadline = time.time() + RUN_TIMEOUT_S
+            results = run_dir / "simulate" / KILLED_SIM / "results"
+            while time.time() < deadline and not list(results.glob("*.parquet")):
+                assert proc.poll() is None, f"pipeline ended before it was killed:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
+            assert list(results.glob("*.parquet")), "evaluation never committed an agent"
+            proc.send_signal(signal.SIGKILL)  # mid-evaluation: some agents committed, the stage unfinished
+            proc.wait(timeout=30)
+        finally:
+            end_session(proc)  # what it started in its session (its local Ray, Chromium)
+        assert not (run_dir / "evaluate" / "manifest.json").exists()
+
+        out, _ = run_pipeline(run_dir)
+        stages = pipeline_record(run_dir)["stages"]
+        assert [s for s in STAGES if stages[s]["skipped"]] == finished, stages
+        assert stage_files(run_dir, finished) == before
+        assert not list(run_dir.glob(".evaluate.*")) and not (run_dir / "evaluate").is_symlink()
+        for sim in done_sims:  # the finished simulations were reused, not simulated again
+            summary = json.loads((run_dir / "simulate" / sim / "summary.json").read_text())
+            assert summary["resumed_skipped"] == summary["agents"] and summary["steps_this_run"] == 0, (sim, summary)
+        resumed = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+        assert without_timings(resumed) == without_timings(reference)
+    finally:
+        if run_dir.exists():
+            os.rename(run_dir, tmp_path / "killed")
+        os.rename(saved, clean)

@@ -238,3 +238,21 @@ def test_input_identity_is_the_content_not_the_location(s3_server, tmp_path, tma
     data[-1:] = b"\n" if data[-1:] != b"\n" else b" "
     b.write_bytes(bytes(data))
     assert manifest.file_fingerprint([str(b)]) != manifest.file_fingerprint([str(a)])
+
+
+def test_a_synthetic_inputs_merchant_knobs_are_part_of_the_preprocess_input_identity(tmp_path):
+    """The traces replay each merchant's knobs from merchant_knobs.json: new knobs, new preprocess inputs."""
+    synth = tmp_path / "synth"
+    for sub in ("events", "planted"):
+        (synth / sub).mkdir(parents=True)
+        (synth / sub / "part-00000.parquet").write_bytes(b"PAR1 the same bytes every time")
+
+    def inputs_hash() -> str:
+        cfg = cfg_for(tmp_path / "run", f"data.input={synth / 'events'}", "data.adapter=canonical")
+        return stages.stage_manifest(cfg, stages.STAGES["preprocess"])["inputs_hash"]
+
+    without = inputs_hash()
+    (synth / "merchant_knobs.json").write_text(json.dumps({"merchants": {"m0": {"shipping_fee": 4.0}}}))
+    with_knobs = inputs_hash()
+    (synth / "merchant_knobs.json").write_text(json.dumps({"merchants": {"m0": {"shipping_fee": 8.0}}}))
+    assert len({without, with_knobs, inputs_hash()}) == 3

@@ -23,6 +23,17 @@ generic       `data.columns` maps canonical name → source column; `data.event_
               value → canonical event (empty = the values already are canonical events); time from
               `data.ts_unit` (epoch s|ms|us|ns), else `data.ts_format` (strptime), else ISO 8601.
 canonical     files already in the canonical schema (the synthetic generator's output).
+ga4           Google Analytics 4 BigQuery export (Parquet, or JSON lines with INT64 as strings): event_name
+              (view_item, add_to_cart, remove_from_cart, add_to_wishlist, purchase, view_search_results;
+              others such as page_view and begin_checkout are counted in `ignored`), user_pseudo_id,
+              event_timestamp (µs), items[] (item_id, item_category, price or price_in_usd: one row per
+              item), event_params ga_session_id (session) and search_term. One store: `data.merchant_id`
+              or "ga4".
+segment       Segment e-commerce spec v2 track calls (JSON lines or Parquet of the same messages): Product
+              Viewed / Added / Removed / Added to Wishlist, Products Searched (properties.query), Order
+              Completed (one row per properties.products[]); Checkout Started, other events and non-track
+              calls are counted in `ignored`. Buyer = userId, else anonymousId; timestamp ISO 8601;
+              properties.product_id / category / price. One store: `data.merchant_id` or "segment".
 
 `data.merchant_id`, when set, puts every row of any format in that one storefront.
 Times with a zone are converted to UTC; times without one are taken as they are.
@@ -33,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -53,6 +65,10 @@ class Mapped:
     raw: dict[str, pa.ChunkedArray | pa.Array]
     # values supplied by a documented default where the source was empty, e.g. {"merchant_id=unbranded": 3}
     filled: dict[str, int] = field(default_factory=dict)
+    # adapters that map a source row to several canonical rows (one per item) or to none: the source row
+    # of each canonical row (None = row i is source row i), and the source rows left out, by reason
+    rows: np.ndarray | None = None
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,8 @@ class Adapter:
     # source columns a file must have for this adapter (checked once per file, before reading rows)
     required_columns: Callable[[DataConfig], list[str]]
     map: Callable[[pa.Table, DataConfig], Mapped]
+    day_resolution: bool = False  # times are days: equal rows are repeat events of a day, not duplicates
+    json_schema: pa.Schema | None = None  # JSON lines: the fields it maps (None = infer from the first block)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,13 +430,195 @@ def map_canonical(table: pa.Table, cfg: DataConfig) -> Mapped:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Event exports with nested items (GA4, Segment): a source row is one event; one canonical row per item
+# of the events that carry items (a purchase of three products is three purchase rows, as in REES46),
+# and none for events outside the canonical vocabulary (page views, begin_checkout: the canonical funnel
+# goes cart → purchase), which are counted in `ignored` by name instead of quarantined.
+
+
+def _column(table: pa.Table, name: str):
+    """A column, or all nulls when the file does not have it (exports leave empty fields out)."""
+    if name in table.column_names:
+        col = table.column(name)
+        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pa.nulls(table.num_rows)
+
+
+def _field(struct, name: str):
+    """A field of a struct array, all nulls when the struct type has no such field."""
+    if pa.types.is_struct(struct.type) and struct.type.get_field_index(name) >= 0:
+        return pc.struct_field(struct, name)
+    return pa.nulls(len(struct))
+
+
+def _mask(condition, where_null: bool) -> np.ndarray:
+    return pc.fill_null(condition, where_null).to_numpy(zero_copy_only=False)
+
+
+def _ignored(names, keep: np.ndarray, prefix: str) -> dict[str, int]:
+    left_out = pc.filter(names, pa.array(~keep))
+    return {f"{prefix} {d['values']}": d["counts"] for d in pc.value_counts(left_out).to_pylist()}
+
+
+def _explode(lists, per_item: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+    """For each kept source row, one output row per element of its list where `per_item` (one row with a
+    null element when that list is empty or absent), else one row: (source row of each output row, its
+    element or null)."""
+    if not pa.types.is_list(lists.type):  # absent column: no elements anywhere
+        lists = pa.nulls(len(lists), pa.list_(pa.struct([])))
+    full = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    lens = np.where(per_item, full, 0)
+    counts = np.where(keep, np.maximum(lens, 1), 0)
+    rows = np.repeat(np.arange(len(lists)), counts)
+    within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    start = np.repeat(np.cumsum(full) - full, counts)  # list_flatten skips null lists, as `full` counts them
+    element = np.where(np.repeat(lens, counts) > 0, start + within, -1)
+    return rows, pc.take(pc.list_flatten(lists), pa.array(element, mask=element < 0))
+
+
+def _rows_mapped(table: pa.Table, cfg: DataConfig, rows: np.ndarray, columns: dict, default_merchant: str,
+                 ignored: dict[str, int]) -> Mapped:
+    """Mapped from per-output-row (parse, raw) pairs: source columns are taken at `rows` first."""
+    n = len(rows)
+    merchant = _const(cfg.merchant_id or default_merchant, n)
+    values, raw = {"merchant_id": merchant}, {"merchant_id": merchant}
+    for name, (value, source) in columns.items():
+        values[name], raw[name] = value, as_str(source) if source is not None else _nulls(n)
+    mapped = _mapped(n, values, raw)
+    mapped.rows, mapped.ignored = rows, ignored
+    return mapped
+
+
+# ---- GA4 (BigQuery export of Google Analytics 4: events_YYYYMMDD as Parquet, or JSON lines in which
+# BigQuery writes INT64 values as strings)
+
+GA4_EVENTS = {"view_item": "view", "add_to_cart": "cart", "remove_from_cart": "remove_cart",
+              "add_to_wishlist": "favorite", "purchase": "purchase", "view_search_results": "search"}
+GA4_ITEM_EVENTS = ("view_item", "add_to_cart", "remove_from_cart", "add_to_wishlist", "purchase")
+GA4_MERCHANT = "ga4"  # one GA4 property is one store
+_GA4_PARAM_VALUE = pa.struct([("string_value", pa.string()), ("int_value", pa.string()),
+                              ("float_value", pa.float64()), ("double_value", pa.float64())])
+GA4_JSON_SCHEMA = pa.schema([
+    ("event_timestamp", pa.string()),  # µs since the epoch (INT64: a string in BigQuery's JSON)
+    ("event_name", pa.string()),
+    ("user_pseudo_id", pa.string()),
+    ("event_params", pa.list_(pa.struct([("key", pa.string()), ("value", _GA4_PARAM_VALUE)]))),
+    ("items", pa.list_(pa.struct([("item_id", pa.string()), ("item_category", pa.string()),
+                                  ("price", pa.float64()), ("price_in_usd", pa.float64())]))),
+])
+
+
+def _ga4_param(params, key: str, kind: str):
+    """Per row, the `kind` value (string_value | int_value) of its first event_param named `key`."""
+    n = len(params)
+    if not pa.types.is_list(params.type):
+        return _nulls(n)
+    flat = pc.list_flatten(params)
+    hit = pc.fill_null(pc.equal(_field(flat, "key"), key), False)
+    parents = pc.filter(pc.list_parent_indices(params), hit).to_numpy()
+    values = as_str(pc.filter(_field(_field(flat, "value"), kind), hit))
+    first = np.full(n, -1)
+    rows, at = np.unique(parents, return_index=True)  # the first match of each row wins
+    first[rows] = at
+    return pc.take(values, pa.array(first, mask=first < 0))
+
+
+def map_ga4(table: pa.Table, cfg: DataConfig) -> Mapped:
+    name = clean_str(_column(table, "event_name"))
+    event = map_values(name, GA4_EVENTS)
+    keep = _mask(pc.or_(pc.is_valid(event), pc.is_null(name)), True)  # a missing name is quarantined
+    per_item = _mask(pc.is_in(name, pa.array(GA4_ITEM_EVENTS)), False)
+    rows, item = _explode(_column(table, "items"), per_item, keep)
+    take = pa.array(rows, pa.int64())
+    params = _column(table, "event_params")
+    search = pc.take(_ga4_param(params, "search_term", "string_value"), take)
+    item_price = pc.coalesce(parse_float(_field(item, "price")), parse_float(_field(item, "price_in_usd")))
+    ts = pc.take(_column(table, "event_timestamp"), take)
+    buyer = pc.take(_column(table, "user_pseudo_id"), take)
+    is_search = pc.equal(pc.take(event, take), "search")
+    columns = {
+        "buyer_id": (clean_str(buyer), buyer),
+        "ts": (parse_epoch(ts, "us"), ts),
+        "event": (pc.take(event, take), pc.take(name, take)),
+        "product_id": (clean_str(_field(item, "item_id")), _field(item, "item_id")),
+        "category": (pc.if_else(is_search, clean_str(search), clean_str(_field(item, "item_category"))),
+                     pc.if_else(is_search, search, as_str(_field(item, "item_category")))),
+        "price": (item_price, _field(item, "price")),
+        "session_id": (clean_str(pc.take(_ga4_param(params, "ga_session_id", "int_value"), take)), None),
+    }
+    return _rows_mapped(table, cfg, rows, columns, GA4_MERCHANT, _ignored(name, keep, "event_name"))
+
+
+def _ga4_columns(cfg: DataConfig) -> list[str]:
+    return ["event_timestamp", "event_name", "user_pseudo_id"]
+
+
+# ---- Segment e-commerce spec v2 (track calls as Segment writes them: JSON lines, or Parquet of the same
+# nested messages)
+
+SEGMENT_EVENTS = {"Product Viewed": "view", "Product Added": "cart", "Product Removed": "remove_cart",
+                  "Product Added to Wishlist": "favorite", "Products Searched": "search",
+                  "Order Completed": "purchase"}
+SEGMENT_MERCHANT = "segment"
+_SEGMENT_PRODUCT = [("product_id", pa.string()), ("category", pa.string()), ("price", pa.float64())]
+SEGMENT_JSON_SCHEMA = pa.schema([
+    ("type", pa.string()),  # track | page | identify | ...: only track calls are events
+    ("event", pa.string()),
+    ("userId", pa.string()),
+    ("anonymousId", pa.string()),
+    ("timestamp", pa.string()),  # ISO 8601
+    ("properties", pa.struct(_SEGMENT_PRODUCT + [("query", pa.string()),
+                                                 ("products", pa.list_(pa.struct(_SEGMENT_PRODUCT)))])),
+])
+
+
+def map_segment(table: pa.Table, cfg: DataConfig) -> Mapped:
+    kind = clean_str(_column(table, "type"))
+    name = clean_str(_column(table, "event"))
+    event = map_values(name, SEGMENT_EVENTS)
+    track = _mask(pc.equal(kind, "track"), True)  # no type: a track call
+    keep = track & _mask(pc.or_(pc.is_valid(event), pc.is_null(name)), True)  # a missing name is quarantined
+    per_item = _mask(pc.equal(name, "Order Completed"), False)
+    props = _column(table, "properties")
+    rows, product = _explode(_field(props, "products"), per_item, keep)
+    take = pa.array(rows, pa.int64())
+    from_list = pa.array(per_item[rows])  # Order Completed: the product of the list, else the properties
+    one = {f: pc.take(_field(props, f), take) for f in ("product_id", "category", "price", "query")}
+    pick = {f: pc.if_else(from_list, as_str(_field(product, f)), as_str(one[f]))
+            for f in ("product_id", "category")}
+    price = pc.if_else(from_list, parse_float(_field(product, "price")), parse_float(one["price"]))
+    price_raw = pc.if_else(from_list, as_str(_field(product, "price")), as_str(one["price"]))
+    is_search = pc.equal(pc.take(event, take), "search")
+    category = pc.if_else(is_search, as_str(one["query"]), pick["category"])
+    buyer = pc.coalesce(clean_str(_column(table, "userId")), as_str(_column(table, "anonymousId")))
+    buyer_raw = pc.take(buyer, take)
+    ts = pc.take(_column(table, "timestamp"), take)
+    columns = {
+        "buyer_id": (clean_str(buyer_raw), buyer_raw),
+        "ts": (parse_iso(ts), ts),
+        "event": (pc.take(event, take), pc.take(name, take)),
+        "product_id": (clean_str(pick["product_id"]), pick["product_id"]),
+        "category": (clean_str(category), category),
+        "price": (price, price_raw),
+    }
+    left_out = pc.if_else(pa.array(track), name, pc.binary_join_element_wise("type ", kind, ""))
+    return _rows_mapped(table, cfg, rows, columns, SEGMENT_MERCHANT, _ignored(left_out, keep, "event"))
+
+
+def _segment_columns(cfg: DataConfig) -> list[str]:
+    return ["event", "timestamp"]
+
+
+# ---------------------------------------------------------------------------------------------------
 
 ADAPTERS: dict[str, Adapter] = {
-    "tmall2014": Adapter("tmall2014", _tmall_columns, map_tmall2014),
+    "tmall2014": Adapter("tmall2014", _tmall_columns, map_tmall2014, day_resolution=True),
     "rees46": Adapter("rees46", _rees46_columns, map_rees46),
     "retailrocket": Adapter("retailrocket", _retailrocket_columns, map_retailrocket),
     "generic": Adapter("generic", _generic_columns, map_generic),
     "canonical": Adapter("canonical", _canonical_columns, map_canonical),
+    "ga4": Adapter("ga4", _ga4_columns, map_ga4, json_schema=GA4_JSON_SCHEMA),
+    "segment": Adapter("segment", _segment_columns, map_segment, json_schema=SEGMENT_JSON_SCHEMA),
 }
 
 

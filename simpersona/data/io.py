@@ -1,9 +1,10 @@
-"""Where the bytes live: URIs → filesystems, input listing, streaming CSV/Parquet readers, writers.
+"""Where the bytes live: URIs → filesystems, input listing, streaming CSV/Parquet/JSON-lines readers, writers.
 
 Every stage reads and writes through here, so that a local path and an `s3://bucket/key` URI behave
 the same. Readers stream: they yield Arrow tables of bounded size per file, so memory does not grow
 with the input. CSV columns are read as strings (adapters parse them), so that a bad value becomes a
-quarantined row instead of a failed type inference.
+quarantined row instead of a failed type inference. JSON lines (one object per line, as BigQuery and
+Segment export them) are read with the adapter's schema of the fields it maps, other fields ignored.
 
 Input errors are `DataError`s (a `ValueError`) with a one-line message naming the path; the library
 exception is folded into that line rather than left as a deep traceback.
@@ -24,12 +25,15 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from simpersona.config import S3Config
 
-SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
-FORMATS: tuple[str, ...] = ("csv", "parquet")
+SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet",
+                                  ".json": "json", ".jsonl": "json", ".ndjson": "json", ".json.gz": "json",
+                                  ".jsonl.gz": "json"}
+FORMATS: tuple[str, ...] = ("csv", "parquet", "json")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -165,7 +169,7 @@ def detect_format(path: str, fmt: str = "auto") -> str | None:
     """csv | parquet from `fmt`, or from the suffix when fmt is auto (None when the suffix is unknown)."""
     if fmt != "auto":
         if fmt not in FORMATS:
-            raise UnsupportedInputError(f"data.format={fmt!r}: expected auto, csv or parquet")
+            raise UnsupportedInputError(f"data.format={fmt!r}: expected auto, csv, parquet or json")
         return fmt
     name = path.lower()
     for suffix, found in sorted(SUFFIX_FORMATS.items(), key=lambda kv: -len(kv[0])):
@@ -271,7 +275,7 @@ def list_inputs(uri: str, s3cfg: S3Config | None = None, fmt: str = "auto") -> L
             files.append(InputFile(uri=to(info.path), format=found, size=info.size))
     if not files:
         raise InputNotFoundError(
-            f"input not found: no CSV or Parquet files under {uri} (suffixes {', '.join(SUFFIX_FORMATS)}"
+            f"input not found: no CSV, Parquet or JSON-lines files under {uri} (suffixes {', '.join(SUFFIX_FORMATS)}"
             f"{'; skipped ' + ', '.join(skipped[:3]) if skipped else ''})"
         )
     return Listing(files, skipped)
@@ -296,10 +300,12 @@ class CsvOptions:
     delimiter: str = ","
     encoding: str = "utf-8"
     block_bytes: int = 2 << 20
+    column_names: tuple[str, ...] = ()  # non-empty: the file has no header line, these are its columns
 
 
 def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> list[str] | None:
-    """Column names from the first line (None for a 0-byte file)."""
+    """Column names from the first line, or `opts.column_names` for a header-less file (None for a
+    0-byte file)."""
     # Chunks until the first newline: a header never needs the whole file.
     raw = b""
     try:
@@ -313,6 +319,8 @@ def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> 
         raise CorruptFileError(f"cannot read {uri}: {_first_line(exc)}") from None
     if not raw.strip():
         return None
+    if opts.column_names:
+        return list(opts.column_names)
     line = raw.split(b"\n", 1)[0].rstrip(b"\r")
     try:
         text = codecs.decode(line, opts.encoding)
@@ -363,8 +371,11 @@ def iter_csv(
             return "error"
         return "skip"
 
-    read = pacsv.ReadOptions(block_size=opts.block_bytes, encoding=opts.encoding, use_threads=False)
-    parse = pacsv.ParseOptions(delimiter=opts.delimiter, invalid_row_handler=handler)
+    read = pacsv.ReadOptions(block_size=opts.block_bytes, encoding=opts.encoding, use_threads=False,
+                             column_names=list(opts.column_names) or None)
+    # a quoted value may hold a newline (a product title, a comment): without newlines_in_values a record
+    # split by a block boundary desynchronises the parser and the whole file fails to read
+    parse = pacsv.ParseOptions(delimiter=opts.delimiter, invalid_row_handler=handler, newlines_in_values=True)
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
     rows = 0
     try:
@@ -409,11 +420,33 @@ def iter_parquet(fs: pafs.FileSystem, path: str, batch_rows: int) -> Iterator[pa
         raise CorruptFileError(f"cannot read Parquet {uri} after {rows:,} rows: {_first_line(exc)}") from None
 
 
+def iter_json(fs: pafs.FileSystem, path: str, block_bytes: int, schema: pa.Schema | None = None) -> Iterator[pa.Table]:
+    """Tables of about `block_bytes` of JSON lines each. With `schema`, exactly its fields (absent ones
+    null, others ignored: exports carry many fields an adapter does not map); else the fields inferred
+    from the first block."""
+    uri = to_uri(fs, path)
+    read = pajson.ReadOptions(block_size=block_bytes, use_threads=False)
+    parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore" if schema else "infer")
+    rows = 0
+    try:
+        reader = pajson.open_json(fs.open_input_stream(path, compression="detect"), read, parse)
+        for batch in reader:
+            rows += batch.num_rows
+            yield pa.Table.from_batches([batch])
+    except (pa.ArrowInvalid, OSError) as exc:
+        if rows == 0 and "Empty JSON" in str(exc):
+            return
+        raise CorruptFileError(f"cannot read JSON lines {uri} after {rows:,} rows: {_first_line(exc)}") from None
+
+
 def read_schema(file: InputFile, s3cfg: S3Config | None = None, opts: CsvOptions | None = None) -> list[str]:
-    """Column names of one input file without reading its rows."""
+    """Column names of one input file without reading its rows (JSON lines: the fields of the first block)."""
     fs, path = resolve(file.uri, s3cfg)
     if file.format == "parquet":
         return parquet_file(fs, path).schema_arrow.names
+    if file.format == "json":
+        first = next(iter_json(fs, path, (opts or CsvOptions()).block_bytes), None)
+        return first.column_names if first is not None else []
     return _read_header(fs, path, file.uri, opts or CsvOptions()) or []
 
 

@@ -58,6 +58,7 @@ from simpersona.data.reference import (
     finish_features,
     output_uris,
     resolve_planted,
+    store_section,
     transform,
 )
 from simpersona.data.schema import SCHEMA
@@ -69,7 +70,7 @@ from simpersona.data.validate import (
     ValidationReport,
     Validator,
     file_seq_base,
-    iter_file_canonical,
+    iter_readable,
     list_inputs,
 )
 
@@ -242,8 +243,9 @@ def _read_item(item: dict, data_cfg, quarantine_dir: str, scratch: dict, write_j
     name = f"part-{index:05d}"
     validator = Validator(data_cfg, io.join_uri(quarantine_dir, f"{name}.parquet"))
     partials, held = [], None
+    file = io.InputFile(uri, item["format"], item["size"])
     try:
-        for chunk in iter_file_canonical(uri, data_cfg, file_seq_base(index), item["format"]):
+        for chunk in iter_readable(file, data_cfg, file_seq_base(index), validator.report):
             good = validator.add(chunk)  # also stops early when this file passes the bad-row limit
             if good.num_rows:
                 partials.append(F.merchant_partials(pl.from_arrow(good)))
@@ -267,6 +269,8 @@ def _report_from_dict(d: dict) -> ValidationReport:
     rep.files = {k: FileReport(**v) for k, v in d["files"].items()}
     rep.filled = dict(d["filled"])
     rep.examples = list(d["examples"])
+    rep.unreadable_files = dict(d.get("unreadable_files", {}))
+    rep.ignored = dict(d.get("ignored", {}))
     return rep
 
 
@@ -360,7 +364,10 @@ def estimated_rows(files, s3cfg) -> int:
     for f in files:
         if f.format == "parquet":
             fs, path = io.resolve(f.uri, s3cfg)
-            rows += io.parquet_file(fs, path).metadata.num_rows
+            try:
+                rows += io.parquet_file(fs, path).metadata.num_rows
+            except io.CorruptFileError:  # set aside when it is read (validate.iter_readable); it is no rows
+                pass
         else:
             rows += f.size // 40
     return rows
@@ -390,13 +397,15 @@ def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> dict:
     if shuffle not in SHUFFLES:
         raise PipelineConfigError(f"sessions.shuffle={shuffle!r}: expected one of {', '.join(SHUFFLES)}")
     listing = list_inputs(data_cfg.input, s3cfg, data_cfg.format)
-    items = [{"kind": "events", "index": i, "uri": f.uri, "format": f.format} for i, f in enumerate(listing.files)]
+    items = [{"kind": "events", "index": i, "uri": f.uri, "format": f.format, "size": f.size}
+             for i, f in enumerate(listing.files)]
     planted_uri = resolve_planted(cfg)
     if planted_uri is not None:
         items += [{"kind": "planted", "uri": f.uri} for f in list_inputs(planted_uri, s3cfg, "parquet").files]
     partitions = num_partitions(cfg, estimated_rows(listing.files, s3cfg))
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    sections = {name: as_mapping(cfg[name]) for name in ("sessions", "features", "traces", "store")}
+    sections = {name: as_mapping(cfg[name]) for name in ("sessions", "features", "traces")}
+    sections["store"] = store_section(cfg)  # with the merchants' own knobs when the data has them
     transform_kwargs = {"run": uuid.uuid4().hex, "sections": sections, "uris": uris, "scratch": scratch,
                         "s3cfg": s3cfg}  # fmt: skip
     read_kwargs = {"data_cfg": data_cfg, "quarantine_dir": uris["quarantine"], "scratch": scratch}
@@ -404,6 +413,7 @@ def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> dict:
     def report() -> ValidationReport:
         rep = merged_report(scratch["reports"], s3cfg, listing.skipped, data_cfg.quarantine_examples,
                             uris["quarantine"])
+        rep.input_bytes = sum(f.size for f in listing.files)  # the share of unreadable files is of the whole input
         rep.check(data_cfg.max_bad_fraction, final=True, what=data_cfg.input)
         return rep
 

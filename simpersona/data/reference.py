@@ -19,6 +19,7 @@ Layout of DIR/preprocess/ (both implementations)
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,8 +37,16 @@ from simpersona.data import traces as T
 from simpersona.data.schema import EVENTS, SCHEMA
 from simpersona.data.sessions import check as check_sessions
 from simpersona.data.sessions import sessionize
+from simpersona.data.synthetic import MERCHANT_KNOBS_FILE
 from simpersona.data.traces import as_mapping
-from simpersona.data.validate import FileReport, Validator, file_seq_base, iter_file_canonical, list_inputs
+from simpersona.data.validate import (
+    FileReport,
+    Validator,
+    check_data,
+    file_seq_base,
+    iter_readable,
+    list_inputs,
+)
 
 PLANTED_COLUMNS = ("buyer_id", "merchant_id", "planted_type")
 
@@ -77,7 +86,50 @@ def resolve_planted(cfg) -> str | None:
     return planted if found else None
 
 
+def resolve_merchant_knobs(cfg) -> str | None:
+    """The synthetic generator's merchant_knobs.json beside the planted folder (resolve_planted), if any."""
+    planted = resolve_planted(cfg)
+    if planted is None:
+        return None
+    uri = io.join_uri(planted.rstrip("/").rsplit("/", 1)[0], MERCHANT_KNOBS_FILE)
+    fs, path = io.resolve(uri, cfg.data.s3)
+    try:
+        found = fs.get_file_info(path).type.name == "File"
+    except OSError:
+        found = False
+    return uri if found else None
+
+
+# Knobs of the data's merchant_knobs.json the traces do not take: the logged prices, from which the
+# shops' catalogs are built, already carry each merchant's price_multiplier (applying it again would
+# double it).
+LOGGED_KNOBS = ("price_multiplier",)
+
+
+def store_section(cfg) -> dict:
+    """cfg.store as a dict, each merchant's own knobs from the data (merchant_knobs.json) included.
+
+    The file's knobs go under store.merchant_overrides, the storefront's per-merchant setup, so that
+    traces show every merchant's own shipping fee, checkout steps and related products; a knob the
+    config's merchant_overrides names wins over the file's. Without the file: cfg.store unchanged.
+    """
+    store = as_mapping(cfg.store)
+    uri = resolve_merchant_knobs(cfg)
+    if uri is None:
+        return store
+    fs, path = io.resolve(uri, cfg.data.s3)
+    with fs.open_input_stream(path) as f:
+        from_data = json.loads(f.read())["merchants"]
+    configured = store.get("merchant_overrides") or {}
+    overrides = {
+        merchant: {**{k: v for k, v in knobs.items() if k not in LOGGED_KNOBS}, **dict(configured.get(merchant, {}))}
+        for merchant, knobs in from_data.items()
+    }
+    return {**store, "merchant_overrides": {**configured, **overrides}}
+
+
 def check_config(cfg) -> None:
+    check_data(cfg.data)
     check_sessions(cfg.sessions)
     F.check(cfg.features)
     T.check(cfg.traces)
@@ -95,8 +147,9 @@ class TransformContext:
     catalogs: dict[str, list] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, cfg, merged: pl.DataFrame) -> TransformContext:
-        store = as_mapping(cfg.store)
+    def build(cls, cfg, merged: pl.DataFrame, store: dict | None = None) -> TransformContext:
+        """`store`: the store section to replay on (store_section(cfg); None = cfg.store as it is)."""
+        store = as_mapping(cfg.store) if store is None else store
         stats = F.MerchantStats.from_merged(merged)
         return cls(
             sessions=as_mapping(cfg.sessions),
@@ -189,6 +242,8 @@ def counts_summary(totals: dict, report, stats: F.MerchantStats, unit: str) -> d
         "rows_bad": report.rows_bad,
         "bad_by_reason": dict(sorted(report.bad_by_reason.items())),
         "filled": dict(report.filled),
+        "unreadable_files": dict(report.unreadable_files),
+        "ignored": dict(sorted(report.ignored.items())),  # source events outside the canonical vocabulary  # set aside whole, within data.max_bad_fraction
         "rows_valid": rows_good,
         "buyers": totals["first_of_buyer"],
         "merchants": stats.merchants,
@@ -223,9 +278,10 @@ def read_events(data_cfg, quarantine_uri: str | None, progress: bool = False):
     listing = list_inputs(data_cfg.input, data_cfg.s3, data_cfg.format)
     validator = Validator(data_cfg, quarantine_uri)
     validator.report.skipped_files.extend(listing.skipped)
+    validator.report.input_bytes = sum(f.size for f in listing.files)
     tables = []
     for index, file in enumerate(tqdm(listing.files, unit="file", desc="read", disable=not progress)):
-        for chunk in iter_file_canonical(file.uri, data_cfg, file_seq_base(index), file.format):
+        for chunk in iter_readable(file, data_cfg, file_seq_base(index), validator.report):
             good = validator.add(chunk)
             if good.num_rows:
                 tables.append(good)
@@ -248,7 +304,7 @@ def run_reference(cfg, out: str) -> dict:
         events = pl.from_arrow(table)
         planted = read_planted(resolve_planted(cfg), data_cfg.s3)
     with sw.lap("transform"):
-        ctx = TransformContext.build(cfg, F.merge_partials(F.merchant_partials(events)))
+        ctx = TransformContext.build(cfg, F.merge_partials(F.merchant_partials(events)), store_section(cfg))
         result = transform(events, planted, ctx, T.ShopCache(ctx.catalogs, ctx.store))
         totals = combine_stats([block_stats(result.raw)])
         feats = finish_features(result.raw, totals["mean"], totals["std"], cfg.features.seq_len)

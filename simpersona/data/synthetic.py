@@ -19,6 +19,29 @@ start on a random day of the period at a time of day drawn from a diurnal profil
 log-normal seconds (capped below the 30-minute sessionisation gap), inter-session gaps log-normal hours
 to days (floored above it), so sessionisation by inactivity recovers the planted sessions exactly.
 
+Knobs (synth.knobs, off by default). With `synth.knobs.enabled` every merchant draws the store knobs the
+what-ifs change (price_multiplier, shipping_fee, checkout_steps, recommendations: the storefront's names,
+store.model.Knobs) uniformly from the config's lists, on a stream of its own, and each planted type
+responds as its `KnobResponse` says: the purchase odds of its chain scale with the price level, the
+shipping fee and every checkout step beyond the reference (the storefront defaults, REFERENCE_KNOBS), and
+recommendations lengthen the view -> view runs of browsing types; loyal_repeat does not respond at all.
+Chains are then per merchant x type (still one vectorised draw per session step), logged prices are the
+catalog prices times price_multiplier, and OUT/merchant_knobs.json lists each merchant's knobs (the shape
+of store.merchant_overrides, which preprocess uses for the traces). `true_effect` replays a what-if: the
+same buyers, histories, types, sessions and chain draws (common random numbers) under other knobs for
+some merchants, paired per history; `expected_effect` is the chains' analytic answer (type_expectations
+with knobs). Knobs off: the reference knobs everywhere, and output byte-identical to the generator
+without knobs. Knobs on, the chain steps of a shard are drawn as one (sessions x width) matrix, so the
+events differ from knobs off even at reference knobs (the world and the planted table do not).
+Measured (tests/data/test_synthetic.py, 20,000 buyers, 12 merchants, seed 3; true = paired replay (se),
+analytic = expected_effect; every merchant moved from its own knobs to the value):
+
+    shipping_fee 12        conversion -0.0106 (0.0006) vs -0.0105; bargain_hunter -0.176 (0.011) vs -0.171
+    shipping_fee 0         conversion +0.0126 (0.0006) vs +0.0135
+    checkout_steps 4       conversion -0.0043 (0.0004) vs -0.0040
+    recommendations off    product views per history -0.234 (0.006) vs -0.226
+    price_multiplier 1.25  conversion -0.0089 (0.0006) vs -0.0082
+
 Output (per shard k of `shard_buyers` buyers): canonical events (schema.SCHEMA; session_id null;
 `seq` = k * 2**32 + row, increasing across shards in shard order) and the planted table (buyer_id,
 merchant_id, planted_type, planted_name; one row per history). Shard k depends only on (config, k):
@@ -62,20 +85,22 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from multiprocessing import get_context
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from tqdm.auto import tqdm
 
-from simpersona.config import S3Config, SynthConfig
+from simpersona.config import S3Config, SynthConfig, SynthKnobsConfig
 from simpersona.data import io
 from simpersona.data.schema import EVENTS, SCHEMA
+from simpersona.store.model import Knobs
 
 END = len(EVENTS)  # the absorbing "leave" state of the session chain
 STATES = EVENTS + ("end",)
@@ -90,8 +115,15 @@ PLANTED_SCHEMA = pa.schema(
     ]
 )
 
-# Random streams: the world and each shard draw from their own SeedSequence children.
-_WORLD_STREAM, _SHARD_STREAM = 0, 1
+# Random streams: the world, each shard and the merchants' store knobs draw from their own SeedSequence
+# children (knobs last, so that turning them on leaves the world's catalogs and mixtures as they were).
+_WORLD_STREAM, _SHARD_STREAM, _KNOB_STREAM = 0, 1, 2
+MERCHANT_KNOBS_FILE = "merchant_knobs.json"  # beside events/ and planted/
+
+# Store knobs the planted types respond to (names and reference values are the storefront's, store.model.Knobs:
+# a type's library chain is its behaviour at the reference; SynthKnobsConfig holds the values merchants draw).
+KNOB_NAMES = ("price_multiplier", "shipping_fee", "checkout_steps", "recommendations")
+REFERENCE_KNOBS = {name: getattr(Knobs(), name) for name in KNOB_NAMES}
 _SEQ_SHARD_SHIFT = 32  # seq = shard << 32 | row: increasing across shards without knowing their sizes
 
 # Share of history starts per hour of the day (evening peak, night trough), as in web-shop traffic.
@@ -114,6 +146,29 @@ TMALL_TARGETS = {
 
 
 @dataclass(frozen=True)
+class KnobResponse:
+    """How one type's session chain responds to its merchant's store knobs, relative to REFERENCE_KNOBS.
+
+    Responses modulate transition weights, then each row is renormalised: a factor f on the purchase
+    weight multiplies the odds of a purchase move against every other move by f (a row with purchase
+    probability p then buys with p f / (1 - p + p f)), so the lost would-be purchases continue as views,
+    ends etc. in proportion. The purchase factor is the product of
+
+        price       (price_multiplier / reference) ** -price_elasticity
+        shipping    exp(-shipping_per_unit * (shipping_fee - reference fee))
+        checkout    (1 - checkout_step_loss) ** (checkout_steps - reference steps)   (per extra step)
+
+    and recommendations multiply the view -> view weight by (1 + recommendation_view_lift) when on
+    (the library chains are the "on" chains, the reference). All zeros: the type does not respond.
+    """
+
+    price_elasticity: float = 0.0
+    shipping_per_unit: float = 0.0
+    checkout_step_loss: float = 0.0
+    recommendation_view_lift: float = 0.0
+
+
+@dataclass(frozen=True)
 class TypeSpec:
     """One planted buyer type: everything that generates a history of that type."""
 
@@ -132,6 +187,7 @@ class TypeSpec:
     session_gap_h: tuple[float, float]  # log-normal (median hours, log-sd) between sessions
     repeat_product: float = 0.0  # probability that a view revisits the history's anchor product
     buys_cheapest: bool = False  # buy the cheapest product viewed in the session, not the last one
+    knob_response: KnobResponse = KnobResponse()  # response to the merchant's store knobs (none by default)
 
 
 TYPE_LIBRARY: tuple[TypeSpec, ...] = (
@@ -157,6 +213,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         min_events=2, max_events=30, min_sessions=1, extra_sessions=0.3, max_sessions=6,
         price_beta=(2.0, 2.0), event_gap_s=(18.0, 0.6), session_gap_h=(30.0, 1.0),
         repeat_product=0.05,
+        # buys nothing; related-product cards keep it browsing
+        knob_response=KnobResponse(recommendation_view_lift=0.5),
     ),
     TypeSpec(
         name="deliberate_buyer",
@@ -172,6 +230,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         min_events=3, max_events=30, min_sessions=1, extra_sessions=0.9, max_sessions=6,
         price_beta=(6.0, 6.0), event_gap_s=(110.0, 0.5), session_gap_h=(20.0, 0.8),
         repeat_product=0.25,
+        knob_response=KnobResponse(price_elasticity=1.0, shipping_per_unit=0.03, checkout_step_loss=0.05,
+                                   recommendation_view_lift=0.3),
     ),
     TypeSpec(
         name="impulse_buyer",
@@ -185,6 +245,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         },
         min_events=2, max_events=6, min_sessions=1, extra_sessions=0.05, max_sessions=2,
         price_beta=(1.2, 6.0), event_gap_s=(7.0, 0.5), session_gap_h=(72.0, 1.0),
+        # impatient: every extra checkout step loses many of its would-be purchases
+        knob_response=KnobResponse(price_elasticity=0.5, shipping_per_unit=0.05, checkout_step_loss=0.3),
     ),
     TypeSpec(
         name="cart_abandoner",
@@ -200,6 +262,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         },
         min_events=2, max_events=30, min_sessions=1, extra_sessions=0.4, max_sessions=5,
         price_beta=(4.0, 2.5), event_gap_s=(40.0, 0.6), session_gap_h=(26.0, 1.0),
+        # the shipping line on the cart page is what makes it abandon
+        knob_response=KnobResponse(price_elasticity=0.5, shipping_per_unit=0.12, checkout_step_loss=0.25),
     ),
     TypeSpec(
         name="bargain_hunter",
@@ -214,6 +278,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         min_events=3, max_events=30, min_sessions=1, extra_sessions=0.3, max_sessions=5,
         price_beta=(1.0, 7.0), event_gap_s=(30.0, 0.6), session_gap_h=(40.0, 1.0),
         buys_cheapest=True,
+        # the price-sensitive type: prices and shipping fees move its purchases most
+        knob_response=KnobResponse(price_elasticity=2.5, shipping_per_unit=0.15, checkout_step_loss=0.1),
     ),
     TypeSpec(
         name="loyal_repeat",
@@ -228,6 +294,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         min_events=2, max_events=20, min_sessions=2, extra_sessions=1.0, max_sessions=10,
         price_beta=(3.0, 3.0), event_gap_s=(15.0, 0.5), session_gap_h=(120.0, 0.7),
         repeat_product=0.7,
+        # the no-response type: it trusts its store and buys the same products whatever the knobs
+        knob_response=KnobResponse(),
     ),
     TypeSpec(
         name="favorite_collector",
@@ -242,6 +310,8 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
         min_events=2, max_events=30, min_sessions=1, extra_sessions=0.3, max_sessions=5,
         price_beta=(6.0, 1.5), event_gap_s=(60.0, 0.6), session_gap_h=(36.0, 1.0),
         repeat_product=0.2,
+        knob_response=KnobResponse(price_elasticity=0.5, shipping_per_unit=0.02, checkout_step_loss=0.05,
+                                   recommendation_view_lift=0.3),
     ),
 )  # fmt: skip
 
@@ -268,7 +338,13 @@ def as_synth(cfg) -> SynthConfig:
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise SynthError(f"unknown synth keys {unknown}")
-    return SynthConfig(**cfg)
+    knobs = cfg.get("knobs", {})
+    if not isinstance(knobs, SynthKnobsConfig):
+        unknown = sorted(set(knobs) - {f.name for f in fields(SynthKnobsConfig)})
+        if unknown:
+            raise SynthError(f"unknown synth.knobs keys {unknown}")
+        knobs = SynthKnobsConfig(**knobs)
+    return SynthConfig(**{**cfg, "knobs": knobs})
 
 
 def check(cfg: SynthConfig) -> None:
@@ -308,6 +384,22 @@ def check(cfg: SynthConfig) -> None:
     if any(v < 0 for v in cfg.type_shares.values()):
         raise SynthError("synth.type_shares: shares must be >= 0")
     _parse_start(cfg.start_date)
+    for name in KNOB_NAMES:
+        values = getattr(cfg.knobs, name)
+        if not values:
+            raise SynthError(f"synth.knobs.{name}: give at least one value")
+        _check_knob(f"synth.knobs.{name}", name, values)
+
+
+def _check_knob(where: str, name: str, values) -> None:
+    """One-line SynthError for knob values the storefront would refuse (as store.model.Knobs.from_config)."""
+    values = np.asarray(values)
+    if name == "price_multiplier" and not (values > 0).all():
+        raise SynthError(f"{where}={values.tolist()}: must be positive")
+    if name == "shipping_fee" and not (values >= 0).all():
+        raise SynthError(f"{where}={values.tolist()}: must be >= 0")
+    if name == "checkout_steps" and not ((values >= 1) & (values == np.round(values))).all():
+        raise SynthError(f"{where}={values.tolist()}: must be whole numbers >= 1")
 
 
 def _parse_start(text: str) -> int:
@@ -329,7 +421,7 @@ def active_types(cfg: SynthConfig) -> list[TypeSpec]:
     total = sum(raw)
     if total <= 0:
         raise SynthError("synth.type_shares: at least one type needs a positive share")
-    return [TypeSpec(**{**asdict(t), "share": s / total}) for t, s in zip(specs, raw)]
+    return [replace(t, share=s / total) for t, s in zip(specs, raw)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,7 +433,9 @@ class Chains:
     """Per-type arrays the generator indexes with the type of each session / event."""
 
     start_cum: np.ndarray  # (T, E) cumulative start distribution
-    trans_cum: np.ndarray  # (T, 2, E, E+1) cumulative transitions; [:, 1] = "end" not yet allowed
+    # (M, T, 2, E, E+1) cumulative transitions per merchant (its store knobs) and type; [:, :, 1] = "end"
+    # not yet allowed
+    trans_cum: np.ndarray
     min_events: np.ndarray  # (T,)
     max_events: np.ndarray  # (T,) already capped by cfg.max_events_per_session
     min_sessions: np.ndarray
@@ -375,16 +469,56 @@ def _matrices(spec: TypeSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _early(trans: np.ndarray) -> np.ndarray:
-    """Transitions with "end" removed (before min_events); a row that can only end keeps ending."""
+    """Transitions (..., E, E+1) with "end" removed (before min_events); a row that can only end keeps ending."""
     early = trans.copy()
-    can_go_on = early[:, :END].sum(axis=1) > 0
-    early[can_go_on, END] = 0.0
-    return early / early.sum(axis=1, keepdims=True)
+    can_go_on = early[..., :END].sum(axis=-1) > 0
+    early[..., END] = np.where(can_go_on, 0.0, early[..., END])
+    return early / early.sum(axis=-1, keepdims=True)
 
 
-def build_chains(specs: list[TypeSpec], cfg: SynthConfig) -> Chains:
+def knob_factors(response: KnobResponse, knobs: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """(purchase weight factor, view -> view weight factor) of one type at the given knobs (KnobResponse).
+
+    `knobs` maps knob names to scalars or arrays (one value per merchant); a missing knob is at its
+    reference. Every factor is exactly 1.0 at the reference knobs.
+    """
+    at = {name: np.asarray(knobs.get(name, ref)) for name, ref in REFERENCE_KNOBS.items()}
+    ref = REFERENCE_KNOBS
+    purchase = (
+        (at["price_multiplier"] / ref["price_multiplier"]) ** -response.price_elasticity
+        * np.exp(-response.shipping_per_unit * (at["shipping_fee"] - ref["shipping_fee"]))
+        * (1.0 - response.checkout_step_loss) ** (at["checkout_steps"] - ref["checkout_steps"])
+    )
+    view = (1.0 + response.recommendation_view_lift) ** (
+        at["recommendations"].astype(np.int64) - int(ref["recommendations"])
+    )
+    return np.asarray(purchase, dtype=np.float64), np.asarray(view, dtype=np.float64)
+
+
+def _modulate(trans: np.ndarray, purchase: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """Transitions (..., E, E+1) with the purchase column and view -> view weight scaled, rows renormalised.
+
+    Where both factors are 1 the input comes back bit for bit (renormalising would move the last digit),
+    so reference knobs generate exactly the library chains.
+    """
+    shape = np.broadcast_shapes(trans.shape, purchase.shape + trans.shape[-2:], view.shape + trans.shape[-2:])
+    trans = np.broadcast_to(trans, shape)
+    w = trans.copy()
+    w[..., EV["purchase"]] *= purchase[..., None]
+    w[..., EV["view"], EV["view"]] *= view
+    w /= w.sum(axis=-1, keepdims=True)
+    unchanged = (purchase == 1.0) & (view == 1.0)
+    return np.where(unchanged[..., None, None], trans, w)
+
+
+def build_chains(specs: list[TypeSpec], cfg: SynthConfig, knobs: Mapping[str, np.ndarray]) -> Chains:
+    """The types' chains as arrays, transitions per merchant: `knobs` holds one value per merchant."""
     starts, trans = zip(*(_matrices(s) for s in specs))
-    both = np.stack([np.stack([t, _early(t)]) for t in trans])
+    factors = [knob_factors(s.knob_response, knobs) for s in specs]  # per type: (M,) each
+    purchase = np.stack([f[0] for f in factors], axis=1)  # (M, T)
+    view = np.stack([f[1] for f in factors], axis=1)
+    merchant_trans = _modulate(np.stack(trans)[None], purchase, view)  # (M, T, E, E+1)
+    both = np.stack([merchant_trans, _early(merchant_trans)], axis=2)
     cum = np.cumsum(both, axis=-1)
     cum[..., -1] = 1.0  # exact, so that a uniform draw in [0, 1) always lands in a state
     start_cum = np.cumsum(np.stack(starts), axis=-1)
@@ -423,9 +557,15 @@ def _sessions_pmf(spec: TypeSpec) -> np.ndarray:
     return pmf
 
 
-def type_expectations(spec: TypeSpec, max_events_per_session: int) -> dict:
-    """Exact expected statistics of one type's histories (dynamic programme over session steps)."""
+def type_expectations(spec: TypeSpec, max_events_per_session: int, knobs: Mapping | None = None) -> dict:
+    """Exact expected statistics of one type's histories (dynamic programme over session steps).
+
+    `knobs` (name -> value; missing names and None = REFERENCE_KNOBS): the type's chain at a merchant
+    with these store knobs, modulated as the generator does (KnobResponse).
+    """
     start, trans = _matrices(spec)
+    if knobs:
+        trans = _modulate(trans, *knob_factors(spec.knob_response, knobs))
     early = _early(trans)
     cap = min(spec.max_events, max_events_per_session)
 
@@ -464,10 +604,11 @@ def type_expectations(spec: TypeSpec, max_events_per_session: int) -> dict:
     }
 
 
-def population_expectations(cfg: SynthConfig) -> dict:
-    """Share-weighted marginals of the whole population (what the Tmall calibration targets)."""
+def population_expectations(cfg: SynthConfig, knobs: Mapping | None = None) -> dict:
+    """Share-weighted marginals of the whole population (what the Tmall calibration targets), every
+    merchant at the store knobs `knobs` (None = the reference)."""
     specs = active_types(cfg)
-    exp = [type_expectations(s, cfg.max_events_per_session) for s in specs]
+    exp = [type_expectations(s, cfg.max_events_per_session, knobs) for s in specs]
     w = np.array([s.share for s in specs])
     per_hist = np.array([x["events_per_history"] for x in exp])
     sess = np.array([x["sessions_per_history"] for x in exp])
@@ -477,6 +618,7 @@ def population_expectations(cfg: SynthConfig) -> dict:
         "sessions_per_history": float(w @ sess),
         "events_per_session": total / float(w @ sess),
         "purchase_histories": float(w @ np.array([x["conversion"] for x in exp])),
+        "product_views_per_history": float(w @ np.array([x["events_per_history_by_event"]["view"] for x in exp])),
         "event_mix": {
             e: float(w @ np.array([x["events_per_history_by_event"][e] for x in exp])) / total for e in EVENTS
         },
@@ -504,25 +646,32 @@ class World:
     product_category: np.ndarray  # (P,) index into category_names
     category_names: pa.Array  # string
     type_names: pa.Array  # string (T,)
+    knobs: dict[str, np.ndarray]  # KNOB_NAMES -> (M,) each merchant's store knobs (the reference when off)
 
 
-def _key(cfg: SynthConfig) -> tuple:
-    d = asdict(cfg)
-    d["type_shares"] = tuple(sorted(d["type_shares"].items()))
-    return tuple(sorted(d.items()))
+def draw_knobs(cfg: SynthConfig) -> dict[str, np.ndarray]:
+    """Each merchant's store knobs: uniform draws from synth.knobs' lists (REFERENCE_KNOBS when disabled)."""
+    m = cfg.merchants
+    if not cfg.knobs.enabled:
+        return {name: np.full(m, ref) for name, ref in REFERENCE_KNOBS.items()}
+    rng = np.random.default_rng([cfg.seed, _KNOB_STREAM])
+    out = {}
+    for name in KNOB_NAMES:  # a fixed order: the same seed gives the same knobs
+        values = np.asarray(getattr(cfg.knobs, name), dtype=type(REFERENCE_KNOBS[name]))
+        out[name] = values[rng.integers(0, values.size, m)]
+    return out
 
 
 def build_world(cfg: SynthConfig) -> World:
     check(cfg)
-    return _build_world(_key(cfg))
+    return _build_world(json.dumps(asdict(cfg), sort_keys=True))  # a hashable key, nested knobs included
 
 
 @functools.lru_cache(maxsize=4)
-def _build_world(key: tuple) -> World:
-    d = dict(key)
-    d["type_shares"] = dict(d["type_shares"])
-    cfg = SynthConfig(**d)
+def _build_world(key: str) -> World:
+    cfg = as_synth(json.loads(key))
     specs = active_types(cfg)
+    knobs = draw_knobs(cfg)
     rng = np.random.default_rng([cfg.seed, _WORLD_STREAM])
     m = cfg.merchants
     ranks = rng.permutation(m)
@@ -559,7 +708,7 @@ def _build_world(key: tuple) -> World:
     )
     return World(
         specs=specs,
-        chains=build_chains(specs, cfg),
+        chains=build_chains(specs, cfg, knobs),
         merchant_ids=merchant_ids,
         popularity_cum=np.cumsum(pop),
         popularity=pop,
@@ -573,6 +722,7 @@ def _build_world(key: tuple) -> World:
         product_category=category,
         category_names=_prefixed("c", np.arange(cfg.categories)),
         type_names=pa.array([s.name for s in specs], pa.string()),
+        knobs=knobs,
     )
 
 
@@ -601,17 +751,27 @@ def _lognormal(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndarray) -> n
     return np.exp(mu + sigma * rng.standard_normal(mu.size))
 
 
-def generate_shard(cfg, shard_index: int) -> tuple[pa.Table, pa.Table]:
-    """(events, planted) of buyers [k * shard_buyers, (k + 1) * shard_buyers); a pure function of (cfg, k)."""
-    cfg = as_synth(cfg)
-    world = build_world(cfg)
+@dataclass(frozen=True)
+class _Population:
+    """A shard's buyers, histories and sessions: everything drawn before the session chains run."""
+
+    first: int  # global index of the shard's first buyer
+    n_buyers: int
+    h_buyer: np.ndarray  # per history: buyer (shard-local), merchant, planted type, number of sessions
+    h_merchant: np.ndarray
+    h_type: np.ndarray
+    n_sess: np.ndarray
+    s_hist: np.ndarray  # per session: its history
+
+
+def _population(cfg: SynthConfig, world: World, rng: np.random.Generator, shard_index: int) -> _Population:
+    """The shard's histories and sessions (the first draws of its stream; knobs do not change them)."""
     n_shards = num_shards(cfg)
     if not 0 <= shard_index < n_shards:
         raise SynthError(
             f"shard_index {shard_index} out of range: {cfg.buyers} buyers make {n_shards} shards"
         )
     ch = world.chains
-    rng = np.random.default_rng([cfg.seed, _SHARD_STREAM, shard_index])
     first = shard_index * cfg.shard_buyers
     n_buyers = min(cfg.shard_buyers, cfg.buyers - first)
 
@@ -632,23 +792,61 @@ def generate_shard(cfg, shard_index: int) -> tuple[pa.Table, pa.Table]:
         ch.min_sessions[h_type] + rng.poisson(ch.extra_sessions[h_type]), ch.max_sessions[h_type]
     )
     s_hist = np.repeat(np.arange(n_hist), n_sess)
-    s_type = h_type[s_hist]
-    n_s = s_hist.size
+    return _Population(first, n_buyers, h_buyer, h_merchant, h_type, n_sess, s_hist)
 
-    # Session chains, all sessions in lock step: one vectorised draw per position, not per event.
+
+def _walk_sessions(ch: Chains, s_merchant: np.ndarray, s_type: np.ndarray, uniforms) -> np.ndarray:
+    """Session chains, all sessions in lock step: one vectorised draw per position, not per event.
+
+    Returns (sessions, width) int8 event codes, -1 after a session's end. `uniforms(t, rows)` gives the
+    uniform draws of position t for the sessions `rows` still running: either the next draws of the
+    shard's stream (knobs off: today's stream, byte for byte) or column t of a matrix drawn up front,
+    so that two knob settings walk the same sessions on the same numbers (common random numbers).
+    """
+    n_s = s_type.size
     width = int(ch.max_events.max())
     ev = np.full((n_s, width), -1, dtype=np.int8)
-    ev[:, 0] = _draw(ch.start_cum[s_type], rng.random(n_s))
     alive = np.arange(n_s)
+    ev[:, 0] = _draw(ch.start_cum[s_type], uniforms(0, alive))
     for t in range(width - 1):
         st = s_type[alive]
         early = (t + 1 < ch.min_events[st]).astype(np.int64)
-        nxt = _draw(ch.trans_cum[st, early, ev[alive, t]], rng.random(alive.size))
+        nxt = _draw(ch.trans_cum[s_merchant[alive], st, early, ev[alive, t]], uniforms(t + 1, alive))
         go_on = (nxt < END) & (t + 1 < ch.max_events[st])
         alive, nxt = alive[go_on], nxt[go_on]
         if alive.size == 0:
             break
         ev[alive, t + 1] = nxt
+    return ev
+
+
+def _chain_uniforms(rng: np.random.Generator, n_sessions: int, width: int, keep: np.ndarray | None = None):
+    """The `uniforms` of _walk_sessions with knobs on: one (sessions, width) matrix from the shard stream
+    (only the rows `keep` when given: a walk of those sessions alone)."""
+    matrix = rng.random((n_sessions, width))
+    if keep is not None:
+        matrix = matrix[keep]
+    return lambda t, rows: matrix[rows, t]
+
+
+def generate_shard(cfg, shard_index: int) -> tuple[pa.Table, pa.Table]:
+    """(events, planted) of buyers [k * shard_buyers, (k + 1) * shard_buyers); a pure function of (cfg, k)."""
+    cfg = as_synth(cfg)
+    world = build_world(cfg)
+    ch = world.chains
+    rng = np.random.default_rng([cfg.seed, _SHARD_STREAM, shard_index])
+    pop = _population(cfg, world, rng, shard_index)
+    first, n_buyers = pop.first, pop.n_buyers
+    h_buyer, h_merchant, h_type, n_sess, s_hist = pop.h_buyer, pop.h_merchant, pop.h_type, pop.n_sess, pop.s_hist
+    n_hist = h_type.size
+    s_type = h_type[s_hist]
+    n_s = s_hist.size
+
+    if cfg.knobs.enabled:  # common random numbers, so that true_effect can replay these very sessions
+        uniforms = _chain_uniforms(rng, n_s, int(ch.max_events.max()))
+    else:
+        uniforms = lambda t, rows: rng.random(rows.size)  # noqa: E731
+    ev = _walk_sessions(ch, h_merchant[s_hist], s_type, uniforms)
     s_len = (ev >= 0).sum(axis=1)
     code = ev[ev >= 0].astype(np.int64)  # row-major: session by session, in time order
     n_ev = code.size
@@ -713,6 +911,10 @@ def generate_shard(cfg, shard_index: int) -> tuple[pa.Table, pa.Table]:
         + rng.integers(0, 3_600_000, n_hist)
     )
     ts = h_start[e_hist] + s_start[e_sess] + e_offset
+    # the price the buyer saw and paid: the catalog price times the merchant's price_multiplier
+    price = world.product_price[product]
+    if cfg.knobs.enabled:
+        price = np.round(price * world.knobs["price_multiplier"][e_merchant], 2)
 
     # Arrow tables; strings come from Arrow takes on small dictionaries, never from Python loops.
     buyer_ids = _prefixed("b", np.arange(first, first + n_buyers))
@@ -727,7 +929,7 @@ def generate_shard(cfg, shard_index: int) -> tuple[pa.Table, pa.Table]:
             pa.array(EVENTS, pa.string()).take(pa.array(code)),
             pc.if_else(no_product, pa.scalar(None, pa.string()), world.product_ids.take(product_arr)),
             world.category_names.take(pa.array(world.product_category[product])),
-            pa.array(world.product_price[product], mask=is_search),
+            pa.array(price, mask=is_search),
             pa.nulls(n_ev, pa.string()),
         ],
         schema=SCHEMA,
@@ -785,11 +987,209 @@ def describe_types(cfg) -> dict:
                 "price_level": float(world.price_level[m]),
                 "products": int(world.catalog_size[m]),
                 "mixture": {s.name: float(world.mixtures[m, i]) for i, s in enumerate(world.specs)},
+                **({"knobs": _knobs_of(world, m)} if cfg.knobs.enabled else {}),
             }
             for m in range(cfg.merchants)
         ],
+        "reference_knobs": REFERENCE_KNOBS,
         "config": asdict(cfg),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# What-ifs: the same population under other store knobs, its true effect and the chains' expectation
+
+# share of histories with a purchase; product views per history
+WHATIF_OUTCOMES = ("conversion", "product_views")
+
+
+def _knobs_of(world: World, m: int) -> dict:
+    return {name: world.knobs[name][m].item() for name in KNOB_NAMES}
+
+
+def merchant_knobs(cfg) -> dict[str, dict]:
+    """Each merchant's store knobs, {merchant_id: {knob: value}}: the shape of store.merchant_overrides."""
+    cfg = as_synth(cfg)
+    world = build_world(cfg)
+    return {world.merchant_ids[m].as_py(): _knobs_of(world, m) for m in range(cfg.merchants)}
+
+
+def _variant_knobs(cfg: SynthConfig, world: World, variant: Mapping, merchants: Sequence[str] | None):
+    """(every merchant's knobs under the what-if, the indices of the merchants it changes).
+
+    `variant` maps knob names to values (a store.variants entry); `merchants` None = all of them.
+    """
+    unknown = sorted(set(variant) - set(KNOB_NAMES))
+    if unknown:
+        raise SynthError(
+            f"what-if knobs {unknown} have no planted response; the synthetic buyers respond to {list(KNOB_NAMES)}"
+        )
+    if merchants is None:
+        selected = np.arange(cfg.merchants)
+    else:
+        index = {mid: i for i, mid in enumerate(world.merchant_ids.to_pylist())}
+        missing = sorted(set(merchants) - set(index))
+        if missing:
+            raise SynthError(f"merchants {missing[:5]} are not in the synthetic world (m0 .. m{cfg.merchants - 1})")
+        selected = np.array(sorted({index[mid] for mid in merchants}), dtype=np.int64)
+    knobs = {name: values.copy() for name, values in world.knobs.items()}
+    for name, value in variant.items():
+        _check_knob(f"what-if {name}", name, [value])
+        knobs[name][selected] = value
+    return knobs, selected
+
+
+def _expected_histories(cfg: SynthConfig, world: World) -> np.ndarray:
+    """(M,) expected histories per merchant: buyers x P(the merchant is among a buyer's distinct picks)."""
+    lam, picks = cfg.extra_merchants_mean, np.arange(1, cfg.max_merchants_per_buyer + 1)
+    extra = picks - 1
+    pmf = np.exp(-lam + extra * math.log(lam) - np.array([math.lgamma(k + 1) for k in extra])) if lam > 0 else (
+        (extra == 0) * 1.0
+    )
+    pmf[-1] += 1.0 - pmf.sum()  # 1 + Poisson, capped: the tail is folded onto the cap
+    picked = 1.0 - (1.0 - world.popularity[:, None]) ** picks[None, :]
+    return cfg.buyers * (picked @ pmf)
+
+
+def _type_outcomes(cfg: SynthConfig, world: World, knobs: Mapping, selected: np.ndarray) -> dict[str, np.ndarray]:
+    """Analytic outcomes {outcome: (S, T)} of each type at each selected merchant's knobs (type_expectations)."""
+    out = {o: np.zeros((selected.size, len(world.specs))) for o in WHATIF_OUTCOMES}
+    cache: dict[tuple, tuple] = {}  # merchants share knob settings: one dynamic programme per setting
+    for row, m in enumerate(selected):
+        at = {name: knobs[name][m].item() for name in KNOB_NAMES}
+        key = tuple(at.values())
+        if key not in cache:
+            exp = [type_expectations(spec, cfg.max_events_per_session, at) for spec in world.specs]
+            cache[key] = (
+                [x["conversion"] for x in exp],
+                [x["events_per_history_by_event"]["view"] for x in exp],
+            )
+        out["conversion"][row], out["product_views"][row] = cache[key]
+    return out
+
+
+def _effects(weight: np.ndarray, base: dict, variant: dict, diff_sq: dict | None) -> dict:
+    """Per-outcome {baseline, variant, effect[, se]} from sums over the cells of `weight` (any shape).
+
+    `base`/`variant` hold weighted sums per outcome, `diff_sq` sums of squared per-history differences
+    (the standard error of the mean paired difference; None for the analytic expectation).
+    """
+    n = float(weight.sum())
+    out: dict = {"histories": n if diff_sq is None else int(n)}
+    for o in WHATIF_OUTCOMES:
+        b, v = float(base[o].sum()) / max(n, 1e-300), float(variant[o].sum()) / max(n, 1e-300)
+        row = {"baseline": b, "variant": v, "effect": v - b}
+        if diff_sq is not None:
+            var = max(float(diff_sq[o].sum()) / max(n, 1.0) - (v - b) ** 2, 0.0)
+            row["se"] = math.sqrt(var / max(n, 1.0))
+        out[o] = row
+    return out
+
+
+def _effect_table(world: World, selected: np.ndarray, knobs: dict, weight: np.ndarray, base: dict,
+                  variant: dict, diff_sq: dict | None) -> dict:
+    """Pooled, per-merchant and per-type effects from (S, T) cell sums."""
+    ids = world.merchant_ids.to_pylist()
+    pick = lambda sums, idx: {o: sums[o][idx] for o in WHATIF_OUTCOMES}  # noqa: E731
+    sq = lambda idx: None if diff_sq is None else pick(diff_sq, idx)  # noqa: E731
+    per_merchant = {}
+    for row, m in enumerate(selected):
+        per_merchant[ids[m]] = {
+            "knobs": {"baseline": _knobs_of(world, m), "variant": {n: knobs[n][m].item() for n in KNOB_NAMES}},
+            **_effects(weight[row], pick(base, row), pick(variant, row), sq(row)),
+        }
+    per_type = {
+        spec.name: _effects(weight[:, t], pick(base, (slice(None), t)), pick(variant, (slice(None), t)),
+                            sq((slice(None), t)))
+        for t, spec in enumerate(world.specs)
+    }  # fmt: skip
+    all_cells = (slice(None), slice(None))
+    return {
+        "pooled": _effects(weight, pick(base, all_cells), pick(variant, all_cells), sq(all_cells)),
+        "per_merchant": per_merchant,
+        "per_type": per_type,
+    }
+
+
+def expected_effect(cfg, variant: Mapping, merchants: Sequence[str] | None = None) -> dict:
+    """The analytic effect of a what-if: the chains' expectations (type_expectations at each merchant's
+    knobs and at the what-if's), weighted by each merchant's type mixture and expected number of histories.
+
+    `variant`: {knob: value} applied to `merchants` (None = all); the others keep their own knobs and
+    are left out. Returns {"variant", "merchants", "pooled", "per_merchant", "per_type"}, each effect as
+    {histories (expected), conversion: {baseline, variant, effect}, product_views: {...}}.
+    """
+    cfg = as_synth(cfg)
+    world = build_world(cfg)
+    variant_knobs, selected = _variant_knobs(cfg, world, variant, merchants)
+    weight = _expected_histories(cfg, world)[selected, None] * world.mixtures[selected]  # (S, T) histories
+    base = {o: weight * x for o, x in _type_outcomes(cfg, world, world.knobs, selected).items()}
+    var = {o: weight * x for o, x in _type_outcomes(cfg, world, variant_knobs, selected).items()}
+    return {
+        "variant": dict(variant),
+        "merchants": [world.merchant_ids[m].as_py() for m in selected],
+        **_effect_table(world, selected, variant_knobs, weight, base, var, None),
+    }
+
+
+def true_effect(cfg, variant: Mapping, merchants: Sequence[str] | None = None) -> dict:
+    """The true effect of a what-if: the same population replayed under other knobs for some merchants.
+
+    Every shard is drawn again from its own stream: the same buyers, histories, planted types and
+    sessions, and the same uniform draws for every session step (common random numbers), walked once on
+    the merchants' own knobs and once on the what-if's; each history's outcomes are compared in pairs.
+    With synth.knobs.enabled the baseline arm is exactly the generated data (the generator draws its
+    chain steps from the same matrix); without, it is the same population at the reference knobs on
+    other draws. Only the session chains run (products and times do not move the outcomes), serially.
+
+    Returns expected_effect's layout with measured values: histories (counted), per outcome
+    {baseline, variant, effect, se (paired standard error), expected_effect (analytic)}.
+    """
+    cfg = as_synth(cfg)
+    world = build_world(cfg)
+    variant_knobs, selected = _variant_knobs(cfg, world, variant, merchants)
+    arms = (world.chains, build_chains(world.specs, cfg, variant_knobs))
+    n_types = len(world.specs)
+    row_of = np.full(cfg.merchants, -1, dtype=np.int64)
+    row_of[selected] = np.arange(selected.size)
+    cells = selected.size * n_types
+    weight = np.zeros(cells)
+    sums = {arm: {o: np.zeros(cells) for o in WHATIF_OUTCOMES} for arm in ("baseline", "variant", "diff_sq")}
+    width = int(world.chains.max_events.max())
+    for k in range(num_shards(cfg)):
+        rng = np.random.default_rng([cfg.seed, _SHARD_STREAM, k])
+        pop = _population(cfg, world, rng, k)
+        s_merchant, s_type = pop.h_merchant[pop.s_hist], pop.h_type[pop.s_hist]
+        keep = np.flatnonzero(row_of[s_merchant] >= 0)  # sessions at the merchants the what-if changes
+        uniforms = _chain_uniforms(rng, s_type.size, width, keep)  # both arms walk on the same numbers
+        n_hist = pop.h_type.size
+        outcomes = []
+        for chains in arms:
+            ev = _walk_sessions(chains, s_merchant[keep], s_type[keep], uniforms)
+            h = pop.s_hist[keep]
+            bought = np.bincount(h, (ev == EV["purchase"]).any(axis=1), minlength=n_hist) > 0
+            views = np.bincount(h, (ev == EV["view"]).sum(axis=1), minlength=n_hist)
+            outcomes.append({"conversion": bought.astype(np.float64), "product_views": views})
+        hk = np.flatnonzero(row_of[pop.h_merchant] >= 0)
+        cell = row_of[pop.h_merchant[hk]] * n_types + pop.h_type[hk]
+        weight += np.bincount(cell, minlength=cells)
+        for o in WHATIF_OUTCOMES:
+            b, v = outcomes[0][o][hk], outcomes[1][o][hk]
+            sums["baseline"][o] += np.bincount(cell, b, minlength=cells)
+            sums["variant"][o] += np.bincount(cell, v, minlength=cells)
+            sums["diff_sq"][o] += np.bincount(cell, (v - b) ** 2, minlength=cells)
+    shape = (selected.size, n_types)
+    as_cells = lambda d: {o: x.reshape(shape) for o, x in d.items()}  # noqa: E731
+    table = _effect_table(world, selected, variant_knobs, weight.reshape(shape), as_cells(sums["baseline"]),
+                          as_cells(sums["variant"]), as_cells(sums["diff_sq"]))  # fmt: skip
+    expected = expected_effect(cfg, variant, merchants)
+    pairs = [(table["pooled"], expected["pooled"])] + [
+        (table[part][name], expected[part][name]) for part in ("per_merchant", "per_type") for name in table[part]
+    ]
+    for got, want in pairs:
+        for o in WHATIF_OUTCOMES:
+            got[o]["expected_effect"] = want[o]["effect"]
+    return {"variant": dict(variant), "merchants": expected["merchants"], **table}
 
 
 def _executor(cfg: SynthConfig, shards: int) -> str:
@@ -835,7 +1235,8 @@ def _run_shards(cfg: SynthConfig, out_uri: str, s3: S3Config | None, how: str) -
 
 
 def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None = None) -> dict:
-    """Write OUT/events/part-*.parquet, OUT/planted/part-*.parquet, OUT/planted_types.json, OUT/summary.json.
+    """Write OUT/events/part-*.parquet, OUT/planted/part-*.parquet, OUT/planted_types.json, OUT/summary.json,
+    and with synth.knobs.enabled OUT/merchant_knobs.json ({"reference": knobs, "merchants": {id: knobs}}).
 
     Shards are generated and written one per worker at a time, so memory does not grow with `buyers`.
     Existing part files under OUT/events and OUT/planted are removed first (a smaller run must not leave
@@ -852,6 +1253,16 @@ def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None
         fs.delete_dir_contents(path, missing_dir_ok=True)
     with io.open_output_stream(io.join_uri(out_uri, "planted_types.json"), s3) as f:
         f.write(json.dumps(describe_types(cfg), indent=1).encode())
+    # each merchant's knobs beside planted/, for the trace builder (store.merchant_overrides); a run
+    # without knobs removes an earlier run's file rather than leave knobs its data does not have
+    knobs_uri = io.join_uri(out_uri, MERCHANT_KNOBS_FILE)
+    if cfg.knobs.enabled:
+        with io.open_output_stream(knobs_uri, s3) as f:
+            f.write(json.dumps({"reference": REFERENCE_KNOBS, "merchants": merchant_knobs(cfg)}, indent=1).encode())
+    else:
+        fs, path = io.resolve(knobs_uri, s3)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
     totals = {"buyers": 0, "histories": 0, "events": 0}
     bar = tqdm(total=n, unit="shard", desc="synthetic", disable=not progress)
     for counts in _run_shards(cfg, out_uri, s3, how):
@@ -886,18 +1297,28 @@ def run_synthetic(cfg) -> dict:
 
 
 __all__ = [
+    "KNOB_NAMES",
+    "MERCHANT_KNOBS_FILE",
     "PLANTED_SCHEMA",
+    "REFERENCE_KNOBS",
     "TYPE_LIBRARY",
+    "WHATIF_OUTCOMES",
+    "KnobResponse",
     "TypeSpec",
     "SynthError",
     "World",
     "active_types",
     "build_world",
     "describe_types",
+    "draw_knobs",
+    "expected_effect",
     "generate",
     "generate_shard",
+    "knob_factors",
+    "merchant_knobs",
     "num_shards",
     "population_expectations",
+    "true_effect",
     "type_expectations",
     "write_shard",
 ]

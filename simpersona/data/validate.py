@@ -15,24 +15,32 @@ iter_file_canonical(uri, cfg, seq_base)       one file, streamed as Chunks
 `seq` is `seq_base` + the row's position in its file (bad rows keep their positions), so a reader that
 passes each file the number of rows before it gets global positions; a parallel reader can pass
 `file_seq_base(index)` instead and keep file order without counting first.
-`line` is the 1-based line of a CSV row (header = line 1, one record per line assumed) or the 1-based
-row of a Parquet file.
+`line` is the 1-based line of a CSV row (header = line 1, one record per line assumed: after a quoted
+value spanning lines it counts records) or the 1-based row of a Parquet file.
+
+A file that cannot be read to its end (corrupt, not in data.encoding) is set aside, not fatal: it is
+listed in the report's `unreadable_files` with its error (rows read before the error stay), and the run
+stops only when such files hold more than data.max_bad_fraction of the input's bytes.
+Exact duplicates (a row equal in every source column to an earlier row of its file, data.duplicate_rows)
+are found by a 64-bit hash of the row, so two different rows collide with probability ~n^2 / 2^65.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from simpersona.config import DataConfig
-from simpersona.data.adapters import CANONICAL_FIELDS, Adapter, Mapped, get_adapter
+from simpersona.config import ConfigError, DataConfig
+from simpersona.data.adapters import CANONICAL_FIELDS, Adapter, Mapped, get_adapter, parse_iso
 from simpersona.data.io import (  # noqa: F401  (the error family is re-exported from here)
     BadCsvRow,
     CorruptFileError,
@@ -46,6 +54,7 @@ from simpersona.data.io import (  # noqa: F401  (the error family is re-exported
     UnsupportedInputError,
     detect_format,
     iter_csv,
+    iter_json,
     iter_parquet,
     list_inputs,
     parquet_file,
@@ -61,10 +70,14 @@ REASONS: tuple[str, ...] = (
     "missing_merchant_id",
     "missing_timestamp",
     "bad_timestamp",  # present but unparseable or an impossible date
+    "ts_out_of_range",  # before data.min_ts or after data.max_ts (epoch zero, a unit mistake, year 2100)
     "missing_event",
     "unknown_event",  # present but not a known event of the source format
     "bad_price",  # present but non-numeric, negative, NaN or infinite
+    "duplicate_row",  # equal in every source column to an earlier row of the same file
 )
+FILE_ERRORS = (CorruptFileError, EncodingError)  # a file that cannot be read to its end: set aside
+DUPLICATES = ("auto", "quarantine", "keep")
 SEQ_FILE_STRIDE = 1 << 40  # rows per file addressable by file_seq_base (10^12)
 
 
@@ -96,7 +109,13 @@ class ValidationReport:
     files: dict[str, FileReport] = field(default_factory=dict)  # per input file, in read order
     skipped_files: list[str] = field(default_factory=list)  # under the input folder, not CSV/Parquet
     filled: dict[str, int] = field(default_factory=dict)  # empty source values given a documented default
+    # source rows an adapter leaves out because they are no canonical event (GA4 page_view, begin_checkout;
+    # Segment page calls), by source event: counted, not quarantined (they are not errors)
+    ignored: dict[str, int] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)  # first bad rows, as quarantine records
+    # files that could not be read to their end: uri -> {reason, error, bytes, rows_read}
+    unreadable_files: dict[str, dict] = field(default_factory=dict)
+    input_bytes: int = 0  # of all input files (0 = not known here: checked where the reports are merged)
     quarantine_uri: str | None = None
     max_examples: int = 3
 
@@ -108,14 +127,28 @@ class ValidationReport:
     def bad_fraction(self) -> float:
         return self.rows_bad / self.rows_read if self.rows_read else 0.0
 
-    def add(self, source: str, rows_read: int, quarantine: pa.Table, filled: dict[str, int] | None = None):
+    @property
+    def unreadable_fraction(self) -> float:
+        lost = sum(f["bytes"] for f in self.unreadable_files.values())
+        return lost / self.input_bytes if self.input_bytes else 0.0
+
+    def add_unreadable(self, source: str, size: int, exc: DataError) -> None:
+        """Set aside a file that failed while being read (its rows read before the error are kept)."""
+        reason = "encoding" if isinstance(exc, EncodingError) else "corrupt_file"
+        rows = self.files.get(source, FileReport()).rows_read
+        self.unreadable_files[source] = {"reason": reason, "error": str(exc), "bytes": int(size), "rows_read": rows}
+        self.files.setdefault(source, FileReport())
+
+    def add(self, source: str, rows_read: int, quarantine: pa.Table, filled: dict[str, int] | None = None,
+            ignored: dict[str, int] | None = None):
         """Count one chunk of `source`: `rows_read` rows, of which `quarantine` are bad."""
         per_file = self.files.setdefault(source, FileReport())
         per_file.rows_read += rows_read
         self.rows_read += rows_read
-        for key, n in (filled or {}).items():
-            if n:
-                self.filled[key] = self.filled.get(key, 0) + n
+        for counts, into in ((filled, self.filled), (ignored, self.ignored)):
+            for key, n in (counts or {}).items():
+                if n:
+                    into[key] = into.get(key, 0) + n
         if quarantine.num_rows == 0:
             return
         per_file.rows_bad += quarantine.num_rows
@@ -143,12 +176,22 @@ class ValidationReport:
             self.bad_by_reason[reason] = self.bad_by_reason.get(reason, 0) + n
         for key, n in other.filled.items():
             self.filled[key] = self.filled.get(key, 0) + n
+        for key, n in other.ignored.items():
+            self.ignored[key] = self.ignored.get(key, 0) + n
+        self.unreadable_files.update(other.unreadable_files)
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
         self.skipped_files.extend(other.skipped_files)
         return self
 
     def check(self, max_bad_fraction: float, final: bool = True, what: str = "input") -> None:
-        """Raise BadDataError when the bad share passes the limit; at the end also EmptyInputError."""
+        """Raise BadDataError when the bad share (of rows, or of bytes in unreadable files) passes the
+        limit; at the end also EmptyInputError."""
+        if self.unreadable_fraction > max_bad_fraction:
+            first, info = next(iter(self.unreadable_files.items()))
+            raise BadDataError(
+                f"too many unreadable files: {len(self.unreadable_files)} ({self.unreadable_fraction:.2%} of the "
+                f"input's {self.input_bytes:,} bytes) > data.max_bad_fraction={max_bad_fraction:g}; first: "
+                f"{info['error']}")
         if final and self.rows_read == 0:
             raise EmptyInputError(
                 f"input has no data rows: {what} ({len(self.files)} file(s) read, each empty or only a header)"
@@ -191,9 +234,31 @@ def _blank(col) -> pa.Array:
     return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True)
 
 
-def row_reasons(mapped: Mapped) -> pa.Array:
-    """Per row: the first reason in REASONS that applies, or null for a good row."""
+def ts_bounds(cfg: DataConfig) -> tuple[pa.Scalar | None, pa.Scalar]:
+    """(earliest, latest) plausible time of an event: data.min_ts ("" = none) and data.max_ts ("" = a day
+    after now)."""
+    def parse(text: str, key: str) -> pa.Scalar:
+        ts = parse_iso(pa.array([text], pa.string()))[0]
+        if not ts.is_valid:
+            raise ConfigError(f"data.{key}={text!r} is not an ISO 8601 date or time")
+        return ts
+
+    lo = parse(cfg.min_ts, "min_ts") if cfg.min_ts else None
+    hi = parse(cfg.max_ts, "max_ts") if cfg.max_ts else pa.scalar(
+        int(time.time() * 1000) + 86_400_000, pa.timestamp("ms"))
+    return lo, hi
+
+
+def row_reasons(mapped: Mapped, bounds: tuple | None = None, duplicate: np.ndarray | None = None) -> pa.Array:
+    """Per row: the first reason in REASONS that applies, or null for a good row.
+
+    `bounds`: (earliest, latest) time (ts_bounds); `duplicate`: rows that repeat an earlier row."""
     v, raw = mapped.values, mapped.raw
+    lo, hi = bounds or (None, None)
+    outside = pa.repeat(pa.scalar(False), mapped.num_rows)
+    for bound, beyond in ((lo, pc.less), (hi, pc.greater)):
+        if bound is not None:
+            outside = pc.or_(outside, pc.fill_null(beyond(v["ts"], bound), False))
     price = v["price"]
     price_ok = pc.fill_null(pc.and_(pc.is_finite(price), pc.greater_equal(price, 0.0)), False)
     price_bad = pc.and_(pc.invert(_blank(raw["price"])), pc.invert(price_ok))  # present, not a price >= 0
@@ -202,9 +267,11 @@ def row_reasons(mapped: Mapped) -> pa.Array:
         ("missing_merchant_id", pc.is_null(v["merchant_id"])),
         ("missing_timestamp", _blank(raw["ts"])),
         ("bad_timestamp", pc.is_null(v["ts"])),
+        ("ts_out_of_range", outside),
         ("missing_event", _blank(raw["event"])),
         ("unknown_event", pc.is_null(v["event"])),
         ("bad_price", price_bad),
+        ("duplicate_row", pa.array(duplicate if duplicate is not None else np.zeros(mapped.num_rows, bool))),
     ]
     reason = pa.nulls(mapped.num_rows, pa.string())
     for name, mask in reversed(checks):  # the earliest reason wins
@@ -212,9 +279,10 @@ def row_reasons(mapped: Mapped) -> pa.Array:
     return reason
 
 
-def split_rows(mapped: Mapped, source: str, lines: np.ndarray, seq: np.ndarray) -> tuple[pa.Table, pa.Table]:
+def split_rows(mapped: Mapped, source: str, lines: np.ndarray, seq: np.ndarray, bounds: tuple | None = None,
+               duplicate: np.ndarray | None = None) -> tuple[pa.Table, pa.Table]:
     """(good rows in SCHEMA, bad rows in QUARANTINE_SCHEMA) of one mapped batch."""
-    reason = row_reasons(mapped)
+    reason = row_reasons(mapped, bounds, duplicate)
     bad = pc.is_valid(reason)
     n_bad = pc.sum(bad).as_py() or 0
     seq_arr = pa.array(seq, pa.int64())
@@ -267,6 +335,7 @@ class Chunk:
     quarantine: pa.Table  # QUARANTINE_SCHEMA
     rows_read: int  # good + quarantined rows of this chunk
     filled: dict[str, int]
+    ignored: dict[str, int] = field(default_factory=dict)  # source rows outside the canonical vocabulary
 
 
 def _wrong_delimiter_hint(names: list[str], delimiter: str) -> str:
@@ -290,6 +359,68 @@ def check_columns(names: list[str], adapter: Adapter, cfg: DataConfig, source: s
         )
 
 
+class SeenRows:
+    """Hashes of the rows of one file read so far, to find exact repeats; sorted runs merged like an
+    LSM tree (a run is merged into the one before it while that one is not bigger), so a file of n rows
+    costs O(n log^2 n) and 8 bytes per distinct row."""
+
+    def __init__(self):
+        self.runs: list[np.ndarray] = []
+
+    def repeats(self, hashes: np.ndarray) -> np.ndarray:
+        """True for each row whose hash came before (earlier in `hashes` or in an earlier call); adds them."""
+        unique, first = np.unique(hashes, return_index=True)
+        repeat = np.ones(len(hashes), bool)
+        repeat[first] = False
+        new = np.ones(len(unique), bool)
+        for run in self.runs:
+            at = np.searchsorted(run, unique).clip(max=len(run) - 1)
+            new &= run[at] != unique
+        repeat[first[~new]] = True
+        run = unique[new]
+        if len(run):
+            while self.runs and len(self.runs[-1]) <= len(run):
+                run = np.union1d(self.runs.pop(), run)
+            self.runs.append(run)
+        return repeat
+
+
+def _row_hashes(batch: pa.Table) -> np.ndarray:
+    return pl.from_arrow(batch).hash_rows(seed=0).to_numpy()
+
+
+def _dedup(cfg: DataConfig, adapter: Adapter) -> bool:
+    if cfg.duplicate_rows not in DUPLICATES:
+        raise ConfigError(f"data.duplicate_rows={cfg.duplicate_rows!r}: expected one of {', '.join(DUPLICATES)}")
+    return cfg.duplicate_rows == "quarantine" or (cfg.duplicate_rows == "auto" and not adapter.day_resolution)
+
+
+def csv_options(cfg: DataConfig) -> CsvOptions:
+    if not cfg.csv_header and not cfg.csv_columns:
+        raise ConfigError("data.csv_header=false needs data.csv_columns: the names of the file's columns, in order")
+    names = tuple(cfg.csv_columns) if not cfg.csv_header else ()
+    return CsvOptions(delimiter=cfg.csv_delimiter, encoding=cfg.encoding, block_bytes=cfg.csv_block_bytes,
+                      column_names=names)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Stop in one line on the driver, before any read task, on data settings the reader would refuse."""
+    csv_options(cfg)
+    _dedup(cfg, get_adapter(cfg.adapter))
+    ts_bounds(cfg)
+
+
+def _nested_hint(batch: pa.Table, adapter: Adapter, uri: str) -> InputFormatError | None:
+    """The one-line error for a file whose columns the adapter cannot read because they are nested."""
+    nested = [f"{f.name} ({f.type})" for f in batch.schema if pa.types.is_nested(f.type)]
+    if not nested:
+        return None
+    return InputFormatError(
+        f"{uri}: nested column(s) {', '.join(nested)} cannot be read by data.adapter={adapter.name}, which "
+        f"maps flat columns; flatten them, map flat columns only (data.columns), or use adapter ga4 / segment "
+        f"for those exports")
+
+
 def iter_file_canonical(
     uri: str, cfg: DataConfig, seq_base: int = 0, fmt: str | None = None
 ) -> Iterator[Chunk]:
@@ -299,13 +430,18 @@ def iter_file_canonical(
     if fmt is None:
         raise UnsupportedInputError(f"cannot tell the format of {uri} from its suffix; set data.format")
     fs, path = resolve(uri, cfg.s3)
-    opts = CsvOptions(delimiter=cfg.csv_delimiter, encoding=cfg.encoding, block_bytes=cfg.csv_block_bytes)
-    names = read_schema(InputFile(uri, fmt, 0), cfg.s3, opts)
+    opts = csv_options(cfg)
+    if fmt == "json" and adapter.json_schema is not None:
+        names = adapter.json_schema.names  # the fields it maps; a line without one has it null
+    else:
+        names = read_schema(InputFile(uri, fmt, 0), cfg.s3, opts)
     if not names:  # a 0-byte CSV: nothing to read, nothing lost (the run-level check catches all-empty input)
         return
     check_columns(names, adapter, cfg, uri, fmt)
+    bounds = ts_bounds(cfg)
+    seen = SeenRows() if _dedup(cfg, adapter) else None
 
-    header_lines = 1 if fmt == "csv" else 0
+    header_lines = 1 if fmt == "csv" and not opts.column_names else 0
     pending: list[BadCsvRow] = []  # malformed CSV lines not yet quarantined (the parser reads ahead)
     bad_lines: list[int] = []  # line numbers of all malformed lines so far, to place the good rows
     n_malformed = 0
@@ -333,12 +469,14 @@ def iter_file_canonical(
         bad = _malformed_rows(rows, names, adapter, cfg, uri, seq_base)
         return Chunk(uri, SCHEMA.empty_table(), bad, len(rows), {})
 
-    batches = (
-        iter_csv(fs, path, opts, on_bad_row=on_bad_row)
-        if fmt == "csv"
-        else iter_parquet(fs, path, cfg.parquet_batch_rows)
-    )
+    if fmt == "csv":
+        batches = iter_csv(fs, path, opts, on_bad_row=on_bad_row)
+    elif fmt == "json":
+        batches = iter_json(fs, path, cfg.csv_block_bytes, adapter.json_schema)
+    else:
+        batches = iter_parquet(fs, path, cfg.parquet_batch_rows)
     parsed = 0  # rows the parser returned so far (malformed lines excluded)
+    emitted = 0  # canonical rows so far, for adapters that map a source row to several (one per item)
     for batch in batches:
         n = batch.num_rows
         # Row positions skip the malformed lines the parser dropped: shift each row by the number of
@@ -348,13 +486,36 @@ def iter_file_canonical(
         shift = np.searchsorted(known - np.arange(len(known)), j + 1 + header_lines, side="right")
         position = j + shift
         parsed += n
-        mapped = adapter.map(batch, cfg)
-        good, bad = split_rows(mapped, uri, position + 1 + header_lines, seq_base + position)
-        yield Chunk(uri, good, bad, n, mapped.filled)
+        try:
+            mapped = adapter.map(batch, cfg)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise (_nested_hint(batch, adapter, uri) or exc) from None
+        duplicate = seen.repeats(_row_hashes(batch)) if seen is not None and n else None
+        lines, seq = position + 1 + header_lines, seq_base + position
+        if mapped.rows is not None:  # rows of a source row share its line; seq numbers the canonical rows
+            lines = lines[mapped.rows]
+            seq = seq_base + emitted + np.arange(mapped.num_rows, dtype=np.int64)
+            duplicate = duplicate[mapped.rows] if duplicate is not None else None
+        emitted += mapped.num_rows
+        good, bad = split_rows(mapped, uri, lines, seq, bounds, duplicate)
+        yield Chunk(uri, good, bad, mapped.num_rows, mapped.filled, mapped.ignored)
         if pending:
             yield flush()
     if pending:
         yield flush()
+
+
+def iter_readable(file: InputFile, cfg: DataConfig, seq_base: int, report: ValidationReport) -> Iterator[Chunk]:
+    """iter_file_canonical, except that a file failing while it is read (corrupt, not in data.encoding) is
+    set aside in `report.unreadable_files` and the input goes on, until such files pass the bad share."""
+    try:
+        yield from iter_file_canonical(file.uri, cfg, seq_base, file.format)
+        return
+    except FILE_ERRORS as exc:
+        report.add_unreadable(file.uri, file.size, exc)
+        if report.unreadable_fraction > cfg.max_bad_fraction and len(report.unreadable_files) == 1:
+            raise  # this file alone is more than the bad share: its own one-line error says it best
+    report.check(cfg.max_bad_fraction, final=False)  # outside the except: the error is not chained to it
 
 
 def read_file_canonical(
@@ -368,7 +529,7 @@ def read_file_canonical(
     report = ValidationReport(max_examples=cfg.quarantine_examples)
     goods, bads = [], []
     for chunk in iter_file_canonical(uri, cfg, seq_base):
-        report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled)
+        report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled, chunk.ignored)
         goods.append(chunk.good)
         bads.append(chunk.quarantine)
     report.files.setdefault(uri, FileReport())
@@ -397,7 +558,7 @@ class Validator:
 
     def add(self, chunk: Chunk) -> pa.Table:
         """Count and quarantine one chunk; returns its good rows."""
-        self.report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled)
+        self.report.add(chunk.source, chunk.rows_read, chunk.quarantine, chunk.filled, chunk.ignored)
         if chunk.quarantine.num_rows:
             self._write(chunk.quarantine)
         if self.report.rows_read >= self.cfg.bad_check_min_rows:
@@ -443,12 +604,13 @@ def read_canonical(
     listing = list_inputs(cfg.input, cfg.s3, cfg.format)
     validator = Validator(cfg, quarantine_uri, report)
     validator.report.skipped_files.extend(listing.skipped)
+    validator.report.input_bytes = sum(f.size for f in listing.files)
     seq_base = 0
     bar = tqdm(total=len(listing.files), unit="file", desc="read", disable=not progress)
     try:
         for file in listing.files:
             before = validator.report.rows_read
-            for chunk in iter_file_canonical(file.uri, cfg, seq_base, file.format):
+            for chunk in iter_readable(file, cfg, seq_base, validator.report):
                 good = validator.add(chunk)
                 bar.set_postfix(rows=f"{validator.report.rows_read:,}", bad=f"{validator.report.rows_bad:,}")
                 if good.num_rows:

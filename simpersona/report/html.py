@@ -20,6 +20,7 @@ import jinja2
 import polars as pl
 
 from simpersona.report import plots
+from simpersona.runtime import replace_durably
 
 PROFILE_FIELDS = ("share", "conversion", "events_per_session", "cart_rate", "favorite_rate", "price_level")
 HEADLINE_ROWS = (
@@ -286,7 +287,7 @@ def build_report(cfg) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    replace_durably(tmp, path)
     return path
 
 

@@ -37,6 +37,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
+from simpersona.runtime import replace_durably
 from simpersona.sim.agent import TRAJECTORY_SCHEMA, AgentOutcome, run_agent
 from simpersona.sim.errors import BrowserCrash
 
@@ -67,7 +68,7 @@ def session_of(agent_id: str, run_tag: str, attempt: int) -> str:
 def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)  # a committed shard or result survives a power loss, not only a crash
 
 
 def committed_results(out_dir: str | Path) -> pa.Table:

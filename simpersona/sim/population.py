@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from simpersona.runtime import replace_durably
+
 PERSONA_MODES = ("vq", "none", "mismatch", "prompt", "kmeans")
 
 SPEC_SCHEMA = pa.schema([
@@ -159,7 +161,7 @@ def write_population(specs: pa.Table, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     pq.write_table(specs, tmp)
-    tmp.replace(path)
+    replace_durably(tmp, path)
 
 
 class PersonaResolver:

@@ -14,8 +14,6 @@ Re-running the same run dir and variant resumes: committed agents are skipped, t
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pyarrow.parquet as pq
 import ray
 
 from simpersona.config import to_dict
-from simpersona.runtime import init_ray
+from simpersona.runtime import init_ray, replace_durably, write_json
 from simpersona.sim.actors import committed_results, run_workers
 from simpersona.sim.population import PersonaResolver, build_population, write_population
 
@@ -87,7 +85,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)  # a committed shard or result survives a power loss, not only a crash
 
 
 def run_simulation(cfg, on_progress=None) -> dict:
@@ -140,5 +138,5 @@ def run_simulation(cfg, on_progress=None) -> dict:
         "events": events.num_rows,
         "wall_s": round(time.monotonic() - t0, 3),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(str(out / "summary.json"), summary)  # atomic and synced, as every stage summary
     return summary

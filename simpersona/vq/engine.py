@@ -8,15 +8,24 @@ there (it is the `gpu` extra). The training loop calls only `step`, `save` and `
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from simpersona.vq.model import BuyerVQVAE
+from simpersona.vq.model import BuyerVQVAE, load_tensors
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.pt"  # model + optimizer state: tensors and numbers only
+CLIENT_FILE = "client.json"  # the loop's state (step, epoch, history, fingerprint)
+
+
+def _plain(value):
+    """JSON for numpy scalars in the loop's metrics."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 class TorchEngine:
@@ -49,14 +58,28 @@ class TorchEngine:
     def save(self, directory: str, client_state: dict, rank: int) -> None:
         """Rank 0 writes model + optimizer + the loop's state (DDP replicas are identical)."""
         if rank == 0:
-            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "client": client_state}, os.path.join(directory, STATE_FILE))
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()},
+                       os.path.join(directory, STATE_FILE))
+            save_client(directory, client_state)
 
     def load(self, directory: str) -> dict:
-        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+        state = load_tensors(os.path.join(directory, STATE_FILE))
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        return state["client"]
+        return load_client(directory, state)
+
+
+def save_client(directory: str, client_state: dict) -> None:
+    with open(os.path.join(directory, CLIENT_FILE), "w") as fh:
+        json.dump(client_state, fh, default=_plain)
+
+
+def load_client(directory: str, state: dict | None = None) -> dict:
+    path = os.path.join(directory, CLIENT_FILE)
+    if not os.path.exists(path) and state is not None and "client" in state:
+        return state["client"]  # a checkpoint written before client.json: the loop's state was in state.pt
+    with open(path) as fh:
+        return json.load(fh)
 
 
 class DeepSpeedEngine:

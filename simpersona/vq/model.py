@@ -44,6 +44,7 @@ from __future__ import annotations
 import io as _io
 import json
 import math
+import pickle
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -312,6 +313,22 @@ def save_model(model: BuyerVQVAE, spec: FeatureSpec, model_dir: str, extra: Mapp
         fh.write(json.dumps(meta, indent=2).encode())
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint or model file holds more than tensors: loading it would run the code its pickle names."""
+
+
+def load_tensors(source, where: str | None = None, hint: str = "delete it or rerun with vq.train.resume=false"):
+    """torch.load restricted to tensors, containers and numbers (weights_only): checkpoints and models live
+    in shared storage, and a full unpickle would run whatever code a file planted there names."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own text advises weights_only=False; quote only the line naming what the file asked for
+        what = next((line for line in str(exc).splitlines() if "GLOBAL" in line), "not a tensor checkpoint")
+        raise UnsafeCheckpoint(f"{where or source}: refused, it holds objects other than tensors and numbers "
+                               f"({what.strip().rstrip('.')}); {hint}") from None
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = io.resolve(uri)
     if fs.get_file_info(path).type.name != "File":
@@ -324,7 +341,8 @@ def load_model(model_dir: str) -> tuple[BuyerVQVAE, FeatureSpec, dict]:
     """(model in eval mode, the feature spec it was trained on, its metadata) from DIR/vqvae/model/."""
     try:
         meta = json.loads(read_bytes(io.join_uri(model_dir, META_FILE)))
-        state = torch.load(_io.BytesIO(read_bytes(io.join_uri(model_dir, MODEL_FILE))), map_location="cpu")
+        state = load_tensors(_io.BytesIO(read_bytes(io.join_uri(model_dir, MODEL_FILE))),
+                             io.join_uri(model_dir, MODEL_FILE), "run train_vqvae again to rewrite it")
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"no trained VQ-VAE in {model_dir} ({exc}); run train_vqvae first") from None
     spec = FeatureSpec.from_dict(meta["feature_spec"], io.join_uri(model_dir, META_FILE))

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from simpersona.data import io
 from simpersona.vq import metrics
-from simpersona.vq.engine import make_engine
+from simpersona.vq.engine import STATE_FILE, load_client, make_engine
 from simpersona.vq.features import (
     LABEL_COLUMNS,
     SEQ_COLUMNS,
@@ -43,7 +43,7 @@ from simpersona.vq.features import (
     features_uri,
     load_spec,
 )
-from simpersona.vq.model import LOSS_NAMES, build_model, to_tensors
+from simpersona.vq.model import LOSS_NAMES, UnsafeCheckpoint, build_model, load_tensors, to_tensors
 
 TRAIN_COLUMNS: tuple[str, ...] = SEQ_COLUMNS + ("agg",) + LABEL_COLUMNS
 INIT_COLUMN = "init_code"  # the k-means peer's cluster per history (simpersona.vq.dataset.validated)
@@ -180,7 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
     if resumed:
         with checkpoint.as_directory() as d:
             loaded = engine.load(d)
-        if loaded["fingerprint"] != state["fingerprint"]:
+        if loaded["fingerprint"] != json.loads(json.dumps(state["fingerprint"])):  # as stored: JSON
             raise CheckpointMismatch(
                 "the checkpoint to resume from was trained with another vq.model config or feature spec; "
                 "rerun with vq.train.resume=false to start over")
@@ -303,7 +303,7 @@ def fit(cfg, train_ds, config: dict):
     try:
         result = trainer.fit()
     except Exception as exc:  # a worker's one-line error, not Ray Train's wrapper around it
-        for cls in (FeatureError, CheckpointMismatch):
+        for cls in (FeatureError, CheckpointMismatch, UnsafeCheckpoint):
             err = _unwrap(exc, cls)
             if err is not None:
                 raise cls(str(err).strip().splitlines()[-1]) from None
@@ -311,8 +311,8 @@ def fit(cfg, train_ds, config: dict):
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-    return state["model"], state["client"]
+        state = load_tensors(os.path.join(d, STATE_FILE))
+        return state["model"], load_client(d, state)
 
 
 def _unwrap(exc: BaseException, cls):

@@ -1,6 +1,6 @@
 """generate_synthetic.py through `ray job submit --working-dir .` against a local `ray start --head`: it
-writes its planted clickstream. The stage scripts, simulate.py and serve_policy.py are submitted in
-test_pipeline_storage, which has a finished run for them.
+writes its planted clickstream. The stage scripts and serve_policy.py are submitted in
+test_pipeline_storage, which has a finished run for them; simulate.py in tests/sim/test_simulate_job.py.
 """
 
 from __future__ import annotations

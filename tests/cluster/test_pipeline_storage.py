@@ -3,8 +3,8 @@
 run_dir, and `pipeline.py` run by a driver with run_dir on S3 (moto on loopback). The two metrics.json are
 equal but for run-specific keys (wall times, folders); the S3 run is re-run from an empty cache (another
 machine) and skips every stage; a VQ-VAE training killed on one machine resumes on another from its S3
-checkpoint. Then, on the local run, simulate.py (every agent exactly once) and serve_policy.py (the job
-deploys and ends; the detached app answers on 127.0.0.1).
+checkpoint. Then, on the local run, serve_policy.py (the job deploys and ends; the detached app answers on
+127.0.0.1). simulate.py's job is tests/sim/test_simulate_job.py (on the same session-wide head).
 
 (`pipeline.py` on a local run_dir is tests/test_pipeline_e2e.py's subject; running it here too, and the
 whole pipeline once more as one job, cost three minutes of CI and tested nothing the two runs here miss.)
@@ -36,7 +36,7 @@ STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "re
 PIPELINE_ARGS = [
     "config=smoke", "progress=false", "seed=3",
     "traces.history_fraction=0.1",
-    "vq.train.min_steps=10", "vq.train.em_init_steps=5",
+    "vq.train.workers=1", "vq.train.min_steps=10", "vq.train.em_init_steps=5",  # 1 worker: checkpoints on S3
     "persona.model.small.pretrain.max_steps=10", "persona.stage1.max_steps=5", "persona.stage2.max_steps=5",
     "persona.eval.max_steps=40", "persona.eval.rollouts_per_type=1",
     "sim.agents_per_merchant=2", "sim.max_steps=4",
@@ -64,7 +64,7 @@ def _s3_args(s3, root: str, cache) -> list[str]:
 @pytest.fixture(scope="module")
 def local_run(ray_head, tmp_path_factory):
     """The reference: each stage's own script, one `ray job submit` after another on one local run_dir
-    (also the finished run that test_simulate_and_serve_policy_jobs simulates and serves from)."""
+    (also the finished run that test_serve_policy_job serves from)."""
     local = tmp_path_factory.mktemp("pipeline") / "stagewise"
     t0 = time.perf_counter()
     for script in STAGE_JOBS:
@@ -130,16 +130,10 @@ def test_stage_jobs_and_an_s3_driver_give_the_same_metrics(ray_head, s3, local_r
     print("wall s: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
 
 
-def test_simulate_and_serve_policy_jobs(ray_head, local_run):
-    run_dir, _ = local_run  # a finished run (the stage jobs' reference run) for the two jobs to work on
-
-    done = submit(ray_head, ["ray_jobs/simulate.py", f"run_dir={run_dir}", *PIPELINE_ARGS, "merchants=2",
-                             "agents_per_merchant=3", "max_steps=4", "workers=1", "contexts_per_worker=3",
-                             "variant=jobcheck"], timeout=TIMEOUT_S)
-    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = _json_line(done.stdout, "completed")
-    assert summary["agents"] == 6 and summary["completed"] + summary["crashed"] == 6 and summary["crashed"] == 0
-    assert (run_dir / "simulate" / "jobcheck").is_dir()
+def test_serve_policy_job(ray_head, local_run):
+    """serve_policy.py on a finished run (the stage jobs' reference run). simulate.py's job (every agent
+    exactly once, through the Serve policy it deploys) is tests/sim/test_simulate_job.py, on the same head."""
+    run_dir, _ = local_run  # a finished run (the stage jobs' reference run) for the job to serve from
 
     port = free_port()
     done = submit(ray_head, ["ray_jobs/serve_policy.py", f"run_dir={run_dir}", "config=smoke", f"serve.port={port}"])

@@ -39,7 +39,9 @@ def test_vqvae_and_assign_on_an_s3_run_dir(ray_head, s3, s3_preprocess):
     cfg = s3.s3_config()
     aws = {"AWS_ENDPOINT_URL": cfg.endpoint_url, "AWS_REGION": cfg.region, "AWS_ACCESS_KEY_ID": cfg.access_key,
            "AWS_SECRET_ACCESS_KEY": cfg.secret_key}
-    done = run_job([DRIVER, "vqvae,assign", f"run_dir={s3_preprocess.uri}", "config=smoke", "progress=false"],
+    # one Ray Train worker (smoke trains in local mode, which keeps no checkpoints)
+    done = run_job([DRIVER, "vqvae,assign", f"run_dir={s3_preprocess.uri}", "config=smoke", "vq.train.workers=1",
+                    "progress=false"],
                    {**ray_head.job_env(), **aws}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[7:])

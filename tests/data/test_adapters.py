@@ -273,9 +273,10 @@ def test_unknown_adapter_lists_known_ones():
     with pytest.raises(ConfigError) as err:
         get_adapter("shopify")
     assert str(err.value) == (
-        "data.adapter='shopify' is not known; choose one of tmall2014, rees46, retailrocket, generic, canonical"
+        "data.adapter='shopify' is not known; choose one of tmall2014, rees46, retailrocket, generic, canonical, "
+        "ga4, segment"
     )
-    assert set(ADAPTERS) == {"tmall2014", "rees46", "retailrocket", "generic", "canonical"}
+    assert set(ADAPTERS) == {"tmall2014", "rees46", "retailrocket", "generic", "canonical", "ga4", "segment"}
 
 
 def test_preprocess_yaml_mirrors_data_config(tmall_csv):
@@ -313,3 +314,151 @@ def test_impossible_iso_dates_are_bad_timestamps(tmp_path):
         (501, "bad_timestamp"),
         (901, "bad_timestamp"),
     ]
+
+
+# ---- GA4 BigQuery export and Segment e-commerce spec v2, in the shapes those tools write
+
+GA4_LINES = [  # BigQuery's JSON export: one event per line, INT64 as strings, fields the adapter skips
+    {"event_date": "20231114", "event_timestamp": "1699999200000000", "event_name": "session_start",
+     "event_params": [{"key": "ga_session_id", "value": {"int_value": "1699999200"}}],
+     "user_pseudo_id": "1234.5678", "items": [], "device": {"category": "desktop"}},
+    {"event_date": "20231114", "event_timestamp": "1699999201500000", "event_name": "view_search_results",
+     "event_params": [{"key": "ga_session_id", "value": {"int_value": "1699999200"}},
+                      {"key": "search_term", "value": {"string_value": "green tea"}}],
+     "user_pseudo_id": "1234.5678", "items": []},
+    {"event_date": "20231114", "event_timestamp": "1699999203000000", "event_name": "view_item",
+     "event_params": [{"key": "page_title", "value": {"string_value": "Sencha"}},
+                      {"key": "ga_session_id", "value": {"int_value": "1699999200"}}],
+     "user_pseudo_id": "1234.5678",
+     "items": [{"item_id": "SKU_1", "item_name": "Sencha", "item_category": "Tea", "price": 4.5, "quantity": "1"}]},
+    {"event_timestamp": "1699999204000000", "event_name": "page_view", "user_pseudo_id": "1234.5678"},
+    {"event_timestamp": "1699999205000000", "event_name": "add_to_cart", "user_pseudo_id": "1234.5678",
+     "items": [{"item_id": "SKU_1", "item_category": "Tea", "price": 4.5}]},
+    {"event_timestamp": "1699999206000000", "event_name": "begin_checkout", "user_pseudo_id": "1234.5678",
+     "items": [{"item_id": "SKU_1", "price": 4.5}]},
+    {"event_timestamp": "1699999207000000", "event_name": "purchase", "user_pseudo_id": "1234.5678",
+     "ecommerce": {"transaction_id": "T1", "purchase_revenue": 7.5},
+     "items": [{"item_id": "SKU_1", "item_category": "Tea", "price": 4.5},
+               {"item_id": "SKU_2", "item_category": "Cups", "price": None, "price_in_usd": 3.0}]},
+    {"event_timestamp": "1699999208000000", "event_name": "purchase", "items": [{"item_id": "SKU_3"}]},
+]
+GA4_EXPECTED = [  # (event, product, category, price, session)
+    ("search", None, "green tea", None, "1699999200"),
+    ("view", "SKU_1", "Tea", 4.5, "1699999200"),
+    ("cart", "SKU_1", "Tea", 4.5, None),
+    ("purchase", "SKU_1", "Tea", 4.5, None),
+    ("purchase", "SKU_2", "Cups", 3.0, None),
+]
+GA4_IGNORED = {"event_name session_start": 1, "event_name page_view": 1, "event_name begin_checkout": 1}
+
+
+def write_jsonl(path, records):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def canonical(good):
+    return [(r["event"], r["product_id"], r["category"], r["price"], r["session_id"]) for r in good.to_pylist()]
+
+
+def test_ga4_json_lines_export(tmp_path):
+    path = write_jsonl(tmp_path / "events_20231114.jsonl", GA4_LINES)
+    good, bad, report = read_file_canonical(str(path), DataConfig(adapter="ga4", input=str(path), max_bad_fraction=0.5))
+    assert canonical(good) == GA4_EXPECTED
+    assert set(good["buyer_id"].to_pylist()) == {"1234.5678"} and set(good["merchant_id"].to_pylist()) == {"ga4"}
+    assert good["ts"].to_pylist()[1] == datetime(2023, 11, 14, 22, 0, 3)  # µs since the epoch, UTC
+    assert good["seq"].to_pylist() == [0, 1, 2, 3, 4]  # one per canonical row: the two purchase items too
+    assert report.ignored == GA4_IGNORED
+    assert [(r["line"], r["reason"], r["product_id"]) for r in bad.to_pylist()] == [(8, "missing_buyer_id", "SKU_3")]
+    assert report.rows_read == good.num_rows + bad.num_rows == 6
+
+
+def test_ga4_parquet_export(tmp_path):
+    """The same events as BigQuery's Parquet export types them: INT64 timestamps and int_value."""
+    value = pa.struct([("string_value", pa.string()), ("int_value", pa.int64()), ("float_value", pa.float64()),
+                       ("double_value", pa.float64())])
+    item = pa.struct([("item_id", pa.string()), ("item_name", pa.string()), ("item_category", pa.string()),
+                      ("price", pa.float64()), ("price_in_usd", pa.float64()), ("quantity", pa.int64())])
+    schema = pa.schema([("event_date", pa.string()), ("event_timestamp", pa.int64()), ("event_name", pa.string()),
+                        ("event_params", pa.list_(pa.struct([("key", pa.string()), ("value", value)]))),
+                        ("user_pseudo_id", pa.string()), ("items", pa.list_(item))])
+    records = []
+    for line in GA4_LINES:
+        params = [{"key": p["key"], "value": {**p["value"], "int_value": int(p["value"]["int_value"])}
+                   if "int_value" in p["value"] else p["value"]} for p in line.get("event_params", [])]
+        records.append({**line, "event_timestamp": int(line["event_timestamp"]), "event_params": params,
+                        "items": [{**i, "quantity": None} for i in line.get("items", [])]})
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp_path / "events.parquet", row_group_size=3)
+    cfg = DataConfig(adapter="ga4", input=str(tmp_path), max_bad_fraction=0.5, parquet_batch_rows=3,
+                     merchant_id="tea-shop")
+    good, report = read_all(cfg)
+    assert canonical(good) == GA4_EXPECTED and set(good["merchant_id"].to_pylist()) == {"tea-shop"}
+    assert report.ignored == GA4_IGNORED and report.bad_by_reason == {"missing_buyer_id": 1}
+    assert good["seq"].to_pylist() == [0, 1, 2, 3, 4]  # across batches of 3 source rows
+
+
+SEGMENT_LINES = [  # track calls of the e-commerce spec v2, a page call between them
+    {"type": "track", "event": "Product Viewed", "userId": None, "anonymousId": "anon-1",
+     "timestamp": "2015-12-12T19:11:01.249Z", "messageId": "m1", "context": {"ip": "8.8.8.8"},
+     "properties": {"product_id": "507f1f77bcf86cd799439011", "sku": "G-32", "category": "Games",
+                    "name": "Monopoly: 3rd Edition", "brand": "Hasbro", "price": 18.99, "quantity": 1}},
+    {"type": "page", "name": "Home", "anonymousId": "anon-1", "timestamp": "2015-12-12T19:11:02Z"},
+    {"type": "track", "event": "Products Searched", "anonymousId": "anon-1",
+     "timestamp": "2015-12-12T19:11:03Z", "properties": {"query": "blue roses"}},
+    {"type": "track", "event": "Product Added", "userId": "user-7", "anonymousId": "anon-1",
+     "timestamp": "2015-12-12T19:12:00+01:00",
+     "properties": {"cart_id": "skdjsidjsdkdj29j", "product_id": "507f1f77bcf86cd799439011", "category": "Games",
+                    "price": 18.99, "quantity": 1}},
+    {"type": "track", "event": "Checkout Started", "userId": "user-7", "timestamp": "2015-12-12T19:13:00Z",
+     "properties": {"order_id": "50314b8e9bcf000000000000", "value": 30}},
+    {"type": "track", "event": "Order Completed", "userId": "user-7", "anonymousId": "anon-1",
+     "timestamp": "2015-12-12T19:14:00Z",
+     "properties": {"order_id": "50314b8e9bcf000000000000", "total": 27.5, "currency": "USD", "products": [
+         {"product_id": "507f1f77bcf86cd799439011", "sku": "45790-32", "name": "Monopoly", "price": 19,
+          "quantity": 1, "category": "Games"},
+         {"product_id": "505bd76785ebb509fc183733", "sku": "46493-32", "name": "Uno Card Game", "price": 3,
+          "quantity": 2, "category": "Games"}]}},
+    {"type": "track", "event": "Product Viewed", "userId": "user-7", "timestamp": "2015-12-12T19:15:00Z",
+     "properties": {"product_id": "p9", "price": -1}},
+]
+SEGMENT_EXPECTED = [  # (buyer, event, product, category, price)
+    ("anon-1", "view", "507f1f77bcf86cd799439011", "Games", 18.99),
+    ("anon-1", "search", None, "blue roses", None),
+    ("user-7", "cart", "507f1f77bcf86cd799439011", "Games", 18.99),
+    ("user-7", "purchase", "507f1f77bcf86cd799439011", "Games", 19.0),
+    ("user-7", "purchase", "505bd76785ebb509fc183733", "Games", 3.0),
+]
+
+
+def segment_rows(good):
+    return [(r["buyer_id"], r["event"], r["product_id"], r["category"], r["price"]) for r in good.to_pylist()]
+
+
+def test_segment_json_lines(tmp_path):
+    path = write_jsonl(tmp_path / "segment-logs.json", SEGMENT_LINES)
+    good, bad, report = read_file_canonical(str(path), DataConfig(adapter="segment", input=str(path),
+                                                                  max_bad_fraction=0.5))
+    assert segment_rows(good) == SEGMENT_EXPECTED and set(good["merchant_id"].to_pylist()) == {"segment"}
+    assert good["ts"].to_pylist()[:3] == [datetime(2015, 12, 12, 19, 11, 1, 249000), datetime(2015, 12, 12, 19, 11, 3),
+                                         datetime(2015, 12, 12, 18, 12)]  # +01:00 converted to UTC
+    assert report.ignored == {"event type page": 1, "event Checkout Started": 1}
+    assert [(r["line"], r["reason"], r["price"]) for r in bad.to_pylist()] == [(7, "bad_price", "-1")]
+
+
+def test_segment_parquet_of_the_same_messages(tmp_path):
+    product = [("product_id", pa.string()), ("category", pa.string()), ("price", pa.float64())]
+    schema = pa.schema([("type", pa.string()), ("event", pa.string()), ("userId", pa.string()),
+                        ("anonymousId", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+                        ("properties", pa.struct(product + [("query", pa.string()),
+                                                            ("products", pa.list_(pa.struct(product)))]))])
+    records = []
+    for line in SEGMENT_LINES:
+        when = datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
+        records.append({**line, "timestamp": when})
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp_path / "segment.parquet")
+    events, report = read_all(DataConfig(adapter="segment", input=str(tmp_path / "segment.parquet"),
+                                         max_bad_fraction=0.5))
+    assert segment_rows(events) == SEGMENT_EXPECTED
+    assert report.ignored == {"event type page": 1, "event Checkout Started": 1}

@@ -15,16 +15,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from simpersona.config import SynthConfig
+from simpersona.config import SynthConfig, SynthKnobsConfig, load
 from simpersona.data.schema import EVENTS, SCHEMA, conform
 from simpersona.data.synthetic import (
+    KNOB_NAMES,
     PLANTED_SCHEMA,
+    REFERENCE_KNOBS,
     TMALL_TARGETS,
     SynthError,
+    as_synth,
     build_world,
+    expected_effect,
     generate,
     generate_shard,
+    knob_factors,
     population_expectations,
+    true_effect,
     type_expectations,
     write_shard,
 )
@@ -385,3 +391,158 @@ def test_ray_job_writes_the_same_shards_as_serial(ray_local, tmp_path):
     ray_out = tmp_path / "run" / "synthetic"
     assert _files(ray_out, "events") == _files(tmp_path / "serial", "events")
     assert _files(ray_out, "planted") == _files(tmp_path / "serial", "planted")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Store knobs per merchant, the planted responses, and the true effect of a what-if
+
+KNOBBED = replace(SMALL, knobs=SynthKnobsConfig(enabled=True))
+# A small world with knobs: 20,000 buyers, ~33,000 histories at 12 merchants (~1,100 bargain hunters).
+EFFECT_WORLD = SynthConfig(buyers=20000, shard_buyers=10000, merchants=12, seed=3, executor="serial",
+                           knobs=SynthKnobsConfig(enabled=True))  # fmt: skip
+# One what-if per knob, every merchant moved to the same value (from their own drawn knobs).
+WHATIFS = {
+    "shipping_up": {"shipping_fee": 12.0},
+    "free_shipping": {"shipping_fee": 0.0},
+    "extra_checkout_steps": {"checkout_steps": 4},
+    "no_recommendations": {"recommendations": False},
+    "price_up": {"price_multiplier": 1.25},
+}
+
+
+@pytest.fixture(scope="module")
+def effects():
+    return {name: true_effect(EFFECT_WORLD, variant) for name, variant in WHATIFS.items()}
+
+
+def test_knobs_are_off_by_default_in_the_dataclass_and_the_yaml():
+    assert SynthConfig().knobs.enabled is False
+    cfg = as_synth(load("synthetic", []).synth)
+    assert cfg.knobs == SynthKnobsConfig()  # the YAML mirrors the dataclass
+    on = as_synth(load("synthetic", ["synth.knobs.enabled=true", "synth.knobs.shipping_fee=[0,10]"]).synth)
+    assert on.knobs.enabled and on.knobs.shipping_fee == [0.0, 10.0]
+    with pytest.raises(SynthError, match=r"^synth.knobs.checkout_steps=\[0, 2\]: must be whole numbers >= 1$"):
+        build_world(replace(SMALL, knobs=SynthKnobsConfig(enabled=True, checkout_steps=[0, 2])))
+
+
+def test_merchants_draw_their_knobs_and_the_file_lies_beside_planted(tmp_path):
+    summary = generate(KNOBBED, str(tmp_path / "on"), progress=False)
+    written = json.loads((tmp_path / "on" / "merchant_knobs.json").read_text())
+    assert written["reference"] == REFERENCE_KNOBS
+    knobs = written["merchants"]
+    assert sorted(knobs, key=lambda m: int(m[1:])) == [f"m{i}" for i in range(KNOBBED.merchants)]
+    for name in KNOB_NAMES:  # storefront names, values from the config's lists, and merchants differ
+        values = [k[name] for k in knobs.values()]
+        assert set(values) <= set(getattr(KNOBBED.knobs, name)) and len(set(values)) > 1, name
+    types = json.loads((tmp_path / "on" / "planted_types.json").read_text())
+    assert {m["merchant_id"]: m["knobs"] for m in types["merchants"]} == knobs
+
+    # same seed without knobs: the same world and population (catalogs, mixtures, planted types)...
+    generate(SMALL, str(tmp_path / "off"), progress=False)
+    assert not (tmp_path / "off" / "merchant_knobs.json").exists()
+    assert _files(tmp_path / "on", "planted") == _files(tmp_path / "off", "planted")
+    on, off = build_world(KNOBBED), build_world(SMALL)
+    np.testing.assert_array_equal(on.product_price, off.product_price)
+    np.testing.assert_array_equal(on.mixtures, off.mixtures)
+    # ...and logged prices are the catalog prices times the merchant's price_multiplier
+    events = pl.from_arrow(pq.read_table(tmp_path / "on" / "events")).drop_nulls("price")
+    catalog = pl.DataFrame({"product_id": on.product_ids.to_pylist(), "catalog_price": on.product_price})
+    multiplier = pl.DataFrame({"merchant_id": list(knobs), "m": [k["price_multiplier"] for k in knobs.values()]})
+    e = events.join(catalog, on="product_id").join(multiplier, on="merchant_id")
+    assert e.height == events.height == summary["events"] - (pl.from_arrow(
+        pq.read_table(tmp_path / "on" / "events"))["event"] == "search").sum()
+    np.testing.assert_allclose(e["price"], (e["catalog_price"] * e["m"]).round(2), atol=1e-9)
+
+    # a run without knobs into the same folder does not leave the old knobs behind
+    generate(SMALL, str(tmp_path / "on"), progress=False)
+    assert not (tmp_path / "on" / "merchant_knobs.json").exists()
+
+
+def test_reference_knobs_leave_every_chain_exactly_as_in_the_library():
+    for spec in build_world(SMALL).specs:
+        purchase, view = knob_factors(spec.knob_response, REFERENCE_KNOBS)
+        assert purchase == 1.0 and view == 1.0, spec.name
+        assert type_expectations(spec, 30, REFERENCE_KNOBS) == type_expectations(spec, 30)
+    # knobs on, every merchant at the reference: the same chains (only the draws are laid out otherwise)
+    same = replace(SMALL, knobs=SynthKnobsConfig(enabled=True, **{k: [v] for k, v in REFERENCE_KNOBS.items()}))
+    np.testing.assert_array_equal(build_world(same).chains.trans_cum, build_world(SMALL).chains.trans_cum)
+
+
+def test_the_true_effects_baseline_arm_is_the_generated_data():
+    """true_effect replays the generator's own draws: its baseline is what generate_shard wrote."""
+    result = true_effect(KNOBBED, {"shipping_fee": 12.0})
+    events = pl.concat([pl.from_arrow(generate_shard(KNOBBED, k)[0]) for k in range(3)])
+    _, planted = zip(*(generate_shard(KNOBBED, k) for k in range(3)))
+    h = pl.concat([pl.from_arrow(p) for p in planted]).join(
+        events.group_by("buyer_id", "merchant_id").agg(
+            bought=(pl.col("event") == "purchase").any(), views=(pl.col("event") == "view").sum()
+        ),
+        on=["buyer_id", "merchant_id"],
+    )
+    per = h.group_by("merchant_id").agg(n=pl.len(), conv=pl.col("bought").mean(), views=pl.col("views").mean())
+    for mid, n, conv, views in per.iter_rows():
+        got = result["per_merchant"][mid]
+        assert got["histories"] == n
+        assert got["conversion"]["baseline"] == pytest.approx(conv, abs=1e-12)
+        assert got["product_views"]["baseline"] == pytest.approx(views, abs=1e-12)
+
+
+def test_true_effect_of_each_knob_equals_its_analytic_expectation(effects):
+    """Pooled and per type: |true - analytic| within 4 paired standard errors; pooled effects beyond noise."""
+    for name, result in effects.items():
+        pooled = result["pooled"]
+        assert pooled["histories"] > 30000
+        for o in ("conversion", "product_views"):
+            got = pooled[o]
+            print(name, o, "true", round(got["effect"], 4), "se", round(got["se"], 4),
+                  "analytic", round(got["expected_effect"], 4))  # fmt: skip
+            assert abs(got["effect"] - got["expected_effect"]) <= 4 * got["se"], (name, o, got)
+        # the knob this what-if changes moves the pooled outcome it acts on beyond noise
+        acts_on = "product_views" if name == "no_recommendations" else "conversion"
+        assert abs(pooled[acts_on]["effect"]) > 5 * pooled[acts_on]["se"], (name, pooled)
+        # per type: a type the knob does not reach has exactly no effect; an effect of 0.01 or more (a rare
+        # one may change no history of the sample, and then its standard error reads 0) is within 4 se
+        for type_name, row in result["per_type"].items():
+            for o in ("conversion", "product_views"):
+                got = row[o]
+                if got["expected_effect"] == 0.0:
+                    assert got["effect"] == 0.0, (name, type_name, o, got)
+                elif abs(got["expected_effect"]) >= 0.01:
+                    assert abs(got["effect"] - got["expected_effect"]) <= 4 * got["se"], (name, type_name, o, got)
+    # the analytic table is the same as expected_effect's, which needs no replay
+    analytic = expected_effect(EFFECT_WORLD, WHATIFS["price_up"])
+    assert effects["price_up"]["pooled"]["conversion"]["expected_effect"] == analytic["pooled"]["conversion"]["effect"]
+    assert analytic["pooled"]["histories"] == pytest.approx(effects["price_up"]["pooled"]["histories"], rel=0.02)
+
+
+def test_price_sensitive_type_converts_less_with_a_higher_shipping_fee_and_the_no_response_type_does_not(effects):
+    up, free = effects["shipping_up"]["per_type"], effects["free_shipping"]["per_type"]
+    bargain, loyal = up["bargain_hunter"]["conversion"], up["loyal_repeat"]["conversion"]
+    assert bargain["effect"] < -5 * bargain["se"] and bargain["expected_effect"] < -0.1
+    assert free["bargain_hunter"]["conversion"]["effect"] > 5 * free["bargain_hunter"]["conversion"]["se"]
+    # the no-response type buys as before: same chain, same numbers, so the very same histories
+    assert loyal["baseline"] > 0.9 and loyal["effect"] == 0.0 and loyal["expected_effect"] == 0.0
+    # recommendations raise the views of the browsing type and leave the price-sensitive one alone
+    recs = effects["no_recommendations"]["per_type"]
+    assert recs["window_shopper"]["product_views"]["effect"] < -10 * recs["window_shopper"]["product_views"]["se"]
+    assert recs["bargain_hunter"]["product_views"]["effect"] == 0.0
+    # the chains' expectation agrees: a higher fee lowers the bargain hunter's conversion, not the loyal one's
+    specs = {s.name: s for s in build_world(EFFECT_WORLD).specs}
+    conv = lambda t, fee: type_expectations(specs[t], 30, {"shipping_fee": fee})["conversion"]  # noqa: E731
+    assert conv("bargain_hunter", 12.0) < conv("bargain_hunter", 8.0) < conv("bargain_hunter", 0.0)
+    assert conv("loyal_repeat", 12.0) == conv("loyal_repeat", 0.0)
+    assert population_expectations(EFFECT_WORLD, {"shipping_fee": 12.0})["purchase_histories"] < (
+        population_expectations(EFFECT_WORLD)["purchase_histories"]
+    )
+
+
+def test_a_what_if_on_some_merchants_reports_those_merchants_only():
+    result = true_effect(KNOBBED, {"checkout_steps": 4}, merchants=["m3", "m0"])
+    assert result["merchants"] == ["m0", "m3"] and sorted(result["per_merchant"]) == ["m0", "m3"]
+    m0 = result["per_merchant"]["m0"]
+    assert m0["knobs"]["variant"] == {**m0["knobs"]["baseline"], "checkout_steps": 4}
+    assert result["pooled"]["histories"] == sum(r["histories"] for r in result["per_merchant"].values())
+    with pytest.raises(SynthError, match=r"^what-if knobs \['page_size'\] have no planted response"):
+        true_effect(KNOBBED, {"page_size": 3})
+    with pytest.raises(SynthError, match=r"^merchants \['m99'\] are not in the synthetic world"):
+        expected_effect(KNOBBED, {"shipping_fee": 0.0}, merchants=["m99"])

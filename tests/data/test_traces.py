@@ -199,3 +199,83 @@ def test_reusing_identical_sessions_changes_no_step(source, synthetic, tmall_csv
         assert not shops.sessions
     else:
         assert 0 < len(shops.sessions) < sessions["session_id"].n_unique()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Each merchant's own store knobs (the synthetic generator's merchant_knobs.json) in the traces
+
+
+def _preprocess_synthetic(tmp_path, knobs: bool):
+    """run_reference on a small synthetic world; (config, traces, merchant knobs or None)."""
+    import json
+
+    from simpersona.config import SynthKnobsConfig, load
+    from simpersona.data.reference import run_reference
+    from simpersona.data.synthetic import generate
+
+    synth = tmp_path / "synth"
+    generate(SynthConfig(buyers=1500, shard_buyers=1500, merchants=8, seed=5, executor="serial",
+                         knobs=SynthKnobsConfig(enabled=knobs)), str(synth), progress=False)  # fmt: skip
+    cfg = load("preprocess", [f"data.input={synth}/events", "data.adapter=canonical", "progress=false",
+                              "sessions.day_resolution=false", f"run_dir={tmp_path / 'run'}"])  # fmt: skip
+    run_reference(cfg, str(tmp_path / "out"))
+    traces = pl.read_parquet(tmp_path / "out" / "traces")
+    knobs_file = synth / "merchant_knobs.json"
+    return cfg, traces, json.loads(knobs_file.read_text())["merchants"] if knobs_file.exists() else None
+
+
+def _step_counters(traces: pl.DataFrame) -> dict[str, set[int]]:
+    """Merchant -> the checkout lengths its checkout pages show ("step k/N")."""
+    steps = traces.filter(pl.col("observation").str.contains(r"step \d+/\d+")).with_columns(
+        n=pl.col("observation").str.extract(r"step \d+/(\d+)").cast(pl.Int64)
+    )
+    return {m: set(g["n"].to_list()) for (m,), g in steps.group_by("merchant_id")}
+
+
+def test_traces_show_each_merchants_own_knobs_from_the_synthetic_data(tmp_path):
+    from simpersona.data.reference import resolve_merchant_knobs, store_section
+    from simpersona.sim.observation import money
+
+    cfg, traces, knobs = _preprocess_synthetic(tmp_path, knobs=True)
+    assert resolve_merchant_knobs(cfg).endswith("synth/merchant_knobs.json")
+    store = store_section(cfg)
+    for merchant, own in knobs.items():  # the file's knobs are the merchants' setup, prices excepted
+        assert store["merchant_overrides"][merchant] == {k: v for k, v in own.items() if k != "price_multiplier"}
+
+    # the step counter of every checkout page is the merchant's own number of checkout steps
+    counters = _step_counters(traces)
+    assert len(counters) >= 3 and len({knobs[m]["checkout_steps"] for m in counters}) >= 2
+    for merchant, shown in counters.items():
+        assert shown == {knobs[merchant]["checkout_steps"]}, merchant
+
+    # two merchants with different fees and recommendations: different cart and product pages
+    shops = T.ShopCache({}, store)
+    by_fee = sorted(knobs, key=lambda m: (knobs[m]["shipping_fee"], knobs[m]["recommendations"]))
+    low, high = by_fee[0], by_fee[-1]
+    assert knobs[low]["shipping_fee"] < knobs[high]["shipping_fee"]
+    pages = {}
+    for merchant in (low, high):
+        shop = shops.get(merchant)
+        cheapest = min(shop.catalog, key=lambda p: p.price)  # below free_shipping_threshold: the fee applies
+        assert shop.price(cheapest) < shop.knobs.free_shipping_threshold
+        cart = render(shop.cart_page([cheapest.product_id]))
+        assert f"shipping: {money(knobs[merchant]['shipping_fee'])}" in cart, cart
+        checkout = render(shop.checkout(1, [cheapest.product_id]))
+        assert f"step 1/{knobs[merchant]['checkout_steps']}" in checkout
+        product = render(shop.product(cheapest.product_id, []))
+        assert ("related:" in product) == knobs[merchant]["recommendations"], (merchant, product)
+        pages[merchant] = (cart, checkout)
+    assert pages[low][0].split("shipping:")[1] != pages[high][0].split("shipping:")[1]
+    # the traces' related-product cards follow the merchants' recommendations setting
+    product_pages = traces.filter(pl.col("observation").str.contains("related:"))
+    assert set(product_pages["merchant_id"].unique()) <= {m for m, k in knobs.items() if k["recommendations"]}
+
+
+def test_without_a_knobs_file_the_traces_use_store_as_configured(tmp_path):
+    from simpersona.data.reference import resolve_merchant_knobs, store_section
+    from simpersona.data.traces import as_mapping
+
+    cfg, traces, knobs = _preprocess_synthetic(tmp_path, knobs=False)
+    assert knobs is None and resolve_merchant_knobs(cfg) is None
+    assert store_section(cfg) == as_mapping(cfg.store)
+    assert set().union(*_step_counters(traces).values()) == {StoreConfig().checkout_steps}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from simpersona.config import DataConfig
+from simpersona.config import ConfigError, DataConfig
 from simpersona.data.schema import QUARANTINE_SCHEMA, SCHEMA
 from simpersona.data.validate import (
     BadDataError,
@@ -271,7 +272,7 @@ def test_path_errors(tmp_path):
     events, _ = read_all(DataConfig(input=str(tmp_path / "log.txt"), format="csv"))
     assert events.num_rows == 1
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(InputNotFoundError, match=r"^input not found: no CSV or Parquet files under "):
+    with pytest.raises(InputNotFoundError, match=r"^input not found: no CSV, Parquet or JSON-lines files under "):
         read_all(DataConfig(input=str(tmp_path / "empty_dir")))
     assert issubclass(InputNotFoundError, DataError) and issubclass(DataError, ValueError)
 
@@ -334,3 +335,146 @@ def test_mostly_malformed_lines_stop_early(tmp_path):
         "of fields (> data.max_bad_fraction=0.01); e.g. line 1001: expected 4 fields, got 5: '999,1,0,6-4,x'"
     )
     assert report.rows_read == 0  # nothing reached the report: it stopped inside the first block
+
+
+# ---- issue 19: duplicates, implausible times, quoted newlines, nested columns, header-less CSV, bad files
+
+COLS = {"buyer_id": "u", "merchant_id": "m", "ts": "t", "event": "e", "product_id": "p"}
+
+
+def generic(path, **kw) -> DataConfig:
+    return DataConfig(**{"adapter": "generic", "input": str(path), "columns": COLS, "max_bad_fraction": 1.0, **kw})
+
+
+def test_exact_duplicate_rows_are_quarantined_across_blocks_and_kept_where_they_are_repeat_events(tmp_path):
+    rows = [f"b{i},x,2019-10-01 10:{i % 60:02d}:00,view,p{i}" for i in range(3000)]
+    far = rows[10]
+    rows.insert(1, rows[0])  # an adjacent repeat
+    rows.append(far)  # far away, in another CSV block
+    rows.append(far.replace("view", "cart"))  # differs in one column: not a duplicate
+    path = tmp_path / "log.csv"
+    path.write_text("u,m,t,e,p\n" + "\n".join(rows) + "\n")
+    good, bad, report = read_file_canonical(str(path), generic(path, csv_block_bytes=8 << 10))
+    assert report.bad_by_reason == {"duplicate_row": 2} and good.num_rows == 3001
+    assert sorted(bad["line"].to_pylist()) == [3, 3003]  # header = line 1: the repeats, not the originals
+    assert set(bad["reason"].to_pylist()) == {"duplicate_row"} and bad["buyer_id"].to_pylist() == ["b0", "b10"]
+    kept, _, report = read_file_canonical(str(path), generic(path, duplicate_rows="keep"))
+    assert kept.num_rows == 3003 and report.rows_bad == 0
+    # Tmall logs days: two views of one brand on one day are two equal lines, both real
+    tmall = tmp_path / "tmall.csv"
+    tmall.write_text(f"{HEADER}\n1,10,0,6-4\n1,10,0,6-4\n")
+    good, _, report = read_file_canonical(str(tmall), DataConfig(input=str(tmall)))
+    assert good.num_rows == 2 and report.rows_bad == 0
+    with pytest.raises(ConfigError, match=r"data.duplicate_rows='drop': expected one of auto, quarantine, keep"):
+        read_file_canonical(str(path), generic(path, duplicate_rows="drop"))
+
+
+def test_duplicate_rows_in_parquet_batches(tmp_path):
+    table = pa.table({"u": ["a", "b", "a", "c", "a"], "m": ["x"] * 5, "e": ["view"] * 5,
+                      "t": pa.array([datetime(2020, 1, 1)] * 5, pa.timestamp("ms")), "p": ["1", "1", "1", "1", "2"]})
+    pq.write_table(table, tmp_path / "log.parquet")
+    good, bad, report = read_file_canonical(str(tmp_path / "log.parquet"),
+                                            generic(tmp_path / "log.parquet", parquet_batch_rows=2))
+    assert good["buyer_id"].to_pylist() == ["a", "b", "c", "a"]
+    assert bad["line"].to_pylist() == [3] and report.bad_by_reason == {"duplicate_row": 1}
+
+
+def test_timestamps_before_the_minimum_or_after_the_maximum_are_quarantined(tmp_path):
+    tomorrow_plus = (datetime.now() + timedelta(days=3)).strftime("%Y-%m-%d %H:%M:%S")
+    times = ["2019-10-01 10:00:00", "1970-01-01 00:00:00", "1989-12-31 23:59:59", "2100-01-01", tomorrow_plus,
+             "1990-01-01 00:00:00"]
+    path = tmp_path / "log.csv"
+    path.write_text("u,m,t,e,p\n" + "".join(f"b{i},x,{t},view,p\n" for i, t in enumerate(times)))
+    good, bad, report = read_file_canonical(str(path), generic(path))
+    assert good["buyer_id"].to_pylist() == ["b0", "b5"]  # min_ts itself is in range
+    assert report.bad_by_reason == {"ts_out_of_range": 4}
+    assert bad["ts"].to_pylist() == times[1:5]  # the raw values, for the user to see
+    good, _, report = read_file_canonical(str(path), generic(path, min_ts="", max_ts="2200-01-01"))
+    assert good.num_rows == 6 and report.rows_bad == 0
+    good, _, report = read_file_canonical(str(path), generic(path, max_ts="2019-12-31"))
+    assert good["buyer_id"].to_pylist() == ["b0", "b5"] and report.bad_by_reason == {"ts_out_of_range": 4}
+    # epoch seconds read as milliseconds (a unit mistake) land in January 1970
+    path.write_text("u,m,t,e,p\na,x,1433221332,view,p\n")
+    _, bad, _ = read_file_canonical(str(path), generic(path, ts_unit="ms"))
+    assert bad["reason"].to_pylist() == ["ts_out_of_range"]
+    with pytest.raises(ConfigError, match=r"data.min_ts='1990-13-01' is not an ISO 8601 date or time"):
+        read_file_canonical(str(path), generic(path, min_ts="1990-13-01"))
+
+
+def test_quoted_newlines_stay_in_their_value_across_blocks(tmp_path):
+    path = tmp_path / "log.csv"
+    rows = "".join(f'b{i},x,2019-10-01 10:00:00,view,"sku {i}\nsecond line"\n' for i in range(500))
+    path.write_text("u,m,t,e,p\n" + rows)
+    good, bad, report = read_file_canonical(str(path), generic(path, csv_block_bytes=256))
+    assert report.rows_read == 500 and report.rows_bad == 0
+    assert good["product_id"].to_pylist()[:2] == ["sku 0\nsecond line", "sku 1\nsecond line"]
+    assert good["buyer_id"].to_pylist() == [f"b{i}" for i in range(500)]
+
+
+def test_a_nested_parquet_column_is_a_one_line_error(tmp_path):
+    table = pa.table({"u": ["a"], "m": ["x"], "t": ["2019-10-01"], "e": ["view"],
+                      "p": pa.array([[{"item_id": "i1", "price": 3.0}]])})
+    pq.write_table(table, tmp_path / "nested.parquet")
+    with pytest.raises(InputFormatError) as err:
+        read_all(generic(tmp_path / "nested.parquet"))
+    assert one_line_error(err) == (
+        f"{tmp_path / 'nested.parquet'}: nested column(s) p (list<element: struct<item_id: string, price: double>>) "
+        "cannot be read by data.adapter=generic, which maps flat columns; flatten them, map flat columns only "
+        "(data.columns), or use adapter ga4 / segment for those exports")
+    flat = {k: v for k, v in COLS.items() if k != "product_id"}
+    good, _ = read_all(generic(tmp_path / "nested.parquet", columns=flat))
+    assert good.num_rows == 1  # a nested column the mapping does not use is no obstacle
+
+
+def test_a_header_less_csv_is_read_with_configured_column_names(tmp_path):
+    """The public Taobao UserBehavior.csv: user, item, category, behaviour, epoch seconds; no header."""
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text("1,2268318,2520377,pv,1511544070\n1,2333346,2520771,pv,1511561733\n"
+                    "1,2576651,149192,buy,1511572885\n2,3830808,4181361,zoom,1511593493\n")
+    cfg = DataConfig(adapter="generic", input=str(path), csv_header=False,
+                     csv_columns=["user_id", "item_id", "category_id", "behavior_type", "timestamp"],
+                     columns={"buyer_id": "user_id", "ts": "timestamp", "event": "behavior_type",
+                              "product_id": "item_id", "category": "category_id"},
+                     event_values={"pv": "view", "buy": "purchase", "cart": "cart", "fav": "favorite"},
+                     ts_unit="s", merchant_id="taobao", max_bad_fraction=0.5)
+    good, bad, report = read_file_canonical(str(path), cfg)
+    assert good["event"].to_pylist() == ["view", "view", "purchase"]  # the first line is data, not a header
+    assert good["ts"].to_pylist()[0] == datetime(2017, 11, 24, 17, 21, 10)
+    assert bad.to_pylist()[0]["line"] == 4 and report.bad_by_reason == {"unknown_event": 1}
+    with pytest.raises(ConfigError, match="data.csv_header=false needs data.csv_columns"):
+        read_file_canonical(str(path), DataConfig(input=str(path), csv_header=False))
+
+
+def test_an_unreadable_file_is_set_aside_when_the_bad_share_allows_else_the_run_stops(tmp_path, tmall_csv):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    lines = tmall_csv.read_text().splitlines()
+    for i in range(4):
+        (folder / f"good-{i}.csv").write_text("\n".join([lines[0]] + lines[1 + 1000 * i: 1001 + 1000 * i]) + "\n")
+    (folder / "latin.csv").write_bytes(f"{HEADER}\n".encode() + "Jos\u00e9,2,0,6-4\n".encode("latin-1"))
+    (folder / "cut.parquet").write_bytes(b"PAR1 not really")
+    good, report = read_all(DataConfig(input=str(folder), max_bad_fraction=0.01))
+    assert good.num_rows == 4000 and report.rows_read == 4000
+    assert {Path(u).name: f["reason"] for u, f in report.unreadable_files.items()} == {
+        "latin.csv": "encoding", "cut.parquet": "corrupt_file"}
+    assert 0 < report.unreadable_fraction < 0.01
+    with pytest.raises(BadDataError) as err:
+        read_all(DataConfig(input=str(folder), max_bad_fraction=0.0005))
+    assert one_line_error(err).startswith(
+        "too many unreadable files: 2 (0.") and "> data.max_bad_fraction=0.0005; first: cannot read Parquet" in str(
+        err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.csv_header=false", "data.csv_header=false needs data.csv_columns"),
+    ("data.duplicate_rows=drop", "data.duplicate_rows='drop': expected one of auto, quarantine, keep"),
+    ("data.max_ts=soon", "data.max_ts='soon' is not an ISO 8601 date or time"),
+])
+def test_bad_data_settings_stop_before_any_read_task(override, message):
+    """Checked by the driver (reference.check_config, which both implementations call first), so a setting
+    the reader refuses is one line, not an error inside a Ray read task."""
+    from simpersona.config import load
+    from simpersona.data.reference import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(load("preprocess", [override]))

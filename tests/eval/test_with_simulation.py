@@ -1,5 +1,6 @@
 """Evaluation and what-if through the real simulate stage (Ray actors, Chromium, the storefront),
-with the uniform policy so that no trained model is needed: 3 held-out Tmall merchants, 4 agents each."""
+with the uniform policy so that no trained model is needed: 3 held-out Tmall merchants, 4 agents each
+of up to 5 steps (the checks hold for any session length)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_evaluate_then_whatif_on_the_same_population(tmall_csv, tmp_path, ray_lo
     run = tmp_path / "run"
     common = [f"run_dir={run}", f"data.input={tmall_csv}", "progress=false", "eval.holdout.merchants=3",
               "sim.agents_per_merchant=4", "sim.policy=uniform", "sim.workers=1", "sim.contexts_per_worker=4",
-              "sim.max_steps=10", "eval.bootstrap=200", "eval.ceiling_repeats=2"]
+              "sim.max_steps=5", "eval.bootstrap=200", "eval.ceiling_repeats=2"]
     cfg = load("evaluate", [*common, "eval.baselines=[]"])
     events = read_raw_events(cfg)
     # the assign stage's output for this test: every buyer history typed 0..3 by its position

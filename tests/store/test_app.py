@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 import pytest
@@ -73,6 +74,42 @@ def test_stale_page_and_invalid_action_do_not_act(client, tmp_path):
     assert [e["event"] for e in read_events(tmp_path / "events").to_pylist()] == ["view"]
 
 
+class FullDisk:
+    """The event log's open WAL file on a full disk: every write fails, the rest is the real file."""
+
+    def __init__(self, wal):
+        self.wal = wal
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.wal, name)
+
+
+def test_a_failed_event_log_write_leaves_the_visit_unchanged_and_the_agent_told(client, tmp_path):
+    shop = ShopSet({"store": STORE}).shop("m1")
+    r = client.post("/m/m1/act", data={"a": "open 1", "v": version_in(client.get("/m/m1/").text)})
+    product_url, v = r.url.path, version_in(r.text)
+    log = client.app.state.storefront.log
+    log._wal = FullDisk(log._wal)  # opened by the first event
+    failed = client.post("/m/m1/act", data={"a": "add_to_cart", "v": v}, follow_redirects=False)
+    assert failed.status_code == 503 and "could not record this step" in failed.text
+    other = shop.catalog[5].product_id
+    assert client.get(f"/m/m1/p/{other}").status_code == 503  # a direct navigation is not moved either
+    assert client.get("/m/m1/here", follow_redirects=False).headers["location"] == product_url
+    on_product, _ = shop.apply(Visit("m1"), "open 1")
+    assert client.get(product_url).text == render_page(shop.page_of(on_product), int(v))  # cart still empty
+    log._wal = log._wal.wal  # the disk has room again: the agent's retry of the same page acts once
+    retried = client.post("/m/m1/act", data={"a": "add_to_cart", "v": v}, follow_redirects=False)
+    assert retried.status_code == 303 and retried.headers["x-logged-seqs"] == "1"  # seq 1 was not consumed
+    again = client.post("/m/m1/act", data={"a": "add_to_cart", "v": v}, follow_redirects=False)
+    assert again.headers.get("x-stale") == "1"
+    client.close()
+    events = read_events(tmp_path / "events").to_pylist()
+    assert [(e["seq"], e["event"]) for e in events] == [(0, "view"), (1, "cart")]
+
+
 def test_unknown_merchant_product_category_step_and_path_are_404_with_a_message(client):
     cases = {
         "/m/zz/": "unknown merchant &#x27;zz&#x27; (this storefront serves 2 merchant(s): m1, m2)",
@@ -128,3 +165,34 @@ def test_variant_knobs_show_on_the_pages(tmp_path):
         page = c.get("/m/m1/").text
     assert f'data-price="{round(base * 2, 2)!r}"' in page
     assert "variant pricey" in TestClient(create_app({"store": STORE}, tmp_path / "ev2", "pricey")).get("/").text
+
+
+def test_a_concurrent_double_submit_acts_once_while_the_first_write_is_in_flight(tmp_path):
+    """Events are logged before the visit moves, so the visit's lock keeps a second submit of the same page
+    (sent while the first one's write is still in flight) from acting on the old visit as well."""
+    import asyncio
+    import time
+
+    import httpx
+
+    app = create_app({"store": STORE}, log_dir=tmp_path / "events", variant="baseline")
+    log = app.state.storefront.log
+    real_write = log._write
+
+    def slow_write(rows):
+        time.sleep(0.3)  # a slow disk: the second request arrives while this one waits
+        real_write(rows)
+
+    log._write = slow_write
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
+                c.cookies.update({"sp_agent": "a1", "sp_session": "s1"})
+                v = version_in((await c.get("/m/m1/")).text)
+                return await asyncio.gather(*[c.post("/m/m1/act", data={"a": "open 1", "v": v}) for _ in range(2)])
+
+    answers = asyncio.run(run())
+    assert sorted("x-stale" in r.headers for r in answers) == [False, True]
+    assert [e["event"] for e in read_events(tmp_path / "events").to_pylist()] == ["view"]
