@@ -110,11 +110,15 @@ def test_multi_file_csv_with_bad_rows_whole_buyer_unit(ray_local, synth_dir, tmp
     data.mkdir()
     write_csv(data / "a.csv", rows[:1500])
     write_csv(data / "b.csv", rows[1500:])
+    (data / "c.parquet").write_bytes(b"PAR1 cut short")  # a file that cannot be read: set aside, the run goes on
     cfg = load("preprocess", [f"data.input={data}", "data.adapter=canonical", "progress=false", "sessions.unit=buyer",
                               "sessions.day_resolution=false", "sessions.partitions=2", f"run_dir={tmp_path}/run"])
     summary = run_preprocess(cfg)
     ref = run_reference(cfg, str(tmp_path / "ref"))
     assert {k: summary[k] for k in COUNT_KEYS} == {k: ref[k] for k in COUNT_KEYS}
+    assert summary["unreadable_files"] == ref["unreadable_files"]
+    assert [(u.rsplit("/", 1)[-1], f["reason"]) for u, f in summary["unreadable_files"].items()] == [
+        ("c.parquet", "corrupt_file")]
     assert (summary["rows_read"], summary["rows_bad"]) == (3000, 4)
     assert summary["bad_by_reason"] == {"bad_price": 1, "bad_timestamp": 1, "missing_buyer_id": 1, "unknown_event": 1}
     assert summary["planted"] == ""  # nothing planted beside a CSV folder
