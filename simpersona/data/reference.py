@@ -78,12 +78,16 @@ def resolve_planted(cfg) -> str | None:
     if base.rsplit("/", 1)[-1] != "events":
         return None
     planted = base[: -len("events")] + "planted"
-    fs, path = io.resolve(planted, cfg.data.s3)
+    return planted if _is(planted, "Directory", cfg.data.s3) else None
+
+
+def _is(uri: str, kind: str, s3) -> bool:
+    """Whether `uri` exists as a `kind` ("File" or "Directory"); an unreachable one does not."""
+    fs, path = io.resolve(uri, s3)
     try:
-        found = fs.get_file_info(path).type.name == "Directory"
+        return fs.get_file_info(path).type.name == kind
     except OSError:
-        found = False
-    return planted if found else None
+        return False
 
 
 def resolve_merchant_knobs(cfg) -> str | None:
@@ -92,12 +96,7 @@ def resolve_merchant_knobs(cfg) -> str | None:
     if planted is None:
         return None
     uri = io.join_uri(planted.rstrip("/").rsplit("/", 1)[0], MERCHANT_KNOBS_FILE)
-    fs, path = io.resolve(uri, cfg.data.s3)
-    try:
-        found = fs.get_file_info(path).type.name == "File"
-    except OSError:
-        found = False
-    return uri if found else None
+    return uri if _is(uri, "File", cfg.data.s3) else None
 
 
 # Knobs of the data's merchant_knobs.json the traces do not take: the logged prices, from which the
