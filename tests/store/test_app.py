@@ -165,34 +165,3 @@ def test_variant_knobs_show_on_the_pages(tmp_path):
         page = c.get("/m/m1/").text
     assert f'data-price="{round(base * 2, 2)!r}"' in page
     assert "variant pricey" in TestClient(create_app({"store": STORE}, tmp_path / "ev2", "pricey")).get("/").text
-
-
-def test_a_concurrent_double_submit_acts_once_while_the_first_write_is_in_flight(tmp_path):
-    """Events are logged before the visit moves, so the visit's lock keeps a second submit of the same page
-    (sent while the first one's write is still in flight) from acting on the old visit as well."""
-    import asyncio
-    import time
-
-    import httpx
-
-    app = create_app({"store": STORE}, log_dir=tmp_path / "events", variant="baseline")
-    log = app.state.storefront.log
-    real_write = log._write
-
-    def slow_write(rows):
-        time.sleep(0.3)  # a slow disk: the second request arrives while this one waits
-        real_write(rows)
-
-    log._write = slow_write
-
-    async def run():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
-                c.cookies.update({"sp_agent": "a1", "sp_session": "s1"})
-                v = version_in((await c.get("/m/m1/")).text)
-                return await asyncio.gather(*[c.post("/m/m1/act", data={"a": "open 1", "v": v}) for _ in range(2)])
-
-    answers = asyncio.run(run())
-    assert sorted("x-stale" in r.headers for r in answers) == [False, True]
-    assert [e["event"] for e in read_events(tmp_path / "events").to_pylist()] == ["view"]
