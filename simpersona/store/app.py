@@ -11,8 +11,7 @@ Actions: POST /m/{m}/act with a=<action string> (and v=<page version>), answered
 A session cookie (`sp_session`, with `sp_agent` = the buyer) selects a server-side `Visit` per
 (session, merchant). Every action goes through `Shop.apply` and every page is `Shop.page_of(visit)`,
 so the web shop and the trace model cannot disagree; the events `Shop.apply` returns are written to
-the event log (durably, see eventlog.py) before the visit moves and before the answer: a write that fails
-leaves the visit and its page version as they were and answers 503, so the agent's retry acts once. A form carries the version of the
+the event log (durably, see eventlog.py) before the answer. A form carries the version of the
 page it came from: a stale page (double submit, a retry after a timeout whose first try got
 through) is redirected to the current page without acting again. Opening a page's URL directly
 (a person's Back button or address bar) moves the visit there, logging what analytics would:
@@ -22,11 +21,10 @@ a product view for a product page, a search for a search page.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
@@ -37,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from simpersona.store.eventlog import EventLog, EventLogError
+from simpersona.store.eventlog import EventLog
 from simpersona.store.html import render_message, render_page
 from simpersona.store.model import InvalidAction, LoggedEvent, Shop, Visit
 from simpersona.store.shops import ShopSet, UnknownMerchant, store_section
@@ -115,9 +113,6 @@ class Tab:
     visit: Visit
     version: int
     agent_id: str
-    # held from reading the visit until its events are logged and it moved: a concurrent double submit of
-    # the same page waits here and then finds the version stale, instead of acting on the old visit too
-    busy: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Storefront:
@@ -151,14 +146,6 @@ def _html(text: str, status: int = 200, headers: dict | None = None) -> HTMLResp
 def _not_found(message: str, merchant_id: str = "") -> HTMLResponse:
     links = ((f"/m/{q(merchant_id)}/", "Back to the shop's home page"),) if merchant_id else (("/", "All shops"),)
     return _html(render_message("Not found", message, merchant_id, links), 404)
-
-
-def _not_logged(merchant_id: str, v: Visit, exc: EventLogError) -> HTMLResponse:
-    """The answer when the events of a request could not be made durable: nothing changed, try again."""
-    log.error("storefront %s: %s", merchant_id, exc)
-    return _html(render_message("Try again", "The shop could not record this step, so nothing changed; try "
-                                "again.", merchant_id, ((canonical_url(v), "Back to the page"),)),
-                 503, {"Retry-After": "1"})
 
 
 def _identity(request: Request) -> tuple[str, str, bool]:
@@ -224,25 +211,21 @@ def create_app(cfg: Any = None, log_dir: str | Path | None = None, variant: str 
             return _set_identity(RedirectResponse(url, 303, headers=NO_STORE), agent, session)
         agent, session, new = _identity(request)
         tab = front.tab(session, agent, merchant)
-        async with tab.busy:
-            if tab.visit.ended and target is not None:  # back after leaving: a new visit of the same session
-                tab.visit, tab.version = Visit(merchant), tab.version + 1
-            if target is None and tab.visit.ended:
-                resp = _html(render_message("Goodbye", f"You left shop {merchant}.", merchant,
-                                            ((f"/m/{q(merchant)}/", "Enter the shop again"),), kind="ended"))
-                return _set_identity(resp, agent, session) if new else resp
-            if target is not None and target.kind in LIST_KINDS:
-                clamped = shop.page_of(target).page
-                if clamped != target.page:
-                    return RedirectResponse(canonical_url(replace(target, page=clamped)), 303, headers=NO_STORE)
-            if target is not None and position(target) != position(tab.visit):
-                visit, events = navigate(tab.visit, target, shop)
-                try:
-                    await front.record(tab, session, events)
-                except EventLogError as exc:
-                    return _not_logged(merchant, tab.visit, exc)
-                tab.visit, tab.version = visit, tab.version + 1
-            resp = _html(render_page(shop.page_of(tab.visit), tab.version))
+        if tab.visit.ended and target is not None:  # back after leaving: a new visit of the same session
+            tab.visit, tab.version = Visit(merchant), tab.version + 1
+        if target is None and tab.visit.ended:
+            resp = _html(render_message("Goodbye", f"You left shop {merchant}.", merchant,
+                                        ((f"/m/{q(merchant)}/", "Enter the shop again"),), kind="ended"))
+            return _set_identity(resp, agent, session) if new else resp
+        if target is not None and target.kind in LIST_KINDS:
+            clamped = shop.page_of(target).page
+            if clamped != target.page:
+                return RedirectResponse(canonical_url(replace(target, page=clamped)), 303, headers=NO_STORE)
+        if target is not None and position(target) != position(tab.visit):
+            visit, events = navigate(tab.visit, target, shop)
+            tab.visit, tab.version = visit, tab.version + 1
+            await front.record(tab, session, events)
+        resp = _html(render_page(shop.page_of(tab.visit), tab.version))
         return _set_identity(resp, agent, session) if new else resp
 
     async def home(request: Request) -> Response:
@@ -314,23 +297,19 @@ def create_app(cfg: Any = None, log_dir: str | Path | None = None, variant: str 
         version = form.get("v", [None])[0]
         agent, session, new = _identity(request)
         tab = front.tab(session, agent, m)
-        async with tab.busy:
-            if tab.visit.ended or (version is not None and _int(version, -1, "v") != tab.version):
-                resp = RedirectResponse(canonical_url(tab.visit), 303, headers={**NO_STORE, "X-Stale": "1"})
-            else:
-                try:
-                    visit, events = shop.apply(tab.visit, action)  # a new Visit: tab.visit is not touched
-                except InvalidAction as exc:
-                    return _html(render_message("Action not available", f"{exc}.", m,
-                                                ((canonical_url(tab.visit), "Back to the page"),)), 409)
-                try:
-                    seqs = await front.record(tab, session, events)
-                except EventLogError as exc:
-                    return _not_logged(m, tab.visit, exc)
-                tab.visit, tab.version = visit, tab.version + 1
-                front.actions += 1
-                resp = RedirectResponse(canonical_url(visit), 303,
-                                        headers={**NO_STORE, "X-Logged-Seqs": ",".join(map(str, seqs))})
+        if tab.visit.ended or (version is not None and _int(version, -1, "v") != tab.version):
+            resp = RedirectResponse(canonical_url(tab.visit), 303, headers={**NO_STORE, "X-Stale": "1"})
+        else:
+            try:
+                visit, events = shop.apply(tab.visit, action)
+            except InvalidAction as exc:
+                return _html(render_message("Action not available", f"{exc}.", m,
+                                            ((canonical_url(tab.visit), "Back to the page"),)), 409)
+            tab.visit, tab.version = visit, tab.version + 1
+            seqs = await front.record(tab, session, events)
+            front.actions += 1
+            resp = RedirectResponse(canonical_url(visit), 303,
+                                    headers={**NO_STORE, "X-Logged-Seqs": ",".join(map(str, seqs))})
         return _set_identity(resp, agent, session) if new else resp
 
     async def index(request: Request) -> Response:

@@ -188,18 +188,19 @@ class EventLog:
 
     # ---- writing ------------------------------------------------------------------------------
     def _encode(self, events: list[dict]) -> list[list]:
-        """Log rows for `events`, with ts assigned now; seq is assigned by `_write`, once the rows are
-        written in call order, so a failed write consumes no sequence numbers."""
+        """Log rows for `events`, with seq and ts assigned now (so seq order = call order)."""
         ts = time.time_ns() // 1_000_000
-        return [[e["buyer_id"], e["merchant_id"], ts, None, e["event"], e.get("product_id"), e.get("category"),
-                 None if e.get("price") is None else float(e["price"]), e.get("session_id"), self.variant]
-                for e in events]
+        rows = []
+        for e in events:
+            rows.append([e["buyer_id"], e["merchant_id"], ts, self.next_seq, e["event"], e.get("product_id"),
+                         e.get("category"), None if e.get("price") is None else float(e["price"]),
+                         e.get("session_id"), self.variant])
+            self.next_seq += 1
+        return rows
 
     def _write(self, rows: list[list]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows).encode()
         with self._io:
-            for i, row in enumerate(rows):
-                row[SEQ] = self.next_seq + i
-            data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows).encode()
             if self._wal is None:
                 self._wal = open(self.directory / f"wal-{rows[0][SEQ]:012d}.jsonl", "ab")
                 _fsync_dir(self.directory)
@@ -212,7 +213,6 @@ class EventLog:
             except BaseException:  # keep the WAL parseable: no half-written batch before later lines
                 self._wal.truncate(size)
                 raise
-            self.next_seq += len(rows)
             self._wal_rows.extend(rows)
             self.rows_written += len(rows)
             if len(self._wal_rows) >= self.shard_rows:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import re
 
 import pytest
@@ -72,42 +71,6 @@ def test_stale_page_and_invalid_action_do_not_act(client, tmp_path):
     assert "action &#x27;next_page&#x27; not offered on the product page." in bad.text
     client.close()
     assert [e["event"] for e in read_events(tmp_path / "events").to_pylist()] == ["view"]
-
-
-class FullDisk:
-    """The event log's open WAL file on a full disk: every write fails, the rest is the real file."""
-
-    def __init__(self, wal):
-        self.wal = wal
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self.wal, name)
-
-
-def test_a_failed_event_log_write_leaves_the_visit_unchanged_and_the_agent_told(client, tmp_path):
-    shop = ShopSet({"store": STORE}).shop("m1")
-    r = client.post("/m/m1/act", data={"a": "open 1", "v": version_in(client.get("/m/m1/").text)})
-    product_url, v = r.url.path, version_in(r.text)
-    log = client.app.state.storefront.log
-    log._wal = FullDisk(log._wal)  # opened by the first event
-    failed = client.post("/m/m1/act", data={"a": "add_to_cart", "v": v}, follow_redirects=False)
-    assert failed.status_code == 503 and "could not record this step" in failed.text
-    other = shop.catalog[5].product_id
-    assert client.get(f"/m/m1/p/{other}").status_code == 503  # a direct navigation is not moved either
-    assert client.get("/m/m1/here", follow_redirects=False).headers["location"] == product_url
-    on_product, _ = shop.apply(Visit("m1"), "open 1")
-    assert client.get(product_url).text == render_page(shop.page_of(on_product), int(v))  # cart still empty
-    log._wal = log._wal.wal  # the disk has room again: the agent's retry of the same page acts once
-    retried = client.post("/m/m1/act", data={"a": "add_to_cart", "v": v}, follow_redirects=False)
-    assert retried.status_code == 303 and retried.headers["x-logged-seqs"] == "1"  # seq 1 was not consumed
-    again = client.post("/m/m1/act", data={"a": "add_to_cart", "v": v}, follow_redirects=False)
-    assert again.headers.get("x-stale") == "1"
-    client.close()
-    events = read_events(tmp_path / "events").to_pylist()
-    assert [(e["seq"], e["event"]) for e in events] == [(0, "view"), (1, "cart")]
 
 
 def test_unknown_merchant_product_category_step_and_path_are_404_with_a_message(client):
