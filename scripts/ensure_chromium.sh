@@ -9,8 +9,10 @@ apt_ok() { [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; }
 updated=0
 apt_install() {
   export DEBIAN_FRONTEND=noninteractive
-  if [[ $updated -eq 0 ]]; then apt-get update -qq; updated=1; fi
-  apt-get install -y -qq "$@" >/dev/null
+  # another install on the box (a second checkout's setup, unattended upgrades) holds dpkg's lock: wait
+  local wait=(-o DPkg::Lock::Timeout=600)
+  if [[ $updated -eq 0 ]]; then apt-get "${wait[@]}" update -qq; updated=1; fi
+  apt-get "${wait[@]}" install -y -qq "$@" >/dev/null
 }
 if [[ ! -x /usr/lib/chromium/chromium-headless-shell ]] && apt_ok; then
   apt_install chromium-headless-shell || echo "chromium-headless-shell: not installed (apt-get failed); using chromium"
