@@ -3,13 +3,13 @@
     page: product | cart: 0
     product: classic shoe edition | 87.23 | shoes
     history: open 2 > back > open 1
-    <|persona_3|>
-    action:
+    action:<|persona_3|>
 
-The persona line sits right before the decision, not in front of the page: a base model learnt to read
-pages that open right after its start token, and a new token there moves every page token away from it.
-Measured on the demo's small LM (persona line first): the fine-tuned persona model left checkout pages
-with probability 0.9, where every training example continued, and did so under any type's token.
+The persona token is the prompt's last token, the position whose hidden state predicts the action: there
+its embedding reaches the prediction directly, where anywhere earlier it must be carried forward by
+attention, which a small model fine-tuned on few examples per type does not learn. It is also not in front
+of the page, where a base model learnt to read pages that open right after its start token and a new token
+moves every page token away from it. A prose persona (the prompt baseline) is a line before `action:`.
 
 The target appended to a prompt is `" " + action` followed by the tokenizer's end marker; the loss
 (and the scorer) covers only those tokens. Prompt and target are tokenized separately and
@@ -27,20 +27,13 @@ def persona_token(k: int) -> str:
     return PERSONA_TOKEN.format(int(k))
 
 
-def persona_prefix(persona: int | str | None) -> str:
-    """The persona line of a prompt: a persona token, a prose persona (the prompt baseline) or nothing."""
-    if persona is None:
-        return ""
+def _check_persona(persona) -> None:
     if isinstance(persona, bool):  # bool is an int subclass; True is not persona 1
         raise TypeError("persona must be an int type id, a prose string or None, not a bool")
-    if isinstance(persona, int):
-        if persona < 0:
-            raise ValueError(f"persona type id must be >= 0 (use None for no persona), got {persona}")
-        return persona_token(persona) + "\n"
-    if isinstance(persona, str):
-        text = " ".join(persona.split())
-        return f"persona: {text}\n" if text else ""
-    raise TypeError(f"persona must be an int type id, a prose string or None, not {type(persona).__name__}")
+    if isinstance(persona, int) and persona < 0:
+        raise ValueError(f"persona type id must be >= 0 (use None for no persona), got {persona}")
+    if persona is not None and not isinstance(persona, (int, str)):
+        raise TypeError(f"persona must be an int type id, a prose string or None, not {type(persona).__name__}")
 
 
 def history_line(history: list[str]) -> str:
@@ -48,8 +41,13 @@ def history_line(history: list[str]) -> str:
 
 
 def build_prompt(persona: int | str | None, observation: str, history: list[str]) -> str:
-    """Prompt for the next action; `history` is the session's previous actions, oldest first."""
-    return f"{observation}\n{history_line(history)}\n{persona_prefix(persona)}action:"
+    """Prompt for the next action; `history` is the session's previous actions, oldest first. `persona`: a
+    type id (its token ends the prompt), a prose persona (a line before `action:`) or None."""
+    _check_persona(persona)
+    prose = " ".join(persona.split()) if isinstance(persona, str) else ""
+    persona_line = f"persona: {prose}\n" if prose else ""
+    token = persona_token(persona) if isinstance(persona, int) else ""
+    return f"{observation}\n{history_line(history)}\n{persona_line}action:{token}"
 
 
 def target_text(action: str, end: str) -> str:

@@ -150,13 +150,14 @@ def description_anchors(model, tokenizer, descriptions: list[str]) -> np.ndarray
 
 
 def check_persona_tokens(tokenizer, ids: list[int], text: str = SELF_CHECK_TEXT) -> None:
-    """Each persona token is one id, and the text after it tokenises exactly as without it."""
-    plain = tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
+    """Each persona token is one id, and a prompt ending in it tokenises as the prompt without it, then the id
+    (prompts.build_prompt puts the token last)."""
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
     for k, tid in enumerate(ids):
         tok = persona_token(k)
         alone = tokenizer(tok, add_special_tokens=False)["input_ids"]
         if alone != [tid]:
             raise PersonaTokenError(f"{tok} tokenizes to {alone}, expected the single id {tid}")
-        joined = tokenizer(tok + "\n" + text, add_special_tokens=False)["input_ids"]
-        if joined != [tid] + plain:
-            raise PersonaTokenError(f"text after {tok} tokenizes differently than without it")
+        joined = tokenizer(text + tok, add_special_tokens=False)["input_ids"]
+        if joined != plain + [tid]:
+            raise PersonaTokenError(f"a prompt ending in {tok} tokenizes differently than without it")

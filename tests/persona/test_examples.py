@@ -17,7 +17,7 @@ from .conftest import K
 def test_prompt_variants():
     obs = "page: home | cart: 0\nproducts p1: [1] soft shoe set 12.00"
     assert persona_token(3) == "<|persona_3|>"
-    assert build_prompt(3, obs, ["open 1", "back"]) == f"{obs}\nhistory: open 1 > back\n<|persona_3|>\naction:"
+    assert build_prompt(3, obs, ["open 1", "back"]) == f"{obs}\nhistory: open 1 > back\naction:<|persona_3|>"
     assert build_prompt(None, obs, []) == f"{obs}\nhistory: (start)\naction:"
     assert build_prompt("  likes\n deals ", obs, []) == f"{obs}\nhistory: (start)\npersona: likes deals\naction:"
     assert target_text("add_to_cart", "<|end|>") == " add_to_cart<|end|>"
@@ -73,7 +73,7 @@ def test_variants_share_rows(planted_steps):
     mismatch = ex.persona_of(df, "mismatch", K, d)
     for p, n, q, t, m in zip(persona, none, prose, df.type_id, mismatch):
         body = n.removesuffix("action:")
-        assert p == f"{body}<|persona_{t}|>\naction:"
+        assert p == f"{n}<|persona_{t}|>"
         assert q == f"{body}persona: {d[t]}\naction:"
         assert m != t
     with pytest.raises(ValueError, match="needs a description for every type"):

@@ -83,6 +83,6 @@ def test_loads_folder_and_truncates_history(tiny, codebook, tmp_path):
     s = ActionScorer(tmp_path / "model")  # persona.json beside the model folder, as in DIR/finetune
     assert s.n_personas == K and s.history_len == 2
     r = ScoreRequest(0, "page: home | cart: 0", ["open 1", "back", "open 2"], ["leave"])
-    assert s.prompt(r).endswith("history: back > open 2\n<|persona_0|>\naction:")
+    assert s.prompt(r).endswith("history: back > open 2\naction:<|persona_0|>")
     with pytest.raises(FileNotFoundError, match="expected a save_pretrained folder"):
         ActionScorer(tmp_path / "nothing")
