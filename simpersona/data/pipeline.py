@@ -62,6 +62,7 @@ from simpersona.data.reference import (
     transform,
 )
 from simpersona.data.schema import SCHEMA
+from simpersona.data.storefront import write_storefront
 from simpersona.data.traces import as_mapping
 from simpersona.data.validate import (
     BadDataError,
@@ -492,6 +493,8 @@ def run_pipeline(cfg, out: str) -> dict:
         _write_parquet(feats, uris["features"], s3cfg, use_dictionary=["history_id", "buyer_id", "merchant_id"])
         spec = F.feature_spec(cfg.features, cfg.sessions.unit, totals["mean"], totals["std"])
         write_json(uris["feature_spec"], spec, s3cfg)
+    store = store_section(cfg)  # the section the traces were replayed on (process_histories' own)
+    write_storefront(uris["storefront"], store, T.top_catalog_rows(stats.products, store["products_per_merchant"]), s3cfg)
     for path in scratch.values():
         remove(path, s3cfg)
     summary = {

@@ -35,6 +35,7 @@ from simpersona.data import features as F
 from simpersona.data import io
 from simpersona.data import traces as T
 from simpersona.data.schema import EVENTS, SCHEMA
+from simpersona.data.storefront import STOREFRONT_FILE, write_storefront
 from simpersona.data.sessions import check as check_sessions
 from simpersona.data.sessions import sessionize
 from simpersona.data.synthetic import MERCHANT_KNOBS_FILE
@@ -62,7 +63,8 @@ class PreprocessError(ValueError):
 def output_uris(out: str) -> dict[str, str]:
     names = ("events", "quarantine", "features", "traces")
     uris = {name: io.join_uri(out, name) for name in names}
-    uris.update(feature_spec=io.join_uri(out, "feature_spec.json"), summary=io.join_uri(out, "summary.json"))
+    uris.update(feature_spec=io.join_uri(out, "feature_spec.json"), summary=io.join_uri(out, "summary.json"),
+                storefront=io.join_uri(out, STOREFRONT_FILE))
     return uris
 
 
@@ -314,6 +316,7 @@ def run_reference(cfg, out: str) -> dict:
         io.write_parquet(result.traces, io.join_uri(uris["traces"], "part-00000.parquet"), data_cfg.s3)
         spec = F.feature_spec(ctx.section("features"), ctx.unit, totals["mean"], totals["std"])
         write_json(uris["feature_spec"], spec, data_cfg.s3)
+        write_storefront(uris["storefront"], ctx.store, ctx.catalogs, data_cfg.s3)
     summary = {**counts_summary(totals, report, ctx.stats, ctx.unit), "engine": "reference",
                "wall_s": sw.total(), "phases_s": sw.laps, "out": out}
     write_json(uris["summary"], summary, data_cfg.s3)

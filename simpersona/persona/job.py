@@ -26,6 +26,7 @@ import pandas as pd
 
 from simpersona.config import to_dict
 from simpersona.data import io
+from simpersona.data.storefront import replayed_store
 from simpersona.persona import examples as ex
 from simpersona.persona.evaluate import score_steps, step_metrics, type_sensitivity
 from simpersona.persona.finetune import (
@@ -221,9 +222,10 @@ def run(cfg) -> dict:
             held["none"] = step_metrics(eval_df, score_steps(scorer, eval_df, "none", n_types, None,
                                                              ev.batch_requests, cfg.progress), ev.min_type_steps)
         all_steps = pd.concat([steps.train, steps.heldout], ignore_index=True)
-        sens = type_sensitivity(scorer, steps.heldout, all_steps, n_types, to_dict(cfg.store),
+        store = replayed_store(cfg)  # the storefront the traces were replayed on: same catalogs and knobs
+        sens = type_sensitivity(scorer, steps.heldout, all_steps, n_types, store,
                                 ev.rollouts_per_type, ev.rollout_max_steps or int(cfg.traces.max_steps_per_session), pc.temperature, seed, cfg.progress)
-        sens_mismatch = type_sensitivity(scorer, steps.heldout, all_steps, n_types, to_dict(cfg.store),
+        sens_mismatch = type_sensitivity(scorer, steps.heldout, all_steps, n_types, store,
                                          ev.rollouts_per_type, ev.rollout_max_steps or int(cfg.traces.max_steps_per_session),
                                          pc.temperature, seed, cfg.progress, shift=max(1, n_types // 2))
 

@@ -40,7 +40,11 @@ def storefront(cfg, merchants: list[str], log_dir: Path):
     URL the workers use (the node's IP when store.host is 0.0.0.0, for workers on other nodes)."""
     from simpersona.store.server import StoreServer
 
-    with StoreServer(cfg, log_dir=log_dir, variant=cfg.sim.variant, merchants=merchants) as server:
+    from simpersona.data.storefront import replayed_store
+
+    # the storefront the traces were replayed on (their catalogs and merchant knobs), with the variant's knobs
+    store = replayed_store(cfg)
+    with StoreServer({"store": store}, log_dir=log_dir, variant=cfg.sim.variant, merchants=merchants) as server:
         host = server.host
         if host in ("0.0.0.0", "::", ""):
             host = ray.util.get_node_ip_address()

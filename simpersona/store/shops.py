@@ -7,7 +7,9 @@ in `store.variants` is only a label: the store knobs apply unchanged.
 
 Catalogs: `store.catalog_path` (Parquet or CSV with merchant_id, product_id, category, price and
 optionally count; rows ordered by count when present, else in file order) gives the products the
-log has for a merchant, topped up by `generate_catalog`; without it every catalog is generated.
+log has for a merchant, topped up by `generate_catalog`; else `store.catalog_rows` (merchant ->
+[[product_id, category, price], ...], the catalogs a run's traces were replayed on, which
+simpersona.data.storefront.replayed_store puts there); without either every catalog is generated.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class ShopSet:
         self.log_rows: dict[str, list] = {}
         if self.store.get("catalog_path"):
             self.log_rows = read_catalog_file(self.store["catalog_path"])
+        elif self.store.get("catalog_rows"):  # a run's replayed catalogs (simpersona.data.storefront)
+            self.log_rows = {str(m): [tuple(r) for r in rows] for m, rows in _plain(self.store["catalog_rows"]).items()}
         listed = [str(m) for m in (merchants if merchants is not None else self.store.get("merchants") or [])]
         self.merchants = tuple(dict.fromkeys(listed + sorted(self.log_rows)))
         if not self.merchants:

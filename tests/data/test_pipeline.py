@@ -14,6 +14,7 @@ import pytest
 from simpersona.config import SynthConfig, load
 from simpersona.data.pipeline import run_preprocess
 from simpersona.data.reference import run_reference
+from simpersona.data.storefront import STOREFRONT_FILE, replayed_store
 from simpersona.data.validate import BadDataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +33,8 @@ def assert_identical(ray_out: Path, ref_out: Path) -> None:
         a, b = table(ray_out, name), table(ref_out, name)
         assert a.schema.equals(b.schema), name
         assert a.equals(b), f"{name}: columns differ: {[c for c in a.column_names if not a[c].equals(b[c])]}"
-    spec_a, spec_b = (json.loads((d / "feature_spec.json").read_text()) for d in (ray_out, ref_out))
-    assert spec_a == spec_b
+    for name in ("feature_spec.json", STOREFRONT_FILE):
+        assert json.loads((ray_out / name).read_text()) == json.loads((ref_out / name).read_text()), name
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,39 @@ def test_ray_pipeline_equals_reference_on_synthetic_data(ray_local, synth_dir, s
     generated = json.loads((synth_dir / "summary.json").read_text())
     assert (summary["rows_read"], summary["buyers"]) == (generated["events"], generated["buyers"])
     assert not list(out.glob("_*")) and not list(out.parent.glob("preprocess.tmp-*"))  # scratch removed
+
+
+def test_the_replayed_storefront_shows_every_page_the_traces_show(synth_dir, synth_reference, tmp_path):
+    """The store section later stages build their storefront from (finetune's rollouts, the simulations'
+    live shop) replays each first session of the traces page for page: the same products, prices,
+    categories and merchant knobs the policy was trained on. `cfg.store` alone shows generated catalogs."""
+    from simpersona.sim.observation import allowed_actions, render
+    from simpersona.store.model import Visit
+    from simpersona.store.shops import ShopSet
+
+    ref_out, _ = synth_reference
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "preprocess").symlink_to(ref_out)
+    cfg = load("preprocess", synth_args(synth_dir, tmp_path / "run"))
+    traces = table(ref_out, "traces").to_pandas()
+    first = traces[traces.session_idx == 0]
+
+    def mismatches(store: dict) -> int:
+        shops, bad = ShopSet(store, merchants=sorted(first.merchant_id.unique())), 0
+        for (merchant, _), steps in first.groupby(["merchant_id", "history_id"], sort=False):
+            shop, visit = shops.shop(merchant), Visit(merchant)
+            for obs, action in zip(steps.observation, steps.action):
+                page = shop.page_of(visit)
+                if render(page) != obs:
+                    bad += 1
+                    break
+                visit, _ = shop.apply(visit, action, allowed_actions(page))
+        return bad
+
+    store = replayed_store(cfg)
+    assert set(store["catalog_rows"]) == set(first.merchant_id)
+    assert mismatches(store) == 0
+    assert mismatches(dict(cfg.store)) > first.history_id.nunique() // 2  # the generated catalogs differ
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
