@@ -35,9 +35,9 @@ from simpersona.data import features as F
 from simpersona.data import io
 from simpersona.data import traces as T
 from simpersona.data.schema import EVENTS, SCHEMA
-from simpersona.data.storefront import STOREFRONT_FILE, write_storefront
 from simpersona.data.sessions import check as check_sessions
 from simpersona.data.sessions import sessionize
+from simpersona.data.storefront import STOREFRONT_FILE, write_storefront
 from simpersona.data.synthetic import MERCHANT_KNOBS_FILE
 from simpersona.data.traces import as_mapping
 from simpersona.data.validate import (

@@ -38,9 +38,8 @@ def variant_dir(cfg) -> Path:
 def storefront(cfg, merchants: list[str], log_dir: Path):
     """Serve the variant's shops for `merchants` (a child process), logging to `log_dir`; yields the
     URL the workers use (the node's IP when store.host is 0.0.0.0, for workers on other nodes)."""
-    from simpersona.store.server import StoreServer
-
     from simpersona.data.storefront import replayed_store
+    from simpersona.store.server import StoreServer
 
     # the storefront the traces were replayed on (their catalogs and merchant knobs), with the variant's knobs
     store = replayed_store(cfg)
