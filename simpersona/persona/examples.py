@@ -2,8 +2,8 @@
 
 One trace row (DIR/preprocess/traces, contracts.md) is one example: the prompt holds the page
 observation and the session's last `history_len` actions, the target is the action taken. The
-variants differ only in the prompt's persona line (before `action:`), so every model is trained and evaluated on
-identical rows:
+variants differ only in the persona part of the prompt (a token after `action:`, or a prose line before
+it; prompts.build_prompt), so every model is trained and evaluated on identical rows:
   persona   the history's type token <|persona_k|>          (the persona model)
   none      no persona line                                 (the "one average buyer" baseline)
   prompt    "persona: <description of type k>"              (the prose-persona baseline)
@@ -149,7 +149,7 @@ def dropped_personas(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray
 def persona_of(df: pd.DataFrame, variant: str, n_types: int, descriptions: list[str] | None,
                dropout: float = 0.0, seed: int = 0) -> list:
     """The `persona` argument of build_prompt for each row; with `dropout` (persona variant only) a
-    seeded share of the rows has no persona line, so a model learns the shared behaviour from those and
+    seeded share of the rows has no persona token, so a model learns the shared behaviour from those and
     what each token adds from the rest."""
     types = df["type_id"].to_numpy()
     if variant == "persona":
@@ -192,7 +192,7 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Prompt token ids, opened by the tokenizer's start token when it has one.
 
     The start token gives every prompt the same first position (the one attention rests on), so the page
-    always opens at the same distance from it, with or without a persona line (which comes later)."""
+    always opens at the same distance from it, with or without a persona (which comes later)."""
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     return [[bos] + x for x in ids] if bos is not None else ids
