@@ -27,6 +27,10 @@ def to_data_uri(fig, dpi: int = 90) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+# beside the axes, not over them: inside, a legend hides the points at the top of the range (rates of 0.5-1.0)
+OUTSIDE_LEGEND = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+
+
 def _color(name: str, i: int) -> str:
     return COLORS.get(name, plt.get_cmap("tab10")(i % 10))
 
@@ -50,7 +54,7 @@ def conversion_per_merchant(rows: list[dict], baselines: list[str], rate: str, d
     ax.set_xticks(x, [r["merchant_id"] for r in rows], rotation=90, fontsize=7)
     ax.set_ylabel(rate)
     ax.set_xlabel("held-out merchant (sorted by real rate)")
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.legend(**OUTSIDE_LEGEND)
     ax.grid(alpha=0.3)
     return to_data_uri(fig, dpi)
 
@@ -205,6 +209,6 @@ def type_conversion(alignment: dict[str, dict], dpi: int = 90) -> str:
     ax.set_xticks(x, [str(k) for k in types], fontsize=7)
     ax.set_xlabel("buyer type (VQ code), sorted by real conversion")
     ax.set_ylabel("buyer conversion")
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(**OUTSIDE_LEGEND)
     ax.grid(alpha=0.3)
     return to_data_uri(fig, dpi)
