@@ -441,7 +441,7 @@ def process_histories(cfg, data_cfg, uris: dict, scratch: dict) -> dict:
         _execute(lambda: _write_parquet(raw, scratch["raw"], s3cfg))
         rep = report()
     return {"listing": listing, "report": rep, "partitions": partitions, "planted": planted_uri or "",
-            "shuffle": shuffle}  # fmt: skip
+            "shuffle": shuffle, "store": sections["store"]}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def run_pipeline(cfg, out: str) -> dict:
         _write_parquet(feats, uris["features"], s3cfg, use_dictionary=["history_id", "buyer_id", "merchant_id"])
         spec = F.feature_spec(cfg.features, cfg.sessions.unit, totals["mean"], totals["std"])
         write_json(uris["feature_spec"], spec, s3cfg)
-    store = store_section(cfg)  # the section the traces were replayed on (process_histories' own)
+    store = run["store"]  # the section the traces were replayed on
     write_storefront(uris["storefront"], store, T.top_catalog_rows(stats.products, store["products_per_merchant"]), s3cfg)
     for path in scratch.values():
         remove(path, s3cfg)

@@ -23,6 +23,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from simpersona.data.traces import as_mapping
+
 log = logging.getLogger(__name__)
 
 STOREFRONT_FILE = "storefront.json"
@@ -40,20 +42,12 @@ def write_storefront(uri: str, store: Mapping, catalogs: Mapping[str, list], s3c
     return uri
 
 
-def _plain(section) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(section, DictConfig):
-        return OmegaConf.to_container(section, resolve=True)  # type: ignore[return-value]
-    return json.loads(json.dumps(section))  # a deep copy of a plain mapping
-
-
 def replayed_store(cfg) -> dict:
     """`cfg.store` as a plain dict, with the catalogs and merchant knobs of DIR/preprocess/storefront.json.
 
     Without that file (a run dir made by hand, or a preprocess output written before the file existed)
     `cfg.store` is returned unchanged, with a warning where a preprocess output exists."""
-    store = _plain(cfg.store)
+    store = dict(as_mapping(cfg.store))  # a copy: only top-level keys are replaced below
     preprocess = Path(cfg.run_dir) / "preprocess"
     path = preprocess / STOREFRONT_FILE
     if not path.exists():
