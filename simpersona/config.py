@@ -352,6 +352,10 @@ class WhatifConfig:
     agents_per_merchant: int = 0  # 0 = sim.agents_per_merchant
     bootstrap: int = 2000
     ci_level: float = 0.95
+    # on a planted world with per-merchant knobs: each variant's true effect beside the simulated one
+    true_effect: bool = True
+    noise_se: float = 3.0  # a true effect beyond this many replay standard errors is "beyond noise"
+    ratio_band: list[float] = field(default_factory=lambda: [0.67, 1.5])  # simulated/true that passes
 
 
 @dataclass

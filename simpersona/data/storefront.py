@@ -6,7 +6,8 @@ A storefront built from `store.*` alone shows generated catalogs and the config'
 prices and categories than the ones the policy was trained on. So preprocess writes DIR/preprocess/
 storefront.json:
 
-    {"merchant_overrides": {merchant: {knob: value}},    # the data's knobs the traces were replayed with
+    {"knobs": {knob: value},                             # the store section's what-if knobs (every merchant)
+     "merchant_overrides": {merchant: {knob: value}},    # the data's knobs the traces were replayed with
      "catalogs": {merchant: [[product_id, category, price], ...]}}   # catalog order, at most
                                                                       # store.products_per_merchant
 
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from simpersona.data.traces import as_mapping
+from simpersona.store.shops import KNOB_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ def write_storefront(uri: str, store: Mapping, catalogs: Mapping[str, list], s3c
     from simpersona.runtime import write_json
 
     record = {
+        "knobs": {k: store[k] for k in KNOB_NAMES if k in store},  # a merchant without overrides had these
         "merchant_overrides": {str(m): dict(k) for m, k in (store.get("merchant_overrides") or {}).items()},
         "catalogs": {str(m): [[pid, cat, price] for pid, cat, price in rows] for m, rows in catalogs.items()},
     }

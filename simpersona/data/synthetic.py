@@ -600,6 +600,9 @@ def type_expectations(spec: TypeSpec, max_events_per_session: int, knobs: Mappin
         "events_per_history_by_event": {e: float(counts[i] * sessions) for i, e in enumerate(EVENTS)},
         "has_event": has,
         "conversion": has["purchase"],
+        # one session of the type: P(it shows each event) and its expected count (a simulated agent's unit)
+        "session_has_event": {e: float(1.0 - never[i]) for i, e in enumerate(EVENTS)},
+        "events_per_session_by_event": {e: float(counts[i]) for i, e in enumerate(EVENTS)},
         "view_price_rank": spec.price_beta[0] / (spec.price_beta[0] + spec.price_beta[1]),
     }
 
@@ -999,8 +1002,9 @@ def describe_types(cfg) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # What-ifs: the same population under other store knobs, its true effect and the chains' expectation
 
-# share of histories with a purchase; product views per history
-WHATIF_OUTCOMES = ("conversion", "product_views")
+# per history: the share with a purchase, its product views; and the mean over its sessions of the same
+# two (a simulated agent shops one session, so these are what its what-if deltas estimate)
+WHATIF_OUTCOMES = ("conversion", "product_views", "session_conversion", "session_product_views")
 
 
 def _knobs_of(world: World, m: int) -> dict:
@@ -1060,11 +1064,14 @@ def _type_outcomes(cfg: SynthConfig, world: World, knobs: Mapping, selected: np.
         key = tuple(at.values())
         if key not in cache:
             exp = [type_expectations(spec, cfg.max_events_per_session, at) for spec in world.specs]
-            cache[key] = (
-                [x["conversion"] for x in exp],
-                [x["events_per_history_by_event"]["view"] for x in exp],
-            )
-        out["conversion"][row], out["product_views"][row] = cache[key]
+            cache[key] = {
+                "conversion": [x["conversion"] for x in exp],
+                "product_views": [x["events_per_history_by_event"]["view"] for x in exp],
+                "session_conversion": [x["session_has_event"]["purchase"] for x in exp],
+                "session_product_views": [x["events_per_session_by_event"]["view"] for x in exp],
+            }
+        for o in WHATIF_OUTCOMES:
+            out[o][row] = cache[key][o]
     return out
 
 
@@ -1167,9 +1174,11 @@ def true_effect(cfg, variant: Mapping, merchants: Sequence[str] | None = None) -
         for chains in arms:
             ev = _walk_sessions(chains, s_merchant[keep], s_type[keep], uniforms)
             h = pop.s_hist[keep]
-            bought = np.bincount(h, (ev == EV["purchase"]).any(axis=1), minlength=n_hist) > 0
+            bought = np.bincount(h, (ev == EV["purchase"]).any(axis=1), minlength=n_hist)
             views = np.bincount(h, (ev == EV["view"]).sum(axis=1), minlength=n_hist)
-            outcomes.append({"conversion": bought.astype(np.float64), "product_views": views})
+            sessions = np.maximum(np.bincount(h, minlength=n_hist), 1)
+            outcomes.append({"conversion": (bought > 0).astype(np.float64), "product_views": views,
+                             "session_conversion": bought / sessions, "session_product_views": views / sessions})
         hk = np.flatnonzero(row_of[pop.h_merchant] >= 0)
         cell = row_of[pop.h_merchant[hk]] * n_types + pop.h_type[hk]
         weight += np.bincount(cell, minlength=cells)

@@ -6,7 +6,9 @@ store.variants[name]) plus a grid sweeping one knob (`whatif.grid_knob` over `wh
 each through the simulate stage on the same merchants with the same agents. Agents are drawn from
 (seed, merchant, index) only, so every variant runs the same agents with the same seeds (common
 random numbers) and a variant's effect is measured agent by agent: per-merchant and overall deltas
-of conversion and engagement with paired bootstrap intervals (simpersona.eval.bootstrap).
+of conversion and engagement with paired bootstrap intervals (simpersona.eval.bootstrap). Beside each
+variant: how much the knobs it changes varied in the training traces and, on a planted world with
+knobs, its true effect and whether the simulation found it (simpersona.eval.whatif_truth).
 Writes <run_dir>/whatif/deltas.json and summary.json.
 """
 
@@ -18,7 +20,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from simpersona.data.traces import as_mapping
 from simpersona.eval import bootstrap, metrics
+from simpersona.eval import whatif_truth as truth
 from simpersona.eval.artifacts import json_safe, write_json
 from simpersona.eval.simruns import SimRun, simulate_run
 from simpersona.store.shops import KNOB_NAMES
@@ -97,20 +101,44 @@ def compute_deltas(cfg, specs: dict[str, dict]) -> dict:
     base, base_crash = load_outcomes(sim_root / base_name)
     out = {"base_variant": base_name, "outcomes": list(outcomes), "agents": base.height,
            "merchants": sorted(set(base["merchant_id"].to_list())), "ci_level": w.ci_level,
-           "bootstrap": w.bootstrap, "crash_rate": {base_name: base_crash}, "variants": {}, "grid": None}
+           "bootstrap": w.bootstrap, "crash_rate": {base_name: base_crash}, "variants": {}, "grid": None,
+           "noise_se": w.noise_se, "ratio_band": list(w.ratio_band)}
+    world = truth.planted_world(cfg.run_dir) if w.true_effect else None
+    traced = truth.traced_knobs(cfg.run_dir, as_mapping(cfg.store))
+    out["planted"] = world is not None
     for name in names[1:]:
         var, crash = load_outcomes(sim_root / name)
         out["crash_rate"][name] = crash
         table = bootstrap.delta_table(base, var, outcomes, w.bootstrap, w.ci_level, cfg.seed)
-        out["variants"][name] = {"knobs": specs[name], **table}
+        entry = out["variants"][name] = {"knobs": specs[name], **table,
+                                         "training_variation": truth.training_variation(traced, specs[name])}
+        if world is not None:
+            entry["true_effect"] = truth.true_effects(world, specs[name], out["merchants"])
+            entry["validity"] = truth.validity(entry, entry["true_effect"], w.noise_se, tuple(w.ratio_band))
+    if world is not None:
+        out["agreement"] = truth.agreement(out["variants"])
     if w.grid_knob:
         base_value = cfg.store[w.grid_knob]
-        points = [{"value": base_value, "variant": base_name, "overall": None}]
+        points = [{"value": base_value, "variant": base_name, "overall": None, "true": None}]
         for name, knobs in specs.items():
             if name.startswith(f"grid_{w.grid_knob}_"):
-                points.append({"value": knobs[w.grid_knob], "variant": name, "overall": out["variants"][name]["overall"]})
+                v = out["variants"][name]
+                true = {o: t["effect"] for o, t in v["true_effect"].items()} if "true_effect" in v else None
+                points.append({"value": knobs[w.grid_knob], "variant": name, "overall": v["overall"], "true": true})
         out["grid"] = {"knob": w.grid_knob, "base_value": base_value, "points": sorted(points, key=lambda p: p["value"])}
     return out
+
+
+def _variant_summary(v: dict, outcomes: list[str]) -> dict:
+    """A variant in summary.json: each outcome's overall delta, the true effect beside it (planted world)
+    and the training variation of every knob it changes."""
+    row = {o: {k: v["overall"][o][k] for k in ("delta", "lo", "hi")} for o in outcomes}
+    if "true_effect" in v:
+        row["true_effect"] = {o: {"effect": t["effect"], "se": t["se"]} for o, t in v["true_effect"].items()}
+        row["validity"] = v["validity"]
+    row["training_variation"] = {k: {"supported": t["supported"], "note": t["note"]}
+                                 for k, t in v["training_variation"].items()}
+    return row
 
 
 def run_whatif(cfg, simulate=None) -> dict:
@@ -133,8 +161,7 @@ def run_whatif(cfg, simulate=None) -> dict:
     write_json(deltas, out / "deltas.json")
     summary = json_safe({"deltas": str(out / "deltas.json"), "seconds": round(time.time() - t0, 2),
                          "agents": deltas["agents"], "merchants": len(deltas["merchants"]),
-                         "variants": {n: {o: {k: v[o][k] for k in ("delta", "lo", "hi")} for o in deltas["outcomes"]}
-                                      for n, v in ((n, v["overall"]) for n, v in deltas["variants"].items())},
-                         "crash_rate": deltas["crash_rate"]})
+                         "variants": {n: _variant_summary(v, deltas["outcomes"]) for n, v in deltas["variants"].items()},
+                         "agreement": deltas.get("agreement"), "crash_rate": deltas["crash_rate"]})
     write_json(summary, out / "summary.json")
     return summary

@@ -149,6 +149,27 @@ deltas are variant minus {{ d.base_variant }}, with paired bootstrap {{ (d.ci_le
 {% for o in d.outcomes %}<td class="{{ 'met' if v.overall[o].significant else '' }}">{{ fmt(v.overall[o].delta, 4) }}
 [{{ fmt(v.overall[o].lo, 4) }}, {{ fmt(v.overall[o].hi, 4) }}]</td>{% endfor %}<td>{{ fmt(d.crash_rate[name]) }}</td></tr>{% endfor %}
 </table>
+{% if d.planted %}<h3>Simulated against true effects (planted world)</h3>
+<p class="note">The generator replays the same buyers, sessions and draws under each variant's knobs; a simulated
+agent's session is compared with the replay's per-session outcome, every merchant weighted alike. Beyond noise:
+|true| over {{ d.noise_se }} replay standard errors; passes: the true sign, an interval excluding 0 and
+simulated / true within [{{ d.ratio_band[0] }}, {{ d.ratio_band[1] }}].
+{% if d.agreement.cells %}Over the {{ d.agreement.cells }} effects beyond noise: the true direction with an interval
+excluding 0 in {{ fmt(d.agreement.direction_accuracy * 100, 0) }}%, the true sign in
+{{ fmt(d.agreement.sign_accuracy * 100, 0) }}%, passed {{ fmt(d.agreement.passed * 100, 0) }}%.{% endif %}</p>
+{% if fig.truth %}<img id="plot-whatif-truth" alt="simulated against true what-if effects" src="{{ fig.truth }}">{% endif %}
+<table id="whatif-truth-table"><tr><th class="l">variant</th><th class="l">outcome</th><th>simulated [95%]</th>
+<th>true (s.e.)</th><th>simulated / true</th><th>per-merchant Spearman</th><th>verdict</th></tr>
+{% for name, v in d.variants.items() %}{% for o, c in (v.validity or {}).items() %}<tr><td class="l">{{ name }}</td><td class="l">{{ o }}</td>
+<td>{{ fmt(c.simulated, 4) }} [{{ fmt(c.lo, 4) }}, {{ fmt(c.hi, 4) }}]</td><td>{{ fmt(c.true, 4) }} ({{ fmt(c.true_se, 4) }})</td>
+<td>{{ fmt(c.ratio, 2) }}</td><td>{{ fmt(c.merchant_spearman, 2) }}</td>
+<td class="{{ 'na' if c.passed is none else ('met' if c.passed else 'missed') }}">{{ 'within noise' if c.passed is none else ('passes' if c.passed else ('wrong sign' if not c.sign_agrees else 'missed')) }}</td></tr>{% endfor %}{% endfor %}
+</table>{% endif %}
+<h3>Support in the training traces</h3>
+<table id="whatif-support-table"><tr><th class="l">variant</th><th class="l">knob</th><th class="l">training variation</th></tr>
+{% for name, v in d.variants.items() %}{% for k, t in (v.training_variation or {}).items() %}<tr><td class="l">{{ name }}</td><td class="l">{{ k }}</td>
+<td class="l {{ 'missed' if t.supported is false else '' }}">{{ t.note }}</td></tr>{% endfor %}{% endfor %}
+</table>
 {% if fig.grid %}<h3>Sweep of {{ d.grid.knob }}</h3><img id="plot-grid" alt="knob sweep" src="{{ fig.grid }}">{% endif %}
 <details><summary>per-merchant deltas</summary>
 <table id="whatif-merchant-table"><tr><th class="l">variant</th><th class="l">merchant</th>{% for o in d.outcomes %}<th>&Delta; {{ o }} [95%]</th>{% endfor %}</tr>
@@ -246,6 +267,8 @@ def render_report(metrics: dict | None, deltas: dict | None = None, profiles: li
         fig["mix"] = plots.type_mix(dict(list(mix.items())[:max_merchants]), dpi)
     if deltas and deltas.get("variants"):
         fig["whatif"] = plots.whatif_deltas(deltas["variants"], deltas["outcomes"], dpi)
+        if deltas.get("planted"):
+            fig["truth"] = plots.whatif_truth(deltas["variants"], dpi)
         if deltas.get("grid") and len(deltas["grid"]["points"]) > 1:
             fig["grid"] = plots.grid_sweep(deltas["grid"], deltas["outcomes"], dpi)
     runs_rows = [("vq (main)", m["main"])] + list(m["baselines"].items()) if m else []

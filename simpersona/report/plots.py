@@ -166,8 +166,35 @@ def whatif_deltas(variants: dict[str, dict], outcomes: list[str], dpi: int = 90)
     return to_data_uri(fig, dpi)
 
 
+def whatif_truth(variants: dict[str, dict], dpi: int = 90) -> str:
+    """Per outcome with a planted truth: each variant's simulated delta (with its interval) against its
+    true effect; a simulator that finds the effects puts the points on the diagonal."""
+    outcomes = sorted({o for v in variants.values() for o in (v.get("validity") or {})})
+    fig, axes = plt.subplots(1, max(1, len(outcomes)), figsize=(3.6 * max(1, len(outcomes)), 3.2), squeeze=False)
+    for ax, o in zip(axes[0], outcomes):
+        rows = [(n, v["validity"][o]) for n, v in variants.items() if o in (v.get("validity") or {})]
+        for k, (name, c) in enumerate(rows):
+            color = "#127a12" if c["passed"] else ("#9a9a9a" if c["passed"] is None else "#b3261e")
+            ax.errorbar(c["true"], c["simulated"], yerr=[[max(c["simulated"] - c["lo"], 0)], [max(c["hi"] - c["simulated"], 0)]],
+                        xerr=[[2 * c["true_se"]], [2 * c["true_se"]]], fmt="o", ms=4, color=color, capsize=2)
+            ax.annotate(name, (c["true"], c["simulated"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        span = [x for _, c in rows for x in (c["true"], c["lo"], c["hi"])] or [0.0]
+        lo, hi = min(span + [0.0]), max(span + [0.0])
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="#555555", lw=1)
+        ax.axhline(0, color="#bbbbbb", lw=0.8)
+        ax.axvline(0, color="#bbbbbb", lw=0.8)
+        ax.set_xlabel(f"true effect on {o}", fontsize=7)
+        ax.set_ylabel(f"simulated delta {o}", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return to_data_uri(fig, dpi)
+
+
 def grid_sweep(grid: dict, outcomes: list[str], dpi: int = 90) -> str:
-    """Delta of each outcome against the swept knob's value (the base value has delta 0)."""
+    """Delta of each outcome against the swept knob's value (the base value has delta 0), and on a
+    planted world the true curve beside it."""
     pts = grid["points"]
     fig, axes = plt.subplots(1, len(outcomes), figsize=(2.9 * len(outcomes), 2.6), squeeze=False)
     xs = np.array([p["value"] for p in pts], dtype=float)
@@ -176,7 +203,11 @@ def grid_sweep(grid: dict, outcomes: list[str], dpi: int = 90) -> str:
         lo = np.array([0.0 if p["overall"] is None else p["overall"][o]["lo"] for p in pts])
         hi = np.array([0.0 if p["overall"] is None else p["overall"][o]["hi"] for p in pts])
         ax.fill_between(xs, lo, hi, alpha=0.25, color="#1f77b4")
-        ax.plot(xs, mid, "o-", color="#1f77b4", ms=4)
+        ax.plot(xs, mid, "o-", color="#1f77b4", ms=4, label="simulated")
+        if any(p.get("true") and o in p["true"] for p in pts):
+            ax.plot(xs, [0.0 if not p.get("true") else p["true"][o] for p in pts], "s--", color="#d62728", ms=3,
+                    label="true")
+            ax.legend(fontsize=6)
         ax.axhline(0, color="#555555", lw=1)
         ax.axvline(grid["base_value"], color="#9a9a9a", ls="--", lw=1)
         ax.set_title(f"delta {o}", fontsize=8)

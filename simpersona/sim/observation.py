@@ -102,6 +102,9 @@ def render(state: PageState) -> str:
     elif state.kind == "product" and state.product is not None:
         p = state.product
         lines.append(f"product: {p.name} | {money(p.price)} | {p.category}")
+        if state.checkout_steps:  # a foreign store's adapter may not know its delivery terms
+            lines.append(f"delivery: shipping {money(state.shipping)} (free over {money(state.free_shipping_over)})"
+                         f" | checkout {state.checkout_steps} steps")
         if state.cards:
             lines.append(f"related: {_cards(state.cards)}")
     elif state.kind == "cart":

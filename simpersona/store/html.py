@@ -106,6 +106,9 @@ def _product(s: PageState, acts: _Actions) -> str:
         f'<div class="price">{money(p.price)}</div><div class="cat">{escape(p.category)}</div>'
         f'<div class="buy">{buy}</div></section>'
     ]
+    if s.checkout_steps:
+        parts.append(f'<div class="delivery">Shipping {money(s.shipping)} (free over {money(s.free_shipping_over)})'
+                     f' \u00b7 checkout in {s.checkout_steps} steps</div>')
     if s.cards:
         parts.append(f"<section><h2>You may also like</h2>{_grid(s.cards, acts)}</section>")
     return "".join(parts)

@@ -128,7 +128,11 @@ class Shop:
     def product(self, product_id: str, cart: list[str]) -> PageState:
         p = self.by_id[product_id]
         cards = tuple(self.card(i + 1, r) for i, r in enumerate(self.related(p)))
-        return self._base("product", cart, product=self.card(0, p), cards=cards)
+        # the delivery terms a buyer weighs before buying (the shipping fee and the checkout's length),
+        # shown where the buy decision is taken: a trace that ends on a product page must show them
+        return self._base("product", cart, product=self.card(0, p), cards=cards,
+                          shipping=round(self.knobs.shipping_fee, 2), checkout_steps=self.knobs.checkout_steps,
+                          free_shipping_over=round(self.knobs.free_shipping_threshold, 2))
 
     def cart_page(self, cart: list[str]) -> PageState:
         cards = tuple(self.card(i + 1, self.by_id[pid]) for i, pid in enumerate(cart))

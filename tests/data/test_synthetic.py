@@ -22,6 +22,7 @@ from simpersona.data.synthetic import (
     PLANTED_SCHEMA,
     REFERENCE_KNOBS,
     TMALL_TARGETS,
+    WHATIF_OUTCOMES,
     SynthError,
     as_synth,
     build_world,
@@ -492,7 +493,7 @@ def test_true_effect_of_each_knob_equals_its_analytic_expectation(effects):
     for name, result in effects.items():
         pooled = result["pooled"]
         assert pooled["histories"] > 30000
-        for o in ("conversion", "product_views"):
+        for o in WHATIF_OUTCOMES:
             got = pooled[o]
             print(name, o, "true", round(got["effect"], 4), "se", round(got["se"], 4),
                   "analytic", round(got["expected_effect"], 4))  # fmt: skip
@@ -503,7 +504,7 @@ def test_true_effect_of_each_knob_equals_its_analytic_expectation(effects):
         # per type: a type the knob does not reach has exactly no effect; an effect of 0.01 or more (a rare
         # one may change no history of the sample, and then its standard error reads 0) is within 4 se
         for type_name, row in result["per_type"].items():
-            for o in ("conversion", "product_views"):
+            for o in WHATIF_OUTCOMES:
                 got = row[o]
                 if got["expected_effect"] == 0.0:
                     assert got["effect"] == 0.0, (name, type_name, o, got)

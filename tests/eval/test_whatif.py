@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import polars as pl
@@ -81,3 +82,87 @@ def test_compute_deltas_paired_by_agent(tmp_path):
                                 "significant": False})  # paired: identical agents give an exact zero
     assert d["variants"]["free_shipping"]["overall"]["product_pages"]["delta"] == 0.0
     assert d["crash_rate"] == {"whatif_base": 0.0, "free_shipping": pytest.approx(1 / 80)}
+
+
+# ---- the planted truth beside the simulated effect, and the knobs' support in the training traces
+
+PLANTED = {"buyers": 3000, "shard_buyers": 3000, "merchants": 6, "seed": 5, "executor": "serial",
+           "knobs": {"enabled": True}}
+
+
+def planted_run(tmp_path, traced: dict[str, dict], store_knobs: dict):
+    """A run folder as the planted pipeline leaves it for whatif: the synthetic stage's manifest and the
+    record of the storefront the traces were replayed on."""
+    from dataclasses import asdict
+
+    from simpersona import manifest
+    from simpersona.data.synthetic import as_synth
+
+    synth = asdict(as_synth(PLANTED))
+    manifest.write(tmp_path / "synthetic", manifest.build("synthetic", {"synth": synth, "seed": 0}, {}))
+    (tmp_path / "preprocess").mkdir()
+    record = {"knobs": store_knobs, "merchant_overrides": traced, "catalogs": {m: [] for m in traced}}
+    (tmp_path / "preprocess" / "storefront.json").write_text(json.dumps(record))
+    return as_synth(synth)
+
+
+def test_a_planted_world_puts_the_true_effect_beside_the_simulated_one(tmp_path):
+    from simpersona.data.synthetic import merchant_knobs, true_effect
+
+    world = planted_run(tmp_path, {}, {})
+    own = merchant_knobs(world)
+    fee = 12.0
+    merchants = ["m0", "m1", "m2", "m3", "m4", "m5"]
+    cfg = load("whatif", [f"run_dir={tmp_path}", "whatif.variants.ship_12={shipping_fee: 12.0}", "whatif.only=[ship_12]",
+                          "whatif.grid_knob=''", "whatif.bootstrap=200"])
+    agents = [(f"{m}-{i:03d}", m) for m in merchants for i in range(30)]
+    write_variant(tmp_path / "simulate" / "whatif_base", agents, set(), {a: 1 for a, _ in agents})
+    # the simulation says a higher fee makes buyers buy more: the wrong sign
+    write_variant(tmp_path / "simulate" / "ship_12", agents, {a for a, _ in agents[::3]}, {a: 1 for a, _ in agents})
+    d = compute_deltas(cfg, variant_specs(cfg))
+    v = d["variants"]["ship_12"]
+    t = v["true_effect"]["converted"]
+    replay = true_effect(world, {"shipping_fee": fee}, merchants)["per_merchant"]
+    for m in merchants:  # the per-session conversion of the replay, and no change where the fee already was 12
+        assert t["per_merchant"][m]["effect"] == pytest.approx(replay[m]["session_conversion"]["effect"])
+        if own[m]["shipping_fee"] == fee:
+            assert t["per_merchant"][m]["effect"] == 0.0
+    assert t["effect"] == pytest.approx(sum(replay[m]["session_conversion"]["effect"] for m in merchants) / 6)
+    assert t["effect"] < 0  # price-sensitive types buy less
+    c = v["validity"]["converted"]
+    assert c["beyond_noise"] and not c["sign_agrees"] and c["interval_excludes_zero"] and c["passed"] is False
+    assert c["ratio"] < 0 and d["agreement"]["cells"] >= 1 and d["agreement"]["direction_accuracy"] < 1
+
+
+def test_training_variation_flags_a_knob_that_never_varied_and_a_value_outside_the_range(tmp_path):
+    from simpersona.eval.whatif_truth import traced_knobs, training_variation
+    from simpersona.report.html import render_report
+
+    traced = {"a": {"shipping_fee": 0.0}, "b": {"shipping_fee": 4.0}, "c": {}}  # c: the store's 8.0
+    planted_run(tmp_path, traced, {"shipping_fee": 8.0, "checkout_steps": 2, "recommendations": True,
+                                   "price_multiplier": 1.0})
+    knobs = traced_knobs(tmp_path, {})
+    assert knobs["c"]["shipping_fee"] == 8.0 and knobs["a"]["checkout_steps"] == 2
+    assert training_variation(knobs, {"shipping_fee": 4.0})["shipping_fee"]["supported"] is True
+    out = training_variation(knobs, {"shipping_fee": 20.0, "checkout_steps": 3, "recommendations": False})
+    assert out["shipping_fee"]["supported"] is False and "outside" in out["shipping_fee"]["note"]
+    assert out["checkout_steps"] == {**out["checkout_steps"], "varied": False, "supported": False,
+                                     "values": {"2": 3}}
+    assert out["checkout_steps"]["note"] == ("checkout_steps: no variation in the training traces (every "
+                                             "merchant 2): the effect is extrapolated")
+    assert out["recommendations"]["supported"] is False
+    merchant_only = training_variation(knobs, {"merchant_overrides": {"a": {"shipping_fee": 4.0}}})
+    assert merchant_only["shipping_fee"]["supported"] is True
+    assert training_variation(None, {"shipping_fee": 0.0})["shipping_fee"]["supported"] is None
+
+    # the report shows the flag where the deltas are
+    cfg = load("whatif", [f"run_dir={tmp_path}", "whatif.only=[extra_checkout_step]", "whatif.grid_knob=''",
+                          "whatif.bootstrap=100", "whatif.true_effect=false"])
+    agents = [(f"a-{i:03d}", "a") for i in range(20)]
+    for name in ("whatif_base", "extra_checkout_step"):
+        write_variant(tmp_path / "simulate" / name, agents, set(), {a: 1 for a, _ in agents})
+    d = compute_deltas(cfg, variant_specs(cfg))
+    assert not d["planted"] and "true_effect" not in d["variants"]["extra_checkout_step"]
+    html = render_report(None, d)
+    assert 'id="whatif-support-table"' in html and "whatif-truth-table" not in html
+    assert "checkout_steps: no variation in the training traces (every merchant 2): the effect is extrapolated" in html
