@@ -112,7 +112,8 @@ def store_section(cfg) -> dict:
 
     The file's knobs go under store.merchant_overrides, the storefront's per-merchant setup, so that
     traces show every merchant's own shipping fee, checkout steps and related products; a knob the
-    config's merchant_overrides names wins over the file's. Without the file: cfg.store unchanged.
+    config's merchant_overrides names wins over the file's. The LOGGED_KNOBS go under `logged_knobs`
+    (recorded, not applied: the prices carry them). Without the file: cfg.store unchanged.
     """
     store = as_mapping(cfg.store)
     uri = resolve_merchant_knobs(cfg)
@@ -126,7 +127,8 @@ def store_section(cfg) -> dict:
         merchant: {**{k: v for k, v in knobs.items() if k not in LOGGED_KNOBS}, **dict(configured.get(merchant, {}))}
         for merchant, knobs in from_data.items()
     }
-    return {**store, "merchant_overrides": {**configured, **overrides}}
+    logged = {m: {k: knobs[k] for k in LOGGED_KNOBS if k in knobs} for m, knobs in from_data.items()}
+    return {**store, "merchant_overrides": {**configured, **overrides}, "logged_knobs": logged}
 
 
 def check_config(cfg) -> None:

@@ -8,6 +8,7 @@ storefront.json:
 
     {"knobs": {knob: value},                             # the store section's what-if knobs (every merchant)
      "merchant_overrides": {merchant: {knob: value}},    # the data's knobs the traces were replayed with
+     "logged_knobs": {merchant: {knob: value}},          # ... and those its logged prices already carry
      "catalogs": {merchant: [[product_id, category, price], ...]}}   # catalog order, at most
                                                                       # store.products_per_merchant
 
@@ -39,6 +40,7 @@ def write_storefront(uri: str, store: Mapping, catalogs: Mapping[str, list], s3c
     record = {
         "knobs": {k: store[k] for k in KNOB_NAMES if k in store},  # a merchant without overrides had these
         "merchant_overrides": {str(m): dict(k) for m, k in (store.get("merchant_overrides") or {}).items()},
+        "logged_knobs": {str(m): dict(k) for m, k in (store.get("logged_knobs") or {}).items()},
         "catalogs": {str(m): [[pid, cat, price] for pid, cat, price in rows] for m, rows in catalogs.items()},
     }
     write_json(uri, record, s3cfg)

@@ -18,14 +18,16 @@ import copy
 import time
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
+from simpersona.data.storefront import replayed_store
 from simpersona.data.traces import as_mapping
 from simpersona.eval import bootstrap, metrics
 from simpersona.eval import whatif_truth as truth
 from simpersona.eval.artifacts import json_safe, write_json
 from simpersona.eval.simruns import SimRun, simulate_run
-from simpersona.store.shops import KNOB_NAMES
+from simpersona.store.shops import KNOB_NAMES, knobs_for
 
 
 class WhatifError(ValueError):
@@ -105,20 +107,26 @@ def compute_deltas(cfg, specs: dict[str, dict]) -> dict:
            "noise_se": w.noise_se, "ratio_band": list(w.ratio_band)}
     world = truth.planted_world(cfg.run_dir) if w.true_effect else None
     traced = truth.traced_knobs(cfg.run_dir, as_mapping(cfg.store))
+    logged = truth.logged_knobs(cfg.run_dir)
     out["planted"] = world is not None
+    agents_at = dict(base.group_by("merchant_id").len().sort("merchant_id").iter_rows())
     for name in names[1:]:
         var, crash = load_outcomes(sim_root / name)
         out["crash_rate"][name] = crash
         table = bootstrap.delta_table(base, var, outcomes, w.bootstrap, w.ci_level, cfg.seed)
         entry = out["variants"][name] = {"knobs": specs[name], **table,
-                                         "training_variation": truth.training_variation(traced, specs[name])}
+                                         "training_variation": truth.training_variation(
+                                             traced, specs[name], out["merchants"], logged)}
         if world is not None:
-            entry["true_effect"] = truth.true_effects(world, specs[name], out["merchants"])
+            entry["true_effect"] = truth.true_effects(world, specs[name], agents_at, logged)
             entry["validity"] = truth.validity(entry, entry["true_effect"], w.noise_se, tuple(w.ratio_band))
     if world is not None:
         out["agreement"] = truth.agreement(out["variants"])
     if w.grid_knob:
-        base_value = cfg.store[w.grid_knob]
+        # the base arm is every merchant's own setup: where merchants differ (store.merchant_overrides,
+        # a planted world's knobs) its point sits at their mean value
+        own = [knobs_for(replayed_store(cfg), m, w.base_variant) for m in out["merchants"]]
+        base_value = float(np.mean([float(getattr(k, w.grid_knob)) for k in own])) if own else cfg.store[w.grid_knob]
         points = [{"value": base_value, "variant": base_name, "overall": None, "true": None}]
         for name, knobs in specs.items():
             if name.startswith(f"grid_{w.grid_knob}_"):

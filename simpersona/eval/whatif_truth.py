@@ -48,15 +48,21 @@ def merchant_variant_knobs(knobs: Mapping, merchant_id: str) -> dict:
     return {**top, **dict((knobs.get("merchant_overrides") or {}).get(str(merchant_id), {}))}
 
 
-def true_effects(world, knobs: Mapping, merchants: list[str]) -> dict:
-    """{simulated outcome: {"effect", "se", "per_merchant": {m: {"baseline", "effect", "se"}}}} of one variant.
+def true_effects(world, knobs: Mapping, agents: Mapping[str, int], logged: Mapping[str, dict] | None = None) -> dict:
+    """{simulated outcome: {"effect", "se", "ideal_se", "per_merchant": {m: {"baseline", "effect", "se"}}}}
+    of one variant at the merchants of `agents` (merchant -> simulated agents there).
 
-    Merchants whose knobs the variant leaves alone get an exact 0 without a replay."""
+    `se` is the replay's standard error; `ideal_se` the one a perfectly faithful simulator would have with
+    these agents (each merchant's paired variance, se^2 x histories, over its agents): the noise floor
+    below which no simulation of this size can find an effect. Merchants whose knobs the variant leaves
+    alone get an exact 0 without a replay. A knob the logged prices carry (`logged`, {merchant: {knob:
+    value}}) is relative in the storefront, so the replay sets the merchant's own level times the variant's."""
     from simpersona.data.synthetic import true_effect
 
     groups: dict[str, tuple[dict, list[str]]] = {}
-    for m in merchants:
-        k = merchant_variant_knobs(knobs, m)
+    for m in agents:
+        carried = (logged or {}).get(m, {})
+        k = {n: (_logged(n, carried[n], v) if n in carried else v) for n, v in merchant_variant_knobs(knobs, m).items()}
         groups.setdefault(json.dumps(k, sort_keys=True), (k, []))[1].append(m)
     per_merchant: dict[str, dict] = {}
     for k, ms in groups.values():
@@ -67,13 +73,15 @@ def true_effects(world, knobs: Mapping, merchants: list[str]) -> dict:
         per_merchant.update({m: replay[m] for m in ms})
     out = {}
     for sim_name, true_name in SIM_TO_TRUE.items():
-        rows = {m: ({"baseline": None, "effect": 0.0, "se": 0.0} if r is None else
-                    {"baseline": r[true_name]["baseline"], "effect": r[true_name]["effect"], "se": r[true_name]["se"]})
+        rows = {m: ({"baseline": None, "effect": 0.0, "se": 0.0, "histories": 0} if r is None else
+                    {"baseline": r[true_name]["baseline"], "effect": r[true_name]["effect"], "se": r[true_name]["se"],
+                     "histories": r["histories"]})
                 for m, r in per_merchant.items()}  # fmt: skip
         n = max(len(rows), 1)
         out[sim_name] = {
             "effect": sum(r["effect"] for r in rows.values()) / n,
             "se": math.sqrt(sum(r["se"] ** 2 for r in rows.values())) / n,
+            "ideal_se": math.sqrt(sum(r["se"] ** 2 * r["histories"] / max(agents[m], 1) for m, r in rows.items())) / n,
             "per_merchant": rows,
         }
     return out
@@ -83,16 +91,18 @@ def validity(simulated: Mapping, truth: Mapping, noise_se: float, ratio_band: tu
     """Per outcome: the simulated overall delta beside the true effect, and whether they agree.
 
     `simulated`: a deltas.json variant entry (overall / per_merchant paired deltas). A true effect is
-    beyond noise when it exceeds `noise_se` of the replay's standard errors; for those the simulation
-    passes when its sign is the true sign, its interval excludes 0 and simulated/true lies in `ratio_band`."""
+    beyond noise when it exceeds `noise_se` standard errors of an ideal simulator with the same agents
+    (true_effects' ideal_se; an effect below that no simulation of this size finds, however faithful) and
+    of the replay; for those the simulation passes when its sign is the true sign, its interval excludes
+    0 and simulated/true lies in `ratio_band`."""
     out = {}
     for o, t in truth.items():
         sim = simulated["overall"].get(o)
         if sim is None:
             continue
-        beyond = abs(t["effect"]) > noise_se * t["se"] and t["effect"] != 0.0
+        beyond = abs(t["effect"]) > noise_se * max(t["se"], t["ideal_se"]) and t["effect"] != 0.0
         ratio = sim["delta"] / t["effect"] if t["effect"] else None
-        sign = bool(beyond and np.sign(sim["delta"]) == np.sign(t["effect"]))
+        sign = bool(t["effect"] != 0.0 and np.sign(sim["delta"]) == np.sign(t["effect"]))
         ms = [m for m in t["per_merchant"] if m in simulated["per_merchant"]]
         sim_m = [simulated["per_merchant"][m][o]["delta"] for m in ms]
         true_m = [t["per_merchant"][m]["effect"] for m in ms]
@@ -102,6 +112,7 @@ def validity(simulated: Mapping, truth: Mapping, noise_se: float, ratio_band: tu
         within = ratio is not None and ratio_band[0] <= ratio <= ratio_band[1]
         out[o] = {
             "simulated": sim["delta"], "lo": sim["lo"], "hi": sim["hi"], "true": t["effect"], "true_se": t["se"],
+            "ideal_se": t["ideal_se"],
             "beyond_noise": bool(beyond), "sign_agrees": sign, "interval_excludes_zero": bool(sim["significant"]),
             "ratio": ratio, "ratio_within_band": bool(within),
             "passed": bool(beyond and sign and sim["significant"] and within) if beyond else None,
@@ -122,19 +133,40 @@ def agreement(variants: Mapping[str, Mapping]) -> dict:
             "passed": sum(bool(c["passed"]) for c in cells) / len(cells)}
 
 
+def logged_knobs(run_dir: str | Path) -> dict[str, dict]:
+    """{merchant: {knob: value}} that the traced merchants' logged prices carry (storefront.json)."""
+    path = Path(run_dir) / "preprocess" / STOREFRONT_FILE
+    return (json.loads(path.read_text()).get("logged_knobs") or {}) if path.exists() else {}
+
+
 def traced_knobs(run_dir: str | Path, store: Mapping) -> dict[str, dict] | None:
-    """{merchant: its knobs} of every merchant whose traces were replayed (DIR/preprocess/storefront.json);
-    `store` gives the knobs a merchant without overrides had. None when the record is missing or empty."""
+    """{merchant: the knobs its traces showed} for every merchant whose traces were replayed
+    (DIR/preprocess/storefront.json); `store` gives the knobs a merchant without overrides had. A price
+    multiplier its logged prices carry (logged_knobs) is part of the level the policy saw. None when the
+    record is missing or empty."""
     path = Path(run_dir) / "preprocess" / STOREFRONT_FILE
     if not path.exists():
         return None
     record = json.loads(path.read_text())
     base = {k: record.get("knobs", {}).get(k, store.get(k)) for k in KNOB_NAMES}
-    overrides = record.get("merchant_overrides") or {}
+    overrides, logged = record.get("merchant_overrides") or {}, record.get("logged_knobs") or {}
     merchants = sorted(set(record.get("catalogs") or {}) | set(overrides))
     if not merchants:
         return None
-    return {m: {**base, **{k: v for k, v in (overrides.get(m) or {}).items() if k in KNOB_NAMES}} for m in merchants}
+    out = {}
+    for m in merchants:
+        knobs = {**base, **{k: v for k, v in (overrides.get(m) or {}).items() if k in KNOB_NAMES}}
+        for k, v in (logged.get(m) or {}).items():
+            knobs[k] = _logged(k, v, knobs[k])
+        out[m] = knobs
+    return out
+
+
+def _logged(knob: str, logged, value):
+    """A knob's level at a merchant whose logged prices already carry `logged` of it."""
+    if knob != "price_multiplier":  # simpersona.data.reference.LOGGED_KNOBS holds only this one
+        raise ValueError(f"no rule for a logged {knob}")
+    return round(float(logged) * float(value), 6)
 
 
 def _same(a, b) -> bool:
@@ -143,17 +175,16 @@ def _same(a, b) -> bool:
     return math.isclose(float(a), float(b))
 
 
-def training_variation(traced: Mapping[str, dict] | None, knobs: Mapping) -> dict:
+def training_variation(traced: Mapping[str, dict] | None, knobs: Mapping, merchants: list[str] = (),
+                       logged: Mapping[str, dict] | None = None) -> dict:
     """For each knob a variant changes: the values it had across the traced merchants and whether the
-    variant's value is supported (the knob varied and the value lies within what was seen)."""
+    variant's values at `merchants` are supported (the knob varied and they lie within what was seen).
+    `logged` ({merchant: {knob: value}}): knobs the merchants' prices carry, which a variant multiplies."""
     changed: dict[str, list] = {}
-    for k, v in knobs.items():
-        if k == "merchant_overrides":
-            for per in (v or {}).values():
-                for kk, vv in dict(per).items():
-                    changed.setdefault(kk, []).append(vv)
-        else:
-            changed.setdefault(k, []).append(v)
+    for m in merchants or ["", *(knobs.get("merchant_overrides") or {})]:
+        for k, v in merchant_variant_knobs(knobs, m).items():
+            carried = (logged or {}).get(m, {})
+            changed.setdefault(k, []).append(_logged(k, carried[k], v) if k in carried else v)
     out = {}
     for knob, wanted in changed.items():
         if traced is None:
@@ -170,14 +201,14 @@ def training_variation(traced: Mapping[str, dict] | None, knobs: Mapping) -> dic
         else:
             lo, hi = min(map(float, seen)), max(map(float, seen))
             inside = all(lo - 1e-9 <= float(w) <= hi + 1e-9 for w in wanted)
-        shown = ", ".join(f"{v} ({n})" for v, n in sorted(counts.items()))
+        shown = ", ".join(f"{v} ({n})" for v, n in sorted(counts.items(), key=lambda kv: json.loads(kv[0])))
         if not varied:
             only = json.loads(next(iter(counts)))
             note = f"{knob}: no variation in the training traces (every merchant {only}): the effect is extrapolated"
         elif not inside:
             note = f"{knob}: {wanted} lies outside the values in the training traces ({shown}): the effect is extrapolated"
         else:
-            note = f"{knob}: varied in the training traces ({shown} merchants)"
+            note = f"{knob}: varied in the training traces (value (merchants): {shown})"
         out[knob] = {"merchants": len(seen), "values": counts, "varied": varied, "within_range": inside,
                      "supported": bool(varied and inside), "note": note}
     return out

@@ -152,16 +152,17 @@ deltas are variant minus {{ d.base_variant }}, with paired bootstrap {{ (d.ci_le
 {% if d.planted %}<h3>Simulated against true effects (planted world)</h3>
 <p class="note">The generator replays the same buyers, sessions and draws under each variant's knobs; a simulated
 agent's session is compared with the replay's per-session outcome, every merchant weighted alike. Beyond noise:
-|true| over {{ d.noise_se }} replay standard errors; passes: the true sign, an interval excluding 0 and
+|true| over {{ d.noise_se }} standard errors of a perfectly faithful simulator with the same {{ d.agents }} agents
+(smaller effects no simulation of this size finds); passes: the true sign, an interval excluding 0 and
 simulated / true within [{{ d.ratio_band[0] }}, {{ d.ratio_band[1] }}].
 {% if d.agreement.cells %}Over the {{ d.agreement.cells }} effects beyond noise: the true direction with an interval
 excluding 0 in {{ fmt(d.agreement.direction_accuracy * 100, 0) }}%, the true sign in
 {{ fmt(d.agreement.sign_accuracy * 100, 0) }}%, passed {{ fmt(d.agreement.passed * 100, 0) }}%.{% endif %}</p>
 {% if fig.truth %}<img id="plot-whatif-truth" alt="simulated against true what-if effects" src="{{ fig.truth }}">{% endif %}
 <table id="whatif-truth-table"><tr><th class="l">variant</th><th class="l">outcome</th><th>simulated [95%]</th>
-<th>true (s.e.)</th><th>simulated / true</th><th>per-merchant Spearman</th><th>verdict</th></tr>
+<th>true (s.e.)</th><th>ideal simulator's s.e.</th><th>simulated / true</th><th>per-merchant Spearman</th><th>verdict</th></tr>
 {% for name, v in d.variants.items() %}{% for o, c in (v.validity or {}).items() %}<tr><td class="l">{{ name }}</td><td class="l">{{ o }}</td>
-<td>{{ fmt(c.simulated, 4) }} [{{ fmt(c.lo, 4) }}, {{ fmt(c.hi, 4) }}]</td><td>{{ fmt(c.true, 4) }} ({{ fmt(c.true_se, 4) }})</td>
+<td>{{ fmt(c.simulated, 4) }} [{{ fmt(c.lo, 4) }}, {{ fmt(c.hi, 4) }}]</td><td>{{ fmt(c.true, 4) }} ({{ fmt(c.true_se, 4) }})</td><td>{{ fmt(c.ideal_se, 4) }}</td>
 <td>{{ fmt(c.ratio, 2) }}</td><td>{{ fmt(c.merchant_spearman, 2) }}</td>
 <td class="{{ 'na' if c.passed is none else ('met' if c.passed else 'missed') }}">{{ 'within noise' if c.passed is none else ('passes' if c.passed else ('wrong sign' if not c.sign_agrees else 'missed')) }}</td></tr>{% endfor %}{% endfor %}
 </table>{% endif %}
