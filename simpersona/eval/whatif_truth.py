@@ -197,18 +197,22 @@ def training_variation(traced: Mapping[str, dict] | None, knobs: Mapping, mercha
             counts[json.dumps(v)] = counts.get(json.dumps(v), 0) + 1
         varied = len(counts) > 1
         if all(isinstance(v, bool) for v in seen + wanted):
-            inside = all(any(_same(w, s) for s in seen) for w in wanted)
+            outside = [w for w in wanted if not any(_same(w, v) for v in seen)]
         else:
             lo, hi = min(map(float, seen)), max(map(float, seen))
-            inside = all(lo - 1e-9 <= float(w) <= hi + 1e-9 for w in wanted)
-        shown = ", ".join(f"{v} ({n})" for v, n in sorted(counts.items(), key=lambda kv: json.loads(kv[0])))
+            outside = [w for w in wanted if not lo - 1e-9 <= float(w) <= hi + 1e-9]
+        inside = not outside
+        shown = "values (merchants): " + ", ".join(
+            f"{v} ({n})" for v, n in sorted(counts.items(), key=lambda kv: json.loads(kv[0])))
         if not varied:
             only = json.loads(next(iter(counts)))
             note = f"{knob}: no variation in the training traces (every merchant {only}): the effect is extrapolated"
         elif not inside:
-            note = f"{knob}: {wanted} lies outside the values in the training traces ({shown}): the effect is extrapolated"
+            values = ", ".join(str(v) for v in sorted(set(outside)))
+            note = (f"{knob}: {values} (at {len(outside)} of {len(wanted)}) outside the training traces' "
+                    f"{shown}: the effect is extrapolated")
         else:
-            note = f"{knob}: varied in the training traces (value (merchants): {shown})"
+            note = f"{knob}: varied in the training traces ({shown})"
         out[knob] = {"merchants": len(seen), "values": counts, "varied": varied, "within_range": inside,
                      "supported": bool(varied and inside), "note": note}
     return out
