@@ -164,7 +164,7 @@ excluding 0 in {{ fmt(d.agreement.direction_accuracy * 100, 0) }}%, the true sig
 {% for name, v in d.variants.items() %}{% for o, c in (v.validity or {}).items() %}<tr><td class="l">{{ name }}</td><td class="l">{{ o }}</td>
 <td>{{ fmt(c.simulated, 4) }} [{{ fmt(c.lo, 4) }}, {{ fmt(c.hi, 4) }}]</td><td>{{ fmt(c.true, 4) }} ({{ fmt(c.true_se, 4) }})</td><td>{{ fmt(c.ideal_se, 4) }}</td>
 <td>{{ fmt(c.ratio, 2) }}</td><td>{{ fmt(c.merchant_spearman, 2) }}</td>
-<td class="{{ 'na' if c.passed is none else ('met' if c.passed else 'missed') }}">{{ 'within noise' if c.passed is none else ('passes' if c.passed else ('wrong sign' if not c.sign_agrees else 'missed')) }}</td></tr>{% endfor %}{% endfor %}
+<td class="{{ 'na' if c.passed is none else ('met' if c.passed else 'missed') }}">{{ 'within noise' if c.passed is none else ('passes' if c.passed else ('not found' if not c.interval_excludes_zero else ('wrong sign' if not c.sign_agrees else 'wrong size'))) }}</td></tr>{% endfor %}{% endfor %}
 </table>{% endif %}
 <h3>Support in the training traces</h3>
 <table id="whatif-support-table"><tr><th class="l">variant</th><th class="l">knob</th><th class="l">training variation</th></tr>
