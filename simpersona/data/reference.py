@@ -113,7 +113,8 @@ def store_section(cfg) -> dict:
     The file's knobs go under store.merchant_overrides, the storefront's per-merchant setup, so that
     traces show every merchant's own shipping fee, checkout steps and related products; a knob the
     config's merchant_overrides names wins over the file's. The LOGGED_KNOBS go under `logged_knobs`
-    (recorded, not applied: the prices carry them). Without the file: cfg.store unchanged.
+    (recorded, not applied: the prices carry them), the generator's own config under `planted_world`.
+    Without the file: cfg.store unchanged.
     """
     store = as_mapping(cfg.store)
     uri = resolve_merchant_knobs(cfg)
@@ -121,14 +122,18 @@ def store_section(cfg) -> dict:
         return store
     fs, path = io.resolve(uri, cfg.data.s3)
     with fs.open_input_stream(path) as f:
-        from_data = json.loads(f.read())["merchants"]
+        record = json.loads(f.read())
+    from_data = record["merchants"]
     configured = store.get("merchant_overrides") or {}
     overrides = {
         merchant: {**{k: v for k, v in knobs.items() if k not in LOGGED_KNOBS}, **dict(configured.get(merchant, {}))}
         for merchant, knobs in from_data.items()
     }
     logged = {m: {k: knobs[k] for k in LOGGED_KNOBS if k in knobs} for m, knobs in from_data.items()}
-    return {**store, "merchant_overrides": {**configured, **overrides}, "logged_knobs": logged}
+    out = {**store, "merchant_overrides": {**configured, **overrides}, "logged_knobs": logged}
+    if record.get("world"):  # the generator's config, for the what-ifs' true effects (recorded, not applied)
+        out["planted_world"] = record["world"]
+    return out
 
 
 def check_config(cfg) -> None:

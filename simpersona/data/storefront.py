@@ -9,6 +9,7 @@ storefront.json:
     {"knobs": {knob: value},                             # the store section's what-if knobs (every merchant)
      "merchant_overrides": {merchant: {knob: value}},    # the data's knobs the traces were replayed with
      "logged_knobs": {merchant: {knob: value}},          # ... and those its logged prices already carry
+     "planted_world": {...} | null,                      # a synthetic input's generator config (true effects)
      "catalogs": {merchant: [[product_id, category, price], ...]}}   # catalog order, at most
                                                                       # store.products_per_merchant
 
@@ -41,6 +42,7 @@ def write_storefront(uri: str, store: Mapping, catalogs: Mapping[str, list], s3c
         "knobs": {k: store[k] for k in KNOB_NAMES if k in store},  # a merchant without overrides had these
         "merchant_overrides": {str(m): dict(k) for m, k in (store.get("merchant_overrides") or {}).items()},
         "logged_knobs": {str(m): dict(k) for m, k in (store.get("logged_knobs") or {}).items()},
+        "planted_world": store.get("planted_world"),
         "catalogs": {str(m): [[pid, cat, price] for pid, cat, price in rows] for m, rows in catalogs.items()},
     }
     write_json(uri, record, s3cfg)

@@ -1245,7 +1245,8 @@ def _run_shards(cfg: SynthConfig, out_uri: str, s3: S3Config | None, how: str) -
 
 def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None = None) -> dict:
     """Write OUT/events/part-*.parquet, OUT/planted/part-*.parquet, OUT/planted_types.json, OUT/summary.json,
-    and with synth.knobs.enabled OUT/merchant_knobs.json ({"reference": knobs, "merchants": {id: knobs}}).
+    and with synth.knobs.enabled OUT/merchant_knobs.json ({"reference": knobs, "merchants": {id: knobs},
+    "world": this SynthConfig}).
 
     Shards are generated and written one per worker at a time, so memory does not grow with `buyers`.
     Existing part files under OUT/events and OUT/planted are removed first (a smaller run must not leave
@@ -1267,7 +1268,9 @@ def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None
     knobs_uri = io.join_uri(out_uri, MERCHANT_KNOBS_FILE)
     if cfg.knobs.enabled:
         with io.open_output_stream(knobs_uri, s3) as f:
-            f.write(json.dumps({"reference": REFERENCE_KNOBS, "merchants": merchant_knobs(cfg)}, indent=1).encode())
+            # the world's own config too: what true_effect needs to replay this data under other knobs
+            record = {"reference": REFERENCE_KNOBS, "merchants": merchant_knobs(cfg), "world": asdict(cfg)}
+            f.write(json.dumps(record, indent=1).encode())
     else:
         fs, path = io.resolve(knobs_uri, s3)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:

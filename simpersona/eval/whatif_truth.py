@@ -32,11 +32,18 @@ SIM_TO_TRUE = {"converted": "session_conversion", "product_pages": "session_prod
 
 
 def planted_world(run_dir: str | Path):
-    """The SynthConfig of the run's synthetic stage when it drew per-merchant knobs, else None."""
+    """The SynthConfig of the world the run's traces came from when it drew per-merchant knobs, else None.
+
+    Preprocess records it with the storefront (from the data's merchant_knobs.json), so a what-if on a
+    mirror of a remote root finds it too; a run made before that record falls back to the synthetic
+    stage's manifest."""
     from simpersona.data.synthetic import as_synth
 
-    m = manifest.read(Path(run_dir) / "synthetic")
-    synth = ((m or {}).get("config") or {}).get("synth")
+    record = Path(run_dir) / "preprocess" / STOREFRONT_FILE
+    synth = json.loads(record.read_text()).get("planted_world") if record.exists() else None
+    if synth is None:
+        m = manifest.read(Path(run_dir) / "synthetic")
+        synth = ((m or {}).get("config") or {}).get("synth")
     if not synth or not (synth.get("knobs") or {}).get("enabled"):
         return None
     return as_synth(synth)

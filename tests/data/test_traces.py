@@ -3,6 +3,7 @@ storefront model shows, purchases end in a placed order, skips and cuts are coun
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import polars as pl
@@ -241,6 +242,11 @@ def test_traces_show_each_merchants_own_knobs_from_the_synthetic_data(tmp_path):
     store = store_section(cfg)
     for merchant, own in knobs.items():  # the file's knobs are the merchants' setup, prices excepted
         assert store["merchant_overrides"][merchant] == {k: v for k, v in own.items() if k != "price_multiplier"}
+        assert store["logged_knobs"][merchant] == {"price_multiplier": own["price_multiplier"]}
+    # the storefront record carries the generator's world, which the what-ifs replay for their true effects
+    record = json.loads((tmp_path / "out" / "storefront.json").read_text())
+    assert record["planted_world"]["seed"] == 5 and record["planted_world"]["merchants"] == 8
+    assert record["planted_world"]["knobs"]["enabled"] is True and record["logged_knobs"] == store["logged_knobs"]
 
     # the step counter of every checkout page is the merchant's own number of checkout steps
     counters = _step_counters(traces)
@@ -264,6 +270,10 @@ def test_traces_show_each_merchants_own_knobs_from_the_synthetic_data(tmp_path):
         assert f"step 1/{knobs[merchant]['checkout_steps']}" in checkout
         product = render(shop.product(cheapest.product_id, []))
         assert ("related:" in product) == knobs[merchant]["recommendations"], (merchant, product)
+        # the buy decision sees the delivery terms: the fee and the checkout's length
+        assert (f"delivery: shipping {money(knobs[merchant]['shipping_fee'])} (free over "
+                f"{money(shop.knobs.free_shipping_threshold)}) | checkout {knobs[merchant]['checkout_steps']} steps"
+                ) in product, product
         pages[merchant] = (cart, checkout)
     assert pages[low][0].split("shipping:")[1] != pages[high][0].split("shipping:")[1]
     # the traces' related-product cards follow the merchants' recommendations setting

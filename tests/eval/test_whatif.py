@@ -90,27 +90,31 @@ PLANTED = {"buyers": 3000, "shard_buyers": 3000, "merchants": 6, "seed": 5, "exe
            "knobs": {"enabled": True}}
 
 
-def planted_run(tmp_path, traced: dict[str, dict], store_knobs: dict, logged: dict | None = None):
-    """A run folder as the planted pipeline leaves it for whatif: the synthetic stage's manifest and the
-    record of the storefront the traces were replayed on."""
+def planted_run(tmp_path, traced: dict[str, dict], store_knobs: dict, logged: dict | None = None,
+                world_in: str = "record"):
+    """A run folder as the planted pipeline leaves it for whatif: the record of the storefront the traces
+    were replayed on, with the generator's world in it (`world_in="record"`) or, as runs made before that
+    record had it, in the synthetic stage's manifest ("manifest")."""
     from dataclasses import asdict
 
     from simpersona import manifest
     from simpersona.data.synthetic import as_synth
 
     synth = asdict(as_synth(PLANTED))
-    manifest.write(tmp_path / "synthetic", manifest.build("synthetic", {"synth": synth, "seed": 0}, {}))
+    if world_in == "manifest":
+        manifest.write(tmp_path / "synthetic", manifest.build("synthetic", {"synth": synth, "seed": 0}, {}))
     (tmp_path / "preprocess").mkdir(exist_ok=True)
     record = {"knobs": store_knobs, "merchant_overrides": traced, "catalogs": {m: [] for m in traced},
-              "logged_knobs": logged or {}}
+              "logged_knobs": logged or {}, "planted_world": synth if world_in == "record" else None}
     (tmp_path / "preprocess" / "storefront.json").write_text(json.dumps(record))
     return as_synth(synth)
 
 
-def test_a_planted_world_puts_the_true_effect_beside_the_simulated_one(tmp_path):
+@pytest.mark.parametrize("world_in", ["record", "manifest"])
+def test_a_planted_world_puts_the_true_effect_beside_the_simulated_one(tmp_path, world_in):
     from simpersona.data.synthetic import merchant_knobs, true_effect
 
-    world = planted_run(tmp_path, {}, {})
+    world = planted_run(tmp_path, {}, {}, world_in=world_in)
     own = merchant_knobs(world)
     fee = 12.0
     merchants = ["m0", "m1", "m2", "m3", "m4", "m5"]
