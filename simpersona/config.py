@@ -152,9 +152,12 @@ class BrowserConfig:
     executable_path: str = ""
     headless: bool = True
     args: list[str] = field(default_factory=lambda: [
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic",
     ])
+    # Chromium's own sandbox: auto = on, except as root (Chromium refuses it there; the agents then run
+    # with --no-sandbox and say so once) | on (an error as root) | off (--no-sandbox)
+    sandbox: str = "auto"
     launch_timeout_s: float = 60.0
     step_timeout_s: float = 15.0  # one action: click, navigation and extraction
     retries: int = 2  # extra attempts after a timeout, a missing element or a page crash

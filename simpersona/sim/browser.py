@@ -97,6 +97,31 @@ class Observation(NamedTuple):
         return self.info.get("state")
 
 
+SANDBOX_MODES = ("auto", "on", "off")
+_root_warned = False
+
+
+def chromium_sandbox(cfg: Any = None) -> bool:
+    """Whether Chromium runs with its own sandbox (browser.sandbox). Playwright adds --no-sandbox unless
+    asked for the sandbox, and Chromium refuses the sandbox to root: so `auto` is on for an unprivileged
+    user and off, said once in the log, for root; `on` as root is an error before any browser starts."""
+    global _root_warned
+    mode = str(browser_config(cfg).sandbox)
+    if mode not in SANDBOX_MODES:
+        raise ValueError(f"browser.sandbox={mode!r}: expected one of {', '.join(SANDBOX_MODES)}")
+    root = os.geteuid() == 0
+    if mode == "on" and root:
+        raise ValueError("browser.sandbox=on, but this process runs as root, where Chromium refuses its sandbox: "
+                         "run the BrowserWorkers as an unprivileged user, or set browser.sandbox=auto")
+    if mode == "auto" and root and not _root_warned:
+        _root_warned = True
+        import logging
+
+        logging.getLogger(__name__).warning("running as root: Chromium runs without its sandbox (--no-sandbox); "
+                                            "run the BrowserWorkers as an unprivileged user to sandbox the agents")
+    return mode == "on" or (mode == "auto" and not root)
+
+
 def browser_config(cfg: Any = None):
     """The browser section (OmegaConf, defaults filled in) from a whole config, the section, or None."""
     from omegaconf import OmegaConf
@@ -148,6 +173,7 @@ class Browser:
         exe = chromium_executable(self.cfg)
         if not Path(exe).exists():
             raise FileNotFoundError(f"no Chromium at {exe}: set browser.executable_path or $CHROMIUM_PATH")
+        sandbox = chromium_sandbox(self.cfg)
         from playwright.async_api import async_playwright
 
         self._pw = await async_playwright().start()
@@ -156,11 +182,12 @@ class Browser:
         try:
             self.browser = await self._pw.chromium.launch(
                 executable_path=exe, headless=bool(self.cfg.headless), args=[*self.cfg.args, marker],
-                timeout=float(self.cfg.launch_timeout_s) * 1000)
+                chromium_sandbox=sandbox, timeout=float(self.cfg.launch_timeout_s) * 1000)
         except Exception as exc:
             await self._pw.stop()
             self._pw = None
-            raise BrowserCrash(f"Chromium failed to launch from {exe}: {str(exc).strip().splitlines()[0]}") from exc
+            hint = " (with its sandbox on: where the platform forbids it, browser.sandbox=off)" if sandbox else ""
+            raise BrowserCrash(f"Chromium failed to launch from {exe}{hint}: {str(exc).strip().splitlines()[0]}") from exc
         self.browser.on("disconnected", lambda _: setattr(self, "_disconnected", True))
         self.pid = self._find_pid(marker)
         return self

@@ -9,9 +9,10 @@ import random
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
-from simpersona.sim.browser import Browser, BrowserEnv
+from simpersona.sim.browser import Browser, BrowserEnv, chromium_sandbox
 from simpersona.sim.errors import BrowserCrash
 from simpersona.sim.observation import allowed_actions, render
 from simpersona.store.eventlog import read_events
@@ -166,6 +167,8 @@ def test_browser_crash_raises(loop, server):
         env = BrowserEnv(browser, server.base_url)
         await env.reset("m1", "c")
         assert browser.pid and browser.pss_bytes() > 10 * 2**20
+        # browser.sandbox=auto: Chromium's own sandbox, except as root (where Chromium refuses it)
+        assert ("--no-sandbox" in psutil.Process(browser.pid).cmdline()) == (os.geteuid() == 0)
         browser.kill()
         for _ in range(100):
             if not browser.connected:
@@ -228,3 +231,22 @@ def test_example_adapter_and_bad_adapters(tmp_path):
         GenericAdapter.load(bad)
     with pytest.raises(AdapterError, match="does not exist"):
         GenericAdapter.load(tmp_path / "nope.yaml")
+
+
+def test_sandbox_modes(monkeypatch, caplog):
+    """auto: sandboxed for an unprivileged user, off (said once) for root; on as root: one clear error."""
+    import simpersona.sim.browser as browser_module
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert chromium_sandbox({"sandbox": "auto"}) is True and chromium_sandbox({"sandbox": "off"}) is False
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(browser_module, "_root_warned", False)
+    with caplog.at_level("WARNING"):
+        assert chromium_sandbox({"sandbox": "auto"}) is False and chromium_sandbox({}) is False
+    assert [r.message for r in caplog.records].count(
+        "running as root: Chromium runs without its sandbox (--no-sandbox); run the BrowserWorkers as an "
+        "unprivileged user to sandbox the agents") == 1
+    with pytest.raises(ValueError, match="^browser.sandbox=on, but this process runs as root"):
+        chromium_sandbox({"sandbox": "on"})
+    with pytest.raises(ValueError, match=r"^browser.sandbox='yes': expected one of auto, on, off$"):
+        chromium_sandbox({"sandbox": "yes"})
