@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 import uuid
@@ -41,14 +42,29 @@ PACKAGES = ("simpersona", "ray", "torch", "pyarrow", "polars", "transformers", "
             "vector-quantize-pytorch", "playwright", "omegaconf")
 
 
+# credentials a value may carry whatever its key: the user:password of a URL, and query parameters with
+# a secret-looking name (a presigned URL's signature, ?token=...)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SECRET_PARAM = re.compile(r"(?P<name>[?&;][^=&#\s]*(?:" + "|".join(SECRET_KEYS + ("signature", "sig"))
+                           + r")[^=&#\s]*=)[^&#\s]+", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """`text` with the credentials inside URLs replaced by ***."""
+    return _SECRET_PARAM.sub(r"\g<name>" + REDACTED, _URL_USERINFO.sub(r"\g<scheme>" + REDACTED + "@", text))
+
+
 def redact(obj: Any) -> Any:
     """A copy of `obj` with every value under a secret-looking key replaced by ***, numbers excepted:
-    under such names they are counts (max_prompt_tokens, tokenizer_examples), never credentials."""
+    under such names they are counts (max_prompt_tokens, tokenizer_examples), never credentials; and
+    with the credentials inside URLs (redact_text) replaced in every string."""
     if isinstance(obj, dict):
         return {k: (REDACTED if _secret(k) and v not in ("", None) and not _number(v) else redact(v))
                 for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
     return obj
 
 
@@ -130,7 +146,7 @@ def build(stage: str, config_sections: dict[str, Any], inputs: dict[str, str],
         "config_hash": stable_hash(config_sections),
         "inputs": inputs,
         "inputs_hash": stable_hash(inputs),
-        "sources": list(sources or []),
+        "sources": [redact_text(str(u)) for u in sources or []],
         "git_revision": git_revision(),
         "packages": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

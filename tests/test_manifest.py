@@ -38,3 +38,19 @@ def test_the_written_manifest_shows_real_counts_and_hides_credentials(tmp_path):
 def test_a_credential_under_a_nested_secret_key_is_redacted_whole():
     assert manifest.redact({"credentials": {"user": "u", "pass": "p"}, "api_key": "k", "token": ""}) == \
         {"credentials": "***", "api_key": "***", "token": ""}
+
+
+def test_a_credential_inside_a_url_is_redacted_whatever_its_key():
+    """Keys in an endpoint's user:password or a presigned URL's query leak under any key name."""
+    m = manifest.build("preprocess", {"data": {"s3": {"endpoint": f"http://AKIA-id:{SECRET}@127.0.0.1:9000"},
+                                               "input": f"https://h/logs.csv?X-Amz-Signature={SECRET}&page=2"}},
+                       {}, sources=[f"s3://AKIA-id:{SECRET}@bucket/logs/part-0.csv"])
+    text = manifest.dumps(m)
+    assert SECRET not in text and "AKIA-id" not in text
+    assert m["config"]["data"]["s3"]["endpoint"] == "http://***@127.0.0.1:9000"
+    assert m["config"]["data"]["input"] == "https://h/logs.csv?X-Amz-Signature=***&page=2"
+    assert m["sources"] == ["s3://***@bucket/logs/part-0.csv"]
+    # identity still sees the real values
+    other = manifest.build("preprocess", {"data": {"s3": {"endpoint": "http://AKIA-id:other@127.0.0.1:9000"},
+                                                   "input": f"https://h/logs.csv?X-Amz-Signature={SECRET}&page=2"}}, {})
+    assert other["config_hash"] != m["config_hash"]
