@@ -27,6 +27,7 @@ from simpersona import manifest
 from simpersona.data.storefront import STOREFRONT_FILE
 from simpersona.store.shops import KNOB_NAMES
 
+EVERY_MERCHANT = "*"  # traced_knobs' key when the record names no merchant: one setup for all of them
 # simulated outcome (metrics.OUTCOMES) -> the planted world's per-session outcome it estimates
 SIM_TO_TRUE = {"converted": "session_conversion", "product_pages": "session_product_views"}
 
@@ -149,8 +150,8 @@ def logged_knobs(run_dir: str | Path) -> dict[str, dict]:
 def traced_knobs(run_dir: str | Path, store: Mapping) -> dict[str, dict] | None:
     """{merchant: the knobs its traces showed} for every merchant whose traces were replayed
     (DIR/preprocess/storefront.json); `store` gives the knobs a merchant without overrides had. A price
-    multiplier its logged prices carry (logged_knobs) is part of the level the policy saw. None when the
-    record is missing or empty."""
+    multiplier its logged prices carry (logged_knobs) is part of the level the policy saw. A record that
+    names no merchant gives {EVERY_MERCHANT: the store's knobs}; None when it is missing."""
     path = Path(run_dir) / "preprocess" / STOREFRONT_FILE
     if not path.exists():
         return None
@@ -158,8 +159,8 @@ def traced_knobs(run_dir: str | Path, store: Mapping) -> dict[str, dict] | None:
     base = {k: record.get("knobs", {}).get(k, store.get(k)) for k in KNOB_NAMES}
     overrides, logged = record.get("merchant_overrides") or {}, record.get("logged_knobs") or {}
     merchants = sorted(set(record.get("catalogs") or {}) | set(overrides))
-    if not merchants:
-        return None
+    if not merchants:  # no per-merchant catalog or knobs (Tmall): every merchant had the store's knobs
+        return {EVERY_MERCHANT: base}
     out = {}
     for m in merchants:
         knobs = {**base, **{k: v for k, v in (overrides.get(m) or {}).items() if k in KNOB_NAMES}}

@@ -103,7 +103,7 @@ def planted_run(tmp_path, traced: dict[str, dict], store_knobs: dict, logged: di
     synth = asdict(as_synth(PLANTED))
     if world_in == "manifest":
         manifest.write(tmp_path / "synthetic", manifest.build("synthetic", {"synth": synth, "seed": 0}, {}))
-    (tmp_path / "preprocess").mkdir(exist_ok=True)
+    (tmp_path / "preprocess").mkdir(parents=True, exist_ok=True)
     record = {"knobs": store_knobs, "merchant_overrides": traced, "catalogs": {m: [] for m in traced},
               "logged_knobs": logged or {}, "planted_world": synth if world_in == "record" else None}
     (tmp_path / "preprocess" / "storefront.json").write_text(json.dumps(record))
@@ -191,6 +191,11 @@ def test_training_variation_flags_a_knob_that_never_varied_and_a_value_outside_t
     merchant_only = training_variation(knobs, {"merchant_overrides": {"a": {"shipping_fee": 4.0}}})
     assert merchant_only["shipping_fee"]["supported"] is True
     assert training_variation(None, {"shipping_fee": 0.0})["shipping_fee"]["supported"] is None
+    # a record without per-merchant catalogs or knobs (Tmall): every merchant had the store's knobs
+    bare = tmp_path / "bare"
+    planted_run(bare, {}, {"shipping_fee": 8.0, "checkout_steps": 2, "recommendations": True, "price_multiplier": 1.0})
+    assert training_variation(traced_knobs(bare, {}), {"shipping_fee": 0.0})["shipping_fee"]["note"] == (
+        "shipping_fee: no variation in the training traces (every merchant 8.0): the effect is extrapolated")
 
     # a price level the logged prices carry: the policy saw 0.9 and 1.25; a variant multiplies it
     logged = {"a": {"price_multiplier": 0.9}, "b": {"price_multiplier": 1.25}}
