@@ -51,11 +51,14 @@ from simpersona.sim.errors import (
     OffOrigin,
     PageCrash,
     SimError,
+    Stuck,
     classify,
 )
 from simpersona.sim.extract import CLICK_INDEX_JS, EXTRACT_JS, FIND_ACTION_JS, SNAPSHOT_JS, state_from_dom
 from simpersona.sim.generic import GenericAdapter, origin_of
 from simpersona.sim.observation import PageState, render
+from simpersona.sim.shop_adapter import ShopAdapter, load_adapter
+from simpersona.sim.shop_page import ShopDriver
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 # Debian's chromium-headless-shell: Chromium's old headless mode (what Playwright itself launches for
@@ -274,15 +277,18 @@ class BrowserEnv:
     """
 
     def __init__(self, browser: Browser, base_url: str, cfg: Any = None,
-                 adapter: GenericAdapter | str | Path | None = None):
+                 adapter: GenericAdapter | ShopAdapter | str | Path | None = None):
         self.browser = browser
         self.cfg = browser_config(cfg) if cfg is not None else browser.cfg
         self.base_url = base_url.rstrip("/")
         if adapter is None and self.cfg.adapter:
             adapter = self.cfg.adapter
         if isinstance(adapter, (str, Path)):
-            adapter = GenericAdapter.load(adapter)
-        self.adapter: GenericAdapter | None = adapter
+            adapter = load_adapter(adapter)
+        self.adapter: GenericAdapter | ShopAdapter | None = adapter
+        # a shop adapter reads foreign pages into the canonical PageState (simpersona.sim.shop_page)
+        self.shop = ShopDriver(adapter) if isinstance(adapter, ShopAdapter) else None
+        self._unchanged = 0  # actions in a row that left the page and its observation as they were
         origins = [origin_of(self.base_url)]
         if adapter is not None:
             origins += adapter.origins(self.base_url)
@@ -447,6 +453,8 @@ class BrowserEnv:
         url = self.page.url
         if origin_of(url) not in self.origins:
             raise OffOrigin(f"the page is not on an allowed origin (at {url})")
+        if self.shop is not None:
+            return await self.shop.observe(self)
         if self.adapter is not None:
             return await self._observe_generic()
         data = await self._read(EXTRACT_JS, list(self.origins))
@@ -521,15 +529,19 @@ class BrowserEnv:
         self.merchant_id, self.agent_id = str(merchant_id), str(agent_id)
         self.session_id = session_id or f"{agent_id}-{uuid.uuid4().hex[:12]}"
         self.done, self.steps, self.errors, self.blocked, self.observation = False, 0, [], [], None
+        self._unchanged = 0
+        if self.shop is not None:
+            self.shop.reset(self.agent_id)
         try:
             if self.context is None:
                 await self._open_context()
             else:
                 await self.context.clear_cookies()
-            await self.context.add_cookies([
-                {"name": AGENT_COOKIE, "value": quote(self.agent_id, safe=""), "url": self.base_url},
-                {"name": SESSION_COOKIE, "value": quote(self.session_id, safe=""), "url": self.base_url},
-            ])
+            if self.shop is None:  # the project storefront's identity cookies; a foreign shop sets its own
+                await self.context.add_cookies([
+                    {"name": AGENT_COOKIE, "value": quote(self.agent_id, safe=""), "url": self.base_url},
+                    {"name": SESSION_COOKIE, "value": quote(self.session_id, safe=""), "url": self.base_url},
+                ])
         except SimError:
             raise
         except Exception as exc:
@@ -611,8 +623,25 @@ class BrowserEnv:
             info["event"] = event
         if error is not None:
             info.update(error=error.kind, error_kind=error.kind, reason=error.reason)
+        elif self.shop is not None:
+            self._shop_outcome(action, before, obs, info)
         self.observation = obs
         return obs, self.done, info
+
+    def _shop_outcome(self, action: str, before: Observation, obs: Observation, info: dict) -> None:
+        """A foreign shop's client-side events and failures of the action; stuck agents are stopped."""
+        events, failure = self.shop.outcome(action, before.state, obs)
+        info["events"] = events
+        failure = failure or info.get("failure", "")
+        if failure:
+            info.update(failure=failure, error=failure, error_kind=failure,
+                        reason=f"{failure} after {action!r} at {obs.url}")
+            self.errors.append({"step": self.steps, "kind": failure, "reason": info["reason"], "action": action,
+                                "attempt": 1, "url": obs.url})
+        same = obs.url == before.url and obs.text == before.text and action != "leave"
+        self._unchanged = self._unchanged + 1 if same else 0
+        if self.shop.adapter.stuck_steps and self._unchanged >= self.shop.adapter.stuck_steps:
+            raise Stuck(f"{self._unchanged} actions in a row changed nothing at {obs.url} (last: {action!r})")
 
     async def _attempt(self, action: str) -> tuple[str, Observation]:
         event = await self._act(action)
@@ -628,6 +657,9 @@ class BrowserEnv:
     async def _act(self, action: str) -> str:
         """Click the action's element and wait for the page it leads to; returns a generic event."""
         dom_click = str(self.cfg.click) == "dom"
+        if self.shop is not None:
+            await self.shop.act(self, action, dom_click)
+            return ""
         if self.adapter is not None:
             return await self._act_generic(action, dom_click)
         self._nav_blocked.clear()

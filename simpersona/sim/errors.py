@@ -6,6 +6,10 @@
     off_origin          something tried to take the agent off the configured origins (blocked)
     page_crash          the tab's renderer died (the env reopens the page)
     browser_crash       Chromium itself died or disconnected: the env cannot continue
+    stuck               the agent's last actions (adapter stuck_steps of them) changed nothing: stopped
+
+Failures of a foreign shop that do not stop the agent (simpersona.sim.shop_page): unrecognised_page,
+form_rejected, action_refused; with the kinds above they are the simulation's `failures`.
 
 `BrowserEnv.step` returns the recoverable kinds in `info["error"]` and raises a `SimError` only
 when the agent cannot go on (a browser crash, or a page that stays broken after the retries).
@@ -14,8 +18,10 @@ when the agent cannot go on (a browser crash, or a page that stays broken after 
 from __future__ import annotations
 
 ERROR_KINDS = (
-    "invalid_action", "element_missing", "navigation_timeout", "off_origin", "page_crash", "browser_crash",
+    "invalid_action", "element_missing", "navigation_timeout", "off_origin", "page_crash", "browser_crash", "stuck",
 )
+SHOP_FAILURES = ("unrecognised_page", "form_rejected", "action_refused")
+FAILURE_KINDS = ERROR_KINDS + SHOP_FAILURES
 
 
 class SimError(RuntimeError):
@@ -55,7 +61,12 @@ class BrowserCrash(SimError):
     kind = "browser_crash"
 
 
-_BY_KIND = {c.kind: c for c in (InvalidAction, ElementMissing, NavigationTimeout, OffOrigin, PageCrash, BrowserCrash)}
+class Stuck(SimError):
+    kind = "stuck"
+
+
+_BY_KIND = {c.kind: c for c in (InvalidAction, ElementMissing, NavigationTimeout, OffOrigin, PageCrash, BrowserCrash,
+                                 Stuck)}
 
 
 def error_for(kind: str, reason: str) -> SimError:

@@ -47,6 +47,17 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
+def read_adapter_yaml(path: str | Path):
+    """The parsed YAML of an adapter file; a one-line AdapterError when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"adapter file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise AdapterError(f"cannot parse adapter {path}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Recogniser:
     url: str = ""
@@ -70,14 +81,7 @@ class GenericAdapter:
 
     @classmethod
     def load(cls, path: str | Path) -> GenericAdapter:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise AdapterError(f"adapter file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise AdapterError(f"cannot parse adapter {path}: {exc}") from None
-        return cls.from_dict(raw, str(path))
+        return cls.from_dict(read_adapter_yaml(path), str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "adapter") -> GenericAdapter:
