@@ -4,7 +4,9 @@
         [bench.pages=60]
 
 On DIR's product-page trace steps, per VQ code (DIR/assign/types.parquet):
-  model   the policy's P(add_to_cart or buy_now) on bench.pages of the code's product pages, scored once with
+  model   the policy's P(add_to_cart or buy_now) on bench.pages of the code's product pages, each with its
+          own session's last persona.history_len actions (as the policy saw it in training: no traced
+          product page opens a session, so an empty history is a prompt it never saw), scored once with
           the delivery line's knob set to bench.low and once to bench.high, everything else equal
   data    the share of the code's traced product pages whose action was add_to_cart or buy_now, on the pages
           that showed bench.low and on those that showed bench.high (the peer: what the buyers did, across
@@ -47,6 +49,7 @@ def with_value(observation: str, pattern: str, value: str) -> str:
 
 
 def main(argv: list[str]) -> dict:
+    from simpersona.persona.examples import add_history
     from simpersona.persona.scoring import ActionScorer, ScoreRequest
 
     cfg = load("finetune", argv)
@@ -55,7 +58,11 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"bench.knob={b['knob']!r}: the product page shows {', '.join(LINE)}")
     pattern, shown = LINE[b["knob"]]
     run = Path(cfg.run_dir)
-    steps = pl.read_parquet(run / "preprocess" / "traces").filter(pl.col("observation").str.starts_with("page: product"))
+    traces = pl.read_parquet(run / "preprocess" / "traces")
+    history = add_history(traces.select("history_id", "session_idx", "step", "action").to_pandas(), int(cfg.persona.history_len))
+    traces = traces.join(pl.from_pandas(history[["history_id", "session_idx", "step", "history"]]),
+                         on=["history_id", "session_idx", "step"], how="left")
+    steps = traces.filter(pl.col("observation").str.starts_with("page: product"))
     steps = steps.join(pl.read_parquet(run / "assign" / "types.parquet").select("history_id", "type_id"), on="history_id")
     steps = steps.with_columns(value=pl.col("observation").str.extract(pattern, 1).cast(pl.Float64),
                                buy=pl.col("action").is_in(BUY))
@@ -68,8 +75,9 @@ def main(argv: list[str]) -> dict:
         pages = group.head(int(b["pages"]))
         model = {}
         for arm in ("low", "high"):  # each page under its own code's token, only the knob's value changed
-            reqs = [ScoreRequest(int(k), with_value(obs, pattern, shown(b[arm])), [], list(allowed))
-                    for k, obs, allowed in zip(pages["type_id"], pages["observation"], pages["allowed"])]
+            reqs = [ScoreRequest(int(k), with_value(obs, pattern, shown(b[arm])), list(hist), list(allowed))
+                    for k, obs, hist, allowed in zip(pages["type_id"], pages["observation"], pages["history"],
+                                                     pages["allowed"])]
             mass = []
             for req, lp in zip(reqs, scorer.score(reqs)):
                 p = np.exp(np.asarray(lp) - np.max(lp))
