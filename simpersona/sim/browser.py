@@ -624,13 +624,15 @@ class BrowserEnv:
         if error is not None:
             info.update(error=error.kind, error_kind=error.kind, reason=error.reason)
         elif self.shop is not None:
-            self._shop_outcome(action, before, obs, info)
+            obs = self._shop_outcome(action, before, obs, info)
         self.observation = obs
         return obs, self.done, info
 
-    def _shop_outcome(self, action: str, before: Observation, obs: Observation, info: dict) -> None:
-        """A foreign shop's client-side events and failures of the action; stuck agents are stopped."""
+    def _shop_outcome(self, action: str, before: Observation, obs: Observation, info: dict) -> Observation:
+        """A foreign shop's client-side events and failures of the action (and the observation with the cart
+        count they imply); stuck agents are stopped."""
         events, failure = self.shop.outcome(action, before.state, obs)
+        obs = self.shop.refreshed(self, obs)
         info["events"] = events
         failure = failure or info.get("failure", "")
         if failure:
@@ -642,6 +644,7 @@ class BrowserEnv:
         self._unchanged = self._unchanged + 1 if same else 0
         if self.shop.adapter.stuck_steps and self._unchanged >= self.shop.adapter.stuck_steps:
             raise Stuck(f"{self._unchanged} actions in a row changed nothing at {obs.url} (last: {action!r})")
+        return obs
 
     async def _attempt(self, action: str) -> tuple[str, Observation]:
         event = await self._act(action)

@@ -18,7 +18,7 @@ syntax, with `(?i)` allowed only at the start.
       listing: {url: "^/catalogue/category/"}
       home: {url: "^/$"}
     header: {cart_count: ".basket-mini", cart_link: "a[href$='/basket/']", categories: "nav .dropdown-menu a",
-             search_input: "input[name=q]"}
+             search_input: "input[name=q]", cart_url: /basket/}   # cart_url: opened when no cart link shows
     cards: {item: "article.product_pod", name: "h3 a@title", price: ".price_color", link: "h3 a",
             next_page: "li.next a", max: 8}
     product: {name: "h1", price: ".price_color", category: ".breadcrumb li:nth-last-child(2)",
@@ -57,7 +57,7 @@ PAGE_ORDER = ("confirmation", "checkout", "cart", "product", "search", "listing"
 REQUIRED_PAGES = ("home", "product", "cart", "checkout", "confirmation")
 PAYMENT_METHODS = ("test", "dummy")
 SECTIONS = {
-    "header": {"cart_count", "cart_link", "categories", "search_input", "search_submit"},
+    "header": {"cart_count", "cart_link", "cart_url", "categories", "search_input", "search_submit"},
     "cards": {"item", "name", "price", "category", "link", "product_id", "next_page", "title", "max"},
     "product": {"name", "price", "category", "product_id", "add_to_cart", "buy_now", "favorite", "related",
                 "added"},

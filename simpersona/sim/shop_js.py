@@ -39,6 +39,8 @@ READ_SHOP_JS = "([spec, origins]) => {" + _PRELUDE + r"""
     if (!el || !usable(el) || el.hasAttribute('data-sp-act') || tagged.includes(action)) return false;
     el.setAttribute('data-sp-act', action); tagged.push(action); return true;
   };
+  // the first usable match: a selector may also match a hidden copy (a mobile menu, a closed dropdown)
+  const tagFirst = (root, sel, action) => { for (const el of qa(root, sel)) if (tag(el, action)) return true; return false; };
   const hrefPath = (el) => { try { const u = new URL(el.href, document.baseURI); return u.pathname; } catch (e) { return ''; } };
   const cardsOf = (items, sub, max, verb) => {
     const out = [];
@@ -66,21 +68,21 @@ READ_SHOP_JS = "([spec, origins]) => {" + _PRELUDE + r"""
     const name = clean(el.textContent);
     if (name && !out.categories.includes(name) && tag(el, `category ${name}`)) out.categories.push(name);
   }
-  tag(q(document, h.cart_link), 'view_cart');
+  tagFirst(document, h.cart_link, 'view_cart');
   const search = q(document, h.search_input);
   if (search && visible(search) && !search.disabled) tagged.push('search');
   if (kind === 'home' || kind === 'listing' || kind === 'search') {
     out.cards = cardsOf(qa(document, c.item), c, c.max, 'open');
-    out.has_next = tag(q(document, c.next_page), 'next_page');
+    out.has_next = tagFirst(document, c.next_page, 'next_page');
     if (kind === 'search') out.query = (search && search.value) || new URLSearchParams(location.search).get('q') || '';
     else if (kind === 'listing') out.query = read(document, c.title || 'h1');
   } else if (kind === 'product') {
     out.product = {slot: 0, name: read(document, p.name), price: read(document, p.price),
                    category: read(document, p.category),
                    product_id: p.product_id ? read(document, p.product_id) : location.pathname};
-    tag(q(document, p.add_to_cart), 'add_to_cart');
-    tag(q(document, p.buy_now), 'buy_now');
-    tag(q(document, p.favorite), 'favorite');
+    tagFirst(document, p.add_to_cart, 'add_to_cart');
+    tagFirst(document, p.buy_now, 'buy_now');
+    tagFirst(document, p.favorite, 'favorite');
     out.added = !!(p.added && q(document, p.added));
     out.cards = p.related ? cardsOf(qa(document, p.related), c, c.max, 'open') : [];
   } else if (kind === 'cart') {
@@ -92,18 +94,18 @@ READ_SHOP_JS = "([spec, origins]) => {" + _PRELUDE + r"""
       const link = q(line, 'a[href]');
       lines.push({slot, name, price, category: read(line, cart.category),
                   product_id: cart.product_id ? read(line, cart.product_id) : (link ? hrefPath(link) : name)});
-      tag(q(line, cart.remove), `remove ${slot}`);
+      tagFirst(line, cart.remove, `remove ${slot}`);
     }
     out.lines = lines;
     out.subtotal = read(document, cart.subtotal);
     out.shipping = read(document, cart.shipping);
-    tag(q(document, cart.checkout), 'checkout');
+    tagFirst(document, cart.checkout, 'checkout');
   } else if (kind === 'checkout') {
     for (let i = 0; i < spec.steps.length; i++) if (holds(spec.steps[i])) { out.step = i + 1; break; }
     if (out.step) {
       const last = out.step === spec.steps.length;
       const sel = last ? (co.place_order || spec.steps[out.step - 1].submit) : spec.steps[out.step - 1].submit;
-      tag(q(document, sel), last ? 'place_order' : 'continue');
+      tagFirst(document, sel, last ? 'place_order' : 'continue');
     }
     out.subtotal = read(document, co.subtotal);
     out.shipping = read(document, co.shipping);

@@ -22,6 +22,7 @@ import re
 import time
 import uuid
 import zlib
+from urllib.parse import urljoin
 
 from simpersona.sim.errors import ElementMissing, NavigationTimeout
 from simpersona.sim.generic import GenericAdapter
@@ -73,18 +74,21 @@ class ShopDriver:
         self.cart_count = 0  # the driver's own count where the shop shows none
         self.cart_lines: tuple[Card, ...] = ()  # the last cart page seen: what an order holds
         self.raw: dict = {}
+        self.categories: dict[str, str] = {}  # product id -> category, where a page showed it
         self.unrecognised = 0
 
     def reset(self, agent_id: str) -> None:
         self.identity = identity_for(agent_id, self.adapter.country)
-        self.cart_count, self.cart_lines, self.raw = 0, (), {}
+        self.cart_count, self.cart_lines, self.raw, self.categories = 0, (), {}, {}
 
     # ---- observing ----------------------------------------------------------------------------
     def state_of(self, raw: dict, merchant_id: str) -> PageState:
         """The canonical PageState of a page the reader recognised."""
         def card(d: dict) -> Card:
-            return Card(int(d["slot"]), str(d["product_id"]), str(d["name"]), parse_price(d["price"]),
-                        str(d.get("category") or ""))
+            pid, category = str(d["product_id"]), str(d.get("category") or "")
+            if category:
+                self.categories[pid] = category
+            return Card(int(d["slot"]), pid, str(d["name"]), parse_price(d["price"]), category or self.categories.get(pid, ""))
 
         kind = raw["kind"]
         shown = parse_count(raw.get("cart_count", ""))
@@ -101,22 +105,45 @@ class ShopDriver:
                           has_next=bool(raw.get("has_next")))
         elif kind == "product":
             p = raw["product"]
-            product = Card(0, str(p["product_id"]), str(p["name"]), parse_price(p["price"]), str(p.get("category") or ""))
+            product = card({**p, "slot": 0})
             fields.update(product=product, cards=tuple(card(c) for c in raw["cards"]))
             if "shipping" in terms:  # delivery terms the adapter knows: the product page's delivery line
                 fields.update(shipping=terms["shipping"], free_shipping_over=terms.get("free_shipping_over", 0.0),
                               checkout_steps=int(terms.get("checkout_steps", steps)))
         elif kind == "cart":
             subtotal = parse_price(raw.get("subtotal", "")) or sum(c.price for c in self.cart_lines)
-            fields.update(cards=self.cart_lines, subtotal=subtotal, shipping=parse_price(raw.get("shipping", "")))
+            shipping = parse_price(raw["shipping"]) if raw.get("shipping") else self._fee(subtotal)
+            fields.update(cards=self.cart_lines, subtotal=subtotal, shipping=shipping)
         elif kind == "checkout":
             subtotal = parse_price(raw.get("subtotal", "")) or sum(c.price for c in self.cart_lines)
-            shipping = parse_price(raw.get("shipping", "")) if raw.get("shipping") else terms.get("shipping", 0.0)
+            shipping = parse_price(raw["shipping"]) if raw.get("shipping") else self._fee(subtotal)
             fields.update(checkout_step=int(raw.get("step") or 0), checkout_steps=steps, subtotal=subtotal,
                           shipping=shipping, free_shipping_over=terms.get("free_shipping_over", 0.0))
         elif kind == "confirmation":
             fields.update(order_id=str(raw.get("order_id") or ""))
         return PageState(**fields)
+
+    def _fee(self, subtotal: float) -> float:
+        """The delivery fee of a cart by the adapter's terms, where the page shows none."""
+        terms = self.adapter.terms
+        free_over = terms.get("free_shipping_over", 0.0)
+        if not subtotal or (free_over and subtotal >= free_over):
+            return 0.0
+        return terms.get("shipping", 0.0)
+
+    def refreshed(self, env, obs):
+        """`obs` again after an action's outcome changed what the driver counts (a confirmed add, an order)."""
+        from simpersona.sim.browser import Observation
+
+        state = obs.info.get("state")
+        if state is None or not self.raw.get("kind"):
+            return obs
+        new = self.state_of(self.raw, env.merchant_id)
+        if new == state:
+            return obs
+        allowed = self.allowed(new, self.raw["tagged"])
+        obs.info.update(state=new, allowed=allowed)
+        return Observation(render(new), allowed, obs.info)
 
     def allowed(self, state: PageState, tagged: list[str]) -> list[str]:
         """The canonical actions of `state` this page can perform: a tagged element, or a built-in way."""
@@ -126,7 +153,9 @@ class ShopDriver:
             verb = action.split(" ", 1)[0]
             if (action in have or action in ("back", "leave", "continue_shopping")
                     or (verb == "search" and "search" in have)
-                    or (action == "buy_now" and {"add_to_cart", "view_cart"} <= have)):
+                    or (action == "view_cart" and self.adapter.header.get("cart_url"))
+                    or (action == "buy_now" and "add_to_cart" in have
+                        and ("view_cart" in have or self.adapter.header.get("cart_url")))):
                 out.append(action)
         return out
 
@@ -171,6 +200,8 @@ class ShopDriver:
             await self._navigate(env, lambda: page.go_back(wait_until="commit", timeout=env.timeout_ms))
             if page.url in ("", "about:blank"):
                 await page.goto(self.adapter.start(env.base_url, env.merchant_id), wait_until="commit")
+        elif action == "view_cart":
+            await self._view_cart(env, dom_click)
         elif action == "continue_shopping":
             await page.goto(self.adapter.start(env.base_url, env.merchant_id), wait_until="commit",
                             timeout=env.timeout_ms)
@@ -183,7 +214,7 @@ class ShopDriver:
         elif action == "buy_now" and "buy_now" not in self.raw.get("tagged", ()):
             await self._click(env, "add_to_cart", dom_click)  # cart, then straight to checkout
             await self.observe(env)
-            await self._click(env, "view_cart", dom_click)
+            await self._view_cart(env, dom_click)
             await self.observe(env)
             if "checkout" in self.raw.get("tagged", ()):
                 await self._click(env, "checkout", dom_click)
@@ -191,6 +222,13 @@ class ShopDriver:
             if action in ("continue", "place_order"):
                 await self.fill_step(env)
             await self._click(env, action, dom_click)
+
+    async def _view_cart(self, env, dom_click: bool) -> None:
+        if "view_cart" in self.raw.get("tagged", ()):
+            await self._click(env, "view_cart", dom_click)
+        else:  # no cart link on this page: open the cart's address, as a buyer would
+            cart = urljoin(env.base_url + "/", str(self.adapter.header["cart_url"]))
+            await env.page.goto(cart, wait_until="commit", timeout=env.timeout_ms)
 
     async def fill_step(self, env) -> int:
         """Fill the current checkout step's declared fields from the buyer identity; returns how many."""
