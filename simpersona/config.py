@@ -250,6 +250,10 @@ class SimConfig:
     # what-if variant: its store knobs are store.variants[<variant>] (a name not listed there is only a
     # label); artifacts go to <run_dir>/simulate/<variant>/
     variant: str = "baseline"
+    # a foreign shop: its shop adapter YAML (adapters/<shop>.yaml) and base URL; "" = the project storefront.
+    # A what-if on a foreign shop is another variant name with the base URL of another deployment.
+    storefront: str = ""
+    base_url: str = ""
     merchant_types: str = ""  # "" = <run_dir>/assign/merchant_types.parquet (evaluation passes a split's)
     # int N = the N merchants with the most typed buyers (0 = all); a list = exactly those ids
     merchants: Any = 0

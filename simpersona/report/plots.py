@@ -173,7 +173,7 @@ def whatif_truth(variants: dict[str, dict], dpi: int = 90) -> str:
     fig, axes = plt.subplots(1, max(1, len(outcomes)), figsize=(3.6 * max(1, len(outcomes)), 3.2), squeeze=False)
     for ax, o in zip(axes[0], outcomes):
         rows = [(n, v["validity"][o]) for n, v in variants.items() if o in (v.get("validity") or {})]
-        for k, (name, c) in enumerate(rows):
+        for name, c in rows:
             color = "#127a12" if c["passed"] else ("#9a9a9a" if c["passed"] is None else "#b3261e")
             ax.errorbar(c["true"], c["simulated"], yerr=[[max(c["simulated"] - c["lo"], 0)], [max(c["hi"] - c["simulated"], 0)]],
                         xerr=[[2 * c["true_se"]], [2 * c["true_se"]]], fmt="o", ms=4, color=color, capsize=2)

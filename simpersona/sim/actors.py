@@ -119,6 +119,7 @@ class AgentQueue:
         self.last_flush = time.monotonic()
         self.counts = {"completed": 0, "crashed": 0, "steps": 0, "requeued": 0, "rejected": 0,
                        "workers_lost": 0, "browser_restarts": 0}
+        self.lost_attempts: dict[str, int] = {}  # error kind -> attempts lost to it (a browser crash, a lost worker)
 
     def take(self, worker: str) -> dict | str | None:
         """The next agent as {"spec", "attempt", "session_id"}; None = nothing free now (agents in
@@ -178,6 +179,7 @@ class AgentQueue:
     def _retry(self, agent_id: str, attempt: int, worker: str, error_kind: str, error: str) -> None:
         if agent_id in self.committed:
             return
+        self.lost_attempts[error_kind] = self.lost_attempts.get(error_kind, 0) + 1
         if attempt < self.max_attempts:
             self.counts["requeued"] += 1
             self.pending.appendleft((agent_id, attempt + 1))  # first in line: it has waited already
@@ -226,7 +228,7 @@ class AgentQueue:
                 self._requeue_held_by(stale, "worker no longer running")
         if time.monotonic() - self.last_flush >= self.commit_interval_s:
             self.flush()
-        return {**self.counts, "done": len(self.committed), "total": len(self.specs),
+        return {**self.counts, "lost_attempts": dict(self.lost_attempts), "done": len(self.committed), "total": len(self.specs),
                 "pending": len(self.pending), "in_flight": len(self.leases)}
 
 

@@ -12,6 +12,7 @@ error kind and reason recorded.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ TRAJECTORY_SCHEMA = pa.schema([
     ("logprob", pa.float32()),
     ("error", pa.string()),
     ("url", pa.string()),
+    ("events", pa.string()),  # a foreign shop's client-side events of the step (JSON list; "" on our storefront)
 ])
 
 
@@ -58,10 +60,12 @@ async def run_agent(env, policy, spec: dict, persona, history_len: int = 8, sess
             })
             action = decision["action"]
             row = {"agent_id": agent_id, "step": step, "observation": obs.text, "allowed": list(obs.allowed),
-                   "action": action, "logprob": decision["logprob"], "error": "", "url": obs.url}
+                   "action": action, "logprob": decision["logprob"], "error": "", "url": obs.url, "events": ""}
             rows.append(row)
             history.append(action)
             obs, done, info = await env.step(action)
+            if info.get("events"):
+                row["events"] = json.dumps(info["events"])
             if info.get("error"):  # the action did not go through (after the env's retries)
                 row["error"] = f"{info['error']}: {info.get('reason', '')}".rstrip(": ")
             if done:

@@ -451,6 +451,8 @@ class BrowserEnv:
 
     async def _observe(self) -> Observation:
         url = self.page.url
+        if url.startswith("chrome-error://"):  # Chromium's error page: a refused, failed or looping navigation
+            raise NavigationTimeout(f"the navigation from {self._last_good_url or 'the start'} failed")
         if origin_of(url) not in self.origins:
             raise OffOrigin(f"the page is not on an allowed origin (at {url})")
         if self.shop is not None:
@@ -633,7 +635,8 @@ class BrowserEnv:
         count they imply); stuck agents are stopped."""
         events, failure = self.shop.outcome(action, before.state, obs)
         obs = self.shop.refreshed(self, obs)
-        info["events"] = events
+        now_ms = int(time.time() * 1000)
+        info["events"] = [{**e, "ts_ms": now_ms} for e in events]
         failure = failure or info.get("failure", "")
         if failure:
             info.update(failure=failure, error=failure, error_kind=failure,

@@ -6,9 +6,12 @@
         trajectories/*.parquet  one row per agent step
         store_log/              the storefront's raw server-side event log (every attempt)
         events/events.parquet   the event log of committed attempts only: the simulated traffic
-        summary.json            agents, completed, crashed, steps, steps_per_s, wall_s, ...
+        summary.json            agents, completed, crashed, steps, failures (kind -> count), wall_s, ...
 
-Re-running the same run dir and variant resumes: committed agents are skipped, the rest run.
+With sim.storefront=adapters/<shop>.yaml and sim.base_url=URL the population shops a foreign store
+through its shop adapter instead: no storefront is started, and events.parquet holds the agents'
+client-side events (simpersona.sim.outcomes). Re-running the same run dir and variant resumes:
+committed agents are skipped, the rest run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import ray
 from simpersona.config import to_dict
 from simpersona.runtime import init_ray, replace_durably, write_json
 from simpersona.sim.actors import committed_results, run_workers
+from simpersona.sim.outcomes import client_events, failure_counts
 from simpersona.sim.population import PersonaResolver, build_population, write_population
 
 POLICIES = ("serve", "local", "uniform")
@@ -78,6 +82,20 @@ def policy_for(cfg):
             serve.delete(cfg.serve.app_name)
 
 
+def foreign_store(cfg) -> str:
+    """The base URL of sim.storefront's shop, its adapter checked (a bad one stops the job before any agent)."""
+    from simpersona.sim.generic import AdapterError
+    from simpersona.sim.shop_adapter import ShopAdapter
+
+    if not cfg.sim.base_url:
+        raise ValueError("sim.storefront needs sim.base_url: the foreign shop's base URL (http://host:port)")
+    try:
+        ShopAdapter.load(cfg.sim.storefront)
+    except FileNotFoundError:
+        raise AdapterError(f"sim.storefront={cfg.sim.storefront}: no such adapter file") from None
+    return str(cfg.sim.base_url).rstrip("/")
+
+
 def committed_events(raw: pa.Table, results: pa.Table) -> pa.Table:
     """Events of the committed attempt of each agent (sessions of abandoned attempts are dropped)."""
     sessions = pa.array(sorted(set(results.column("session_id").to_pylist())), pa.string())
@@ -100,6 +118,11 @@ def run_simulation(cfg, on_progress=None) -> dict:
     for key in ("workers", "contexts_per_worker", "max_attempts"):
         if sim[key] < 1:
             raise ValueError(f"sim.{key} must be >= 1, got {sim[key]}")
+    browser = to_dict(cfg)["browser"]
+    foreign = bool(sim.storefront)
+    if foreign:
+        foreign_url = foreign_store(cfg)
+        browser["adapter"] = str(sim.storefront)
     out = variant_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     specs = build_population(cfg.run_dir, sim, cfg.seed)
@@ -112,11 +135,15 @@ def run_simulation(cfg, on_progress=None) -> dict:
                    "rejected": 0, "workers_started": 0}
     if todo:
         init_ray(cfg)
-        with policy_for(cfg) as policy_spec, storefront(cfg, merchants, out / "store_log") as base_url:
-            stats = run_workers(todo, out, sim, base_url, to_dict(cfg)["browser"], policy_spec, personas,
+        store = contextlib.nullcontext(foreign_url) if foreign else storefront(cfg, merchants, out / "store_log")
+        with policy_for(cfg) as policy_spec, store as base_url:
+            stats = run_workers(todo, out, sim, base_url, browser, policy_spec, personas,
                                 cfg.serve.history, cfg.progress, on_progress)
     results = committed_results(out)
-    events = committed_events(read_events(out / "store_log"), results)
+    if foreign:
+        events = client_events(out, results, sim.variant)
+    else:
+        events = committed_events(read_events(out / "store_log"), results)
     _write_atomic(events, out / "events" / "events.parquet")
     wanted = set(specs.column("agent_id").to_pylist())
     status = [s for a, s in zip(results.column("agent_id").to_pylist(), results.column("status").to_pylist())
@@ -139,6 +166,8 @@ def run_simulation(cfg, on_progress=None) -> dict:
         "duplicate_completions_rejected": stats["rejected"],
         "workers_started": stats["workers_started"],
         "events": events.num_rows,
+        "storefront": str(sim.storefront) or "simpersona",
+        "failures": failure_counts(out, results, stats.get("lost_attempts")),
         "wall_s": round(time.monotonic() - t0, 3),
     }
     write_json(str(out / "summary.json"), summary)  # atomic and synced, as every stage summary
