@@ -29,6 +29,7 @@ TRAJECTORY_SCHEMA = pa.schema([
     ("error", pa.string()),
     ("url", pa.string()),
     ("events", pa.string()),  # a foreign shop's client-side events of the step (JSON list; "" on our storefront)
+    ("blocked", pa.int32()),  # requests the origin fence stopped during the step (a page's off-origin fetches too)
 ])
 
 
@@ -60,10 +61,11 @@ async def run_agent(env, policy, spec: dict, persona, history_len: int = 8, sess
             })
             action = decision["action"]
             row = {"agent_id": agent_id, "step": step, "observation": obs.text, "allowed": list(obs.allowed),
-                   "action": action, "logprob": decision["logprob"], "error": "", "url": obs.url, "events": ""}
+                   "action": action, "logprob": decision["logprob"], "error": "", "url": obs.url, "events": "", "blocked": 0}
             rows.append(row)
             history.append(action)
             obs, done, info = await env.step(action)
+            row["blocked"] = len(info.get("blocked") or ())
             if info.get("events"):
                 row["events"] = json.dumps(info["events"])
             if info.get("error"):  # the action did not go through (after the env's retries)

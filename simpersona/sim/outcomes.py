@@ -26,7 +26,7 @@ def committed_steps(out: Path, results: pa.Table, columns: list[str]) -> pa.Tabl
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     parts = [pq.read_table(f) for f in files]
     parts = [t.select(columns) if all(c in t.column_names for c in columns)
-             else pa.table({c: (t.column(c) if c in t.column_names else pa.nulls(t.num_rows, pa.string()))
+             else pa.table({c: (t.column(c) if c in t.column_names else pa.nulls(t.num_rows))
                             for c in columns}) for t in parts]
     steps = pa.concat_tables(parts, promote_options="permissive")
     agents = pa.array(sorted(set(results.column("agent_id").to_pylist())), pa.string())
@@ -52,6 +52,12 @@ def client_events(out: Path, results: pa.Table, variant: str) -> pa.Table:
     for seq, r in enumerate(rows):
         r["seq"] = seq
     return pa.Table.from_pylist(rows, schema=LOG_SCHEMA)
+
+
+def blocked_requests(out: Path, results: pa.Table) -> int:
+    """Requests the origin fence stopped during committed agents' steps (none of them left the machine)."""
+    steps = committed_steps(out, results, ["agent_id", "blocked"])
+    return int(sum(n or 0 for n in steps.column("blocked").to_pylist()))
 
 
 def failure_counts(out: Path, results: pa.Table, lost_attempts: dict | None = None) -> dict[str, int]:

@@ -28,7 +28,7 @@ import ray
 from simpersona.config import to_dict
 from simpersona.runtime import init_ray, replace_durably, write_json
 from simpersona.sim.actors import committed_results, run_workers
-from simpersona.sim.outcomes import client_events, failure_counts
+from simpersona.sim.outcomes import blocked_requests, client_events, failure_counts
 from simpersona.sim.population import PersonaResolver, build_population, write_population
 
 POLICIES = ("serve", "local", "uniform")
@@ -168,6 +168,7 @@ def run_simulation(cfg, on_progress=None) -> dict:
         "events": events.num_rows,
         "storefront": str(sim.storefront) or "simpersona",
         "failures": failure_counts(out, results, stats.get("lost_attempts")),
+        "blocked_requests": blocked_requests(out, results),
         "wall_s": round(time.monotonic() - t0, 3),
     }
     write_json(str(out / "summary.json"), summary)  # atomic and synced, as every stage summary
