@@ -8,21 +8,26 @@ benchmark starts the bundled django-oscar shop (scripts/thirdparty_shop.py) in a
 reads its order count itself; for another shop give its base URL and, to check orders against the
 shop's records, bench.orders_cmd (a shell command printing the shop's order count).
 
-Both arms run the same agents (ids, types, seeds: simpersona.sim.population) with the same policy:
-  own       on the project storefront (the world the traces were replayed on)
-  foreign   on the foreign shop (sim.storefront = bench.adapter)
+The first two arms run the same agents (ids, types, seeds: simpersona.sim.population) with the policy:
+  own             on the project storefront (the world the traces were replayed on)
+  foreign         on the foreign shop (sim.storefront = bench.adapter)
+  foreign_funnel  bench.funnel_agents_per_merchant agents per merchant on the foreign shop with policy=funnel
+                  (each buys the first product: the adapter's path to an order, without the model)
 Prints one JSON object (also written to <run_dir>/bench/foreign_store.json):
-  recognised_share      foreign steps whose page was read into a canonical page kind (target >= 0.95)
-  orders                agents whose policy chose place_order, orders the shop's records gained, and their
-                        ratio (target >= 0.90); the client-side purchase events beside them
-  type_conversion       per type: agents and conversion (share of agents with a purchase) in each arm, and
-                        the Spearman of the two over types with >= bench.min_agents agents (target >= 0.8)
-  failures, blocked_requests, crash_rate, wall_s    per arm
+  pages           per foreign arm: steps whose page was read into a canonical page kind (target >= 0.95)
+  orders          per foreign arm: agents whose policy chose place_order, orders the shop's own records
+                  gained, their ratio (target >= 0.90), and the client-side purchase events beside them
+  type_outcomes   per type and arm: agents, share converted, share carted, product pages per agent; the
+                  Spearman of each between own and foreign over types with >= bench.min_agents agents
+                  (target >= 0.8 for conversion; None where an arm has no variation to rank)
+  funnel          per persona arm: share of agents that reached a product, cart, checkout, confirmation page
+  arms            policy, agents, failures, blocked_requests, crash_rate, wall_s
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,7 +48,7 @@ from simpersona.sim.simulate import run_simulation  # noqa: E402
 
 SHOP = ROOT / "scripts" / "thirdparty_shop.py"
 DEFAULTS = {"adapter": "adapters/oscar.yaml", "base_url": "", "orders_cmd": "", "min_agents": 10,
-            "start_timeout_s": 180.0}
+            "funnel_agents_per_merchant": 5, "start_timeout_s": 180.0}
 
 
 def _free_port() -> int:
@@ -75,17 +80,70 @@ def order_count(cmd: str) -> int | None:
 
 
 def arm(cfg, variant: str, **sim) -> tuple[dict, Path]:
+    """One arm in a fresh folder (a resumed one could hold agents of another policy or shop)."""
     c = OmegaConf.merge(cfg, {"sim": {"variant": variant, **sim}})
-    summary = run_simulation(c)
-    return summary, Path(c.run_dir) / "simulate" / variant
+    out = Path(c.run_dir) / "simulate" / variant
+    shutil.rmtree(out, ignore_errors=True)
+    return run_simulation(c), out
 
 
-def conversion_by_type(out: Path) -> dict[int, tuple[int, float]]:
+OUTCOMES = ("converted", "carted", "product_pages")
+KINDS = ("product", "cart", "checkout", "confirmation")
+
+
+def ordering_arm(cfg, variant: str, orders_cmd: str, **sim) -> tuple[dict, Path, int | None]:
+    """An arm on the foreign shop, with the orders the shop's own records gained meanwhile."""
+    before = order_count(orders_cmd)
+    summary, out = arm(cfg, variant, **sim)
+    after = order_count(orders_cmd)
+    return summary, out, None if before is None else after - before
+
+
+def outcomes_by_type(out: Path) -> dict[int, dict]:
+    """type -> agents and the share converted, carted, and mean product pages per agent."""
     agents = pq.read_table(out / "agents.parquet").to_pandas()
     events = pq.read_table(out / "events").to_pandas()
-    bought = set(events[events.event == "purchase"].buyer_id)
-    agents["converted"] = agents.agent_id.isin(bought)
-    return {int(k): (int(len(g)), float(g.converted.mean())) for k, g in agents.groupby("type_id")}
+    for name, event in (("converted", "purchase"), ("carted", "cart")):
+        agents[name] = agents.agent_id.isin(set(events[events.event == event].buyer_id))
+    views = events[events.event == "view"].groupby("buyer_id").size()
+    agents["product_pages"] = agents.agent_id.map(views).fillna(0)
+    return {int(k): {"agents": int(len(g)), **{o: round(float(g[o].mean()), 4) for o in OUTCOMES}}
+            for k, g in agents.groupby("type_id")}
+
+
+def type_spearman(by_type: dict, outcome: str, min_agents: int) -> float | None:
+    """Spearman of the per-type outcome between the arms (types with min_agents in both, >= 3 of them, and
+    some variation in each arm: a constant ranking has no Spearman)."""
+    own, foreign = by_type["own"], by_type["foreign"]
+    keys = [k for k in own if k in foreign and min(own[k]["agents"], foreign[k]["agents"]) >= min_agents]
+    x, y = [own[k][outcome] for k in keys], [foreign[k][outcome] for k in keys]
+    if len(keys) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return round(float(spearmanr(x, y).statistic), 4)
+
+
+def pages(out: Path) -> dict:
+    traj = pq.read_table(out / "trajectories").to_pandas()
+    unrecognised = int(traj.error.str.startswith("unrecognised_page").sum())
+    return {"steps": int(len(traj)), "unrecognised": unrecognised,
+            "recognised_share": round(1 - unrecognised / max(len(traj), 1), 4)}
+
+
+def orders(out: Path, placed: int | None) -> dict:
+    traj = pq.read_table(out / "trajectories").to_pandas()
+    events = pq.read_table(out / "events").to_pandas()
+    chose = int(traj[traj.action == "place_order"].agent_id.nunique())
+    return {"agents_chose_place_order": chose, "placed_in_shop_records": placed,
+            "confirmed_share": round(placed / chose, 4) if chose and placed is not None else None,
+            "client_purchase_agents": int(events[events.event == "purchase"].buyer_id.nunique())}
+
+
+def reached(out: Path) -> dict:
+    """Share of agents whose session showed each page kind at least once."""
+    traj = pq.read_table(out / "trajectories").to_pandas()
+    agents = max(traj.agent_id.nunique(), 1)
+    kind = traj.observation.str.extract(r"^page: (\w+)")[0]
+    return {k: round(traj[kind == k].agent_id.nunique() / agents, 4) for k in KINDS}
 
 
 def main(argv: list[str]) -> dict:
@@ -97,37 +155,29 @@ def main(argv: list[str]) -> dict:
         data_dir = Path(tmp.name)
         proc, base_url = start_oscar(data_dir, float(b["start_timeout_s"]))
         orders_cmd = f"{sys.executable} {SHOP} orders --data-dir {data_dir}"
+    shop = {"storefront": str(b["adapter"]), "base_url": base_url}
     try:
         own, own_dir = arm(cfg, "own_store")
-        before = order_count(orders_cmd)
-        foreign, foreign_dir = arm(cfg, "foreign_store", storefront=str(b["adapter"]), base_url=base_url)
-        after = order_count(orders_cmd)
+        foreign, foreign_dir, placed = ordering_arm(cfg, "foreign_store", orders_cmd, **shop)
+        funnel = ordering_arm(cfg, "foreign_funnel", orders_cmd, policy="funnel",
+                              agents_per_merchant=int(b["funnel_agents_per_merchant"]), **shop)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
         tmp.cleanup()
-    traj = pq.read_table(foreign_dir / "trajectories").to_pandas()
-    events = pq.read_table(foreign_dir / "events").to_pandas()
-    chose = traj[traj.action == "place_order"].agent_id.nunique()
-    placed = None if before is None else after - before
-    types_own, types_foreign = conversion_by_type(own_dir), conversion_by_type(foreign_dir)
-    shared = [k for k in types_own if k in types_foreign and min(types_own[k][0], types_foreign[k][0]) >= b["min_agents"]]
-    rho = spearmanr([types_own[k][1] for k in shared], [types_foreign[k][1] for k in shared]).statistic \
-        if len(shared) >= 3 else None
-    unrecognised = int(traj.error.str.startswith("unrecognised_page").sum())
+    by_type = {"own": outcomes_by_type(own_dir), "foreign": outcomes_by_type(foreign_dir)}
     result = {
         "adapter": str(b["adapter"]), "base_url": base_url, "agents": foreign["agents"],
-        "recognised_share": round(1 - unrecognised / max(len(traj), 1), 4), "steps": int(len(traj)),
-        "unrecognised_pages": unrecognised,
-        "orders": {"agents_chose_place_order": int(chose), "placed_in_shop_records": placed,
-                   "confirmed_share": round(placed / chose, 4) if chose and placed is not None else None,
-                   "client_purchase_agents": int(events[events.event == "purchase"].buyer_id.nunique())},
-        "type_conversion": {"spearman": None if rho is None else round(float(rho), 4), "types_compared": shared,
-                            "own": types_own, "foreign": types_foreign},
-        "arms": {name: {k: s[k] for k in ("completed", "crashed", "steps", "failures", "blocked_requests", "wall_s")}
+        "pages": {name: pages(d) for name, d in (("foreign", foreign_dir), ("foreign_funnel", funnel[1]))},
+        "orders": {"foreign": orders(foreign_dir, placed), "foreign_funnel": orders(funnel[1], funnel[2])},
+        "type_outcomes": {"spearman": {o: type_spearman(by_type, o, int(b["min_agents"])) for o in OUTCOMES},
+                          "min_agents": int(b["min_agents"]), **by_type},
+        "funnel": {name: reached(d) for name, d in (("own", own_dir), ("foreign", foreign_dir))},
+        "arms": {name: {k: s[k] for k in ("policy", "agents", "completed", "crashed", "steps", "failures",
+                                          "blocked_requests", "wall_s")}
                  | {"crash_rate": round(s["crashed"] / max(s["agents"], 1), 4)}
-                 for name, s in (("own", own), ("foreign", foreign))},
+                 for name, s in (("own", own), ("foreign", foreign), ("foreign_funnel", funnel[0]))},
     }
     path = Path(cfg.run_dir) / "bench" / "foreign_store.json"
     path.parent.mkdir(parents=True, exist_ok=True)

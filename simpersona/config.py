@@ -166,6 +166,8 @@ class BrowserConfig:
     javascript: str = "auto"  # auto (off for the project storefront, on for generic ones) | on | off
     allowed_origins: list[str] = field(default_factory=list)  # besides the storefront's own origin
     adapter: str = ""  # generic storefront adapter YAML; "" = the project storefront (exact observations)
+    # HTML rewrites of matching pages, [{url, find, replace}] (simpersona.sim.page_patch): a foreign shop's what-if
+    page_patches: list = field(default_factory=list)
     viewport_width: int = 1024
     viewport_height: int = 768
 
@@ -267,7 +269,7 @@ class SimConfig:
     # wait for a slot (or for the policy), so a crowd of agents does not run page loads into timeouts
     browser_ops_per_worker: int = 8
     worker_cpus: float = 1.0  # Ray CPUs reserved per BrowserWorker
-    policy: str = "serve"  # serve | local (one scorer per worker) | uniform (speed baseline only)
+    policy: str = "serve"  # serve | local (one scorer per worker) | uniform (speed baseline only) | funnel (adapter check)
     max_attempts: int = 3  # attempts per agent when its worker or its Chromium dies
     commit_every: int = 64  # accepted agents buffered before a results shard is written
     commit_interval_s: float = 5.0  # ... or after this many seconds

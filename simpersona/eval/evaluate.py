@@ -172,6 +172,7 @@ def evaluate_run(run: SimRun, real_rates: pl.DataFrame, split: HoldoutSplit, cfg
         "ara_minmax_pooled": cmp["ara_minmax_pooled"],
         "spearman_cr": cmp["spearman_cr"],
         "crash_rate": metrics.crash_rate(run.results),
+        "failure_rates": metrics.failure_rates(run.results, run.step_errors()),
         "sim_pooled": cmp["sim_pooled"],
         "agent_conversion": float(outcomes["converted"].mean()),
         "agents": run.agents.height,

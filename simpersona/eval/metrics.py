@@ -206,6 +206,20 @@ def crash_rate(results: pa.Table | pl.DataFrame, agents: pa.Table | pl.DataFrame
     return joined.group_by(by).agg(agents=pl.len().cast(pl.Int64), crash_rate=crashed.mean()).sort(by)
 
 
+def failure_rates(results: pl.DataFrame, step_errors: pl.DataFrame) -> dict[str, float]:
+    """kind -> share of agents that met a failure of that kind at least once: in a step (`step_errors`:
+    agent_id, error "kind: reason") or as the error that ended their run (a crash)."""
+    agents = results.select("agent_id").unique().height
+    if agents == 0:
+        return {}
+    kinds = step_errors.select("agent_id", pl.col("error").str.split(":").list.first().str.strip_chars().alias("kind"))
+    ended = results.filter((pl.col("status") == "crashed") & (pl.col("error_kind") != "")) \
+        .select("agent_id", pl.col("error_kind").alias("kind"))
+    both = pl.concat([kinds, ended]).unique()
+    counts = both.group_by("kind").agg(pl.len().alias("n")).sort("kind")
+    return {k: round(n / agents, 4) for k, n in counts.iter_rows()}
+
+
 OUTCOMES: tuple[str, ...] = ("converted", "carted", "favorited", "product_pages", "events", "sessions")
 
 

@@ -83,3 +83,11 @@ class SimRun:
             return None
         steps = pl.scan_parquet(folder / "*.parquet").select("agent_id", "observation", "action")
         return steps.join(self.results.select("agent_id").lazy(), on="agent_id", how="semi").collect()
+
+    def step_errors(self) -> pl.DataFrame:
+        """agent_id, error of every committed step that an error or a failure ended."""
+        folder = self.folder / "trajectories"
+        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+            return pl.DataFrame(schema={"agent_id": pl.Utf8, "error": pl.Utf8})
+        steps = pl.scan_parquet(folder / "*.parquet").select("agent_id", "error").filter(pl.col("error") != "")
+        return steps.join(self.results.select("agent_id").lazy(), on="agent_id", how="semi").collect()

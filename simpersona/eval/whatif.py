@@ -38,6 +38,19 @@ def _value_name(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+FOREIGN_KEYS = ("base_url", "page_patches")  # a foreign shop's variant: another deployment, or its pages patched
+
+
+def _check_foreign(spec: dict, where: str) -> None:
+    from simpersona.sim.page_patch import parse_patches
+
+    bad = [k for k in spec if k not in FOREIGN_KEYS]
+    if bad or not spec:
+        raise WhatifError(f"{where}: on a foreign shop (sim.storefront) a variant is {' and/or '.join(FOREIGN_KEYS)} "
+                          f"(store knobs change only the project storefront); got {sorted(spec) or 'nothing'}")
+    parse_patches(spec.get("page_patches"))
+
+
 def _check_knobs(knobs: dict, where: str) -> None:
     bad = [k for k in knobs if k not in KNOB_NAMES and k != "merchant_overrides"]
     if bad:
@@ -57,8 +70,11 @@ def variant_specs(cfg) -> dict[str, dict]:
     specs: dict[str, dict] = {w.base_variant: {}}
     for name in chosen:
         knobs = dict(variants[name] or {})
-        _check_knobs(knobs, f"whatif.variants.{name}")
+        (_check_foreign if cfg.sim.storefront else _check_knobs)(knobs, f"whatif.variants.{name}")
         specs[name] = knobs
+    if w.grid_knob and cfg.sim.storefront:
+        raise WhatifError(f"whatif.grid_knob={w.grid_knob!r} sweeps a knob of the project storefront; "
+                          "set whatif.grid_knob='' for a foreign shop (sim.storefront)")
     if w.grid_knob:
         if w.grid_knob not in KNOB_NAMES:
             raise WhatifError(f"whatif.grid_knob={w.grid_knob!r} is not a store knob; knobs: {', '.join(KNOB_NAMES)}")
@@ -79,7 +95,10 @@ def variant_config(cfg, name: str, knobs: dict):
     vcfg.sim.merchants = merchants if isinstance(merchants, int) else [str(m) for m in merchants]
     if cfg.whatif.agents_per_merchant:
         vcfg.sim.agents_per_merchant = cfg.whatif.agents_per_merchant
-    if knobs:
+    if cfg.sim.storefront:  # a foreign shop: another deployment's URL and/or patched pages
+        vcfg.sim.base_url = knobs.get("base_url", cfg.sim.base_url)
+        vcfg.browser.page_patches = list(cfg.browser.page_patches) + list(knobs.get("page_patches") or ())
+    elif knobs:
         vcfg.store.variants[name] = knobs
     return vcfg
 
@@ -105,7 +124,8 @@ def compute_deltas(cfg, specs: dict[str, dict]) -> dict:
            "merchants": sorted(set(base["merchant_id"].to_list())), "ci_level": w.ci_level,
            "bootstrap": w.bootstrap, "crash_rate": {base_name: base_crash}, "variants": {}, "grid": None,
            "noise_se": w.noise_se, "ratio_band": list(w.ratio_band)}
-    world = truth.planted_world(cfg.run_dir) if w.true_effect else None
+    foreign = bool(cfg.sim.storefront)  # a foreign shop's variants change no store knob: no truth, no support
+    world = truth.planted_world(cfg.run_dir) if w.true_effect and not foreign else None
     traced = truth.traced_knobs(cfg.run_dir, as_mapping(cfg.store))
     logged = truth.logged_knobs(cfg.run_dir)
     out["planted"] = world is not None
@@ -114,9 +134,9 @@ def compute_deltas(cfg, specs: dict[str, dict]) -> dict:
         var, crash = load_outcomes(sim_root / name)
         out["crash_rate"][name] = crash
         table = bootstrap.delta_table(base, var, outcomes, w.bootstrap, w.ci_level, cfg.seed)
-        entry = out["variants"][name] = {"knobs": specs[name], **table,
-                                         "training_variation": truth.training_variation(
-                                             traced, specs[name], out["merchants"], logged)}
+        entry = out["variants"][name] = {"knobs": specs[name], **table}
+        if not foreign:
+            entry["training_variation"] = truth.training_variation(traced, specs[name], out["merchants"], logged)
         if world is not None:
             entry["true_effect"] = truth.true_effects(world, specs[name], agents_at, logged)
             entry["validity"] = truth.validity(entry, entry["true_effect"], w.noise_se, tuple(w.ratio_band))
@@ -145,7 +165,7 @@ def _variant_summary(v: dict, outcomes: list[str]) -> dict:
         row["true_effect"] = {o: {"effect": t["effect"], "se": t["se"]} for o, t in v["true_effect"].items()}
         row["validity"] = v["validity"]
     row["training_variation"] = {k: {"supported": t["supported"], "note": t["note"]}
-                                 for k, t in v["training_variation"].items()}
+                                 for k, t in (v.get("training_variation") or {}).items()}
     return row
 
 

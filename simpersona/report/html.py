@@ -109,12 +109,13 @@ buyers of the types half) would score ara_overall {{ fmt(m.ceiling_at_sim_size.a
 <h2 id="baselines">Baselines</h2>
 <img id="plot-baselines" alt="ARA by run" src="{{ fig.baselines }}">
 <table id="baselines-table"><tr><th class="l">run</th><th>persona mode</th><th>ARA</th><th>95% interval</th><th>ARA min/max</th>
-<th>ARA pooled</th><th>Spearman</th><th>crash rate</th><th>type-mix JS</th><th>VQ minus this (95%)</th></tr>
+<th>ARA pooled</th><th>Spearman</th><th>crash rate</th><th>failures (share of agents)</th><th>type-mix JS</th><th>VQ minus this (95%)</th></tr>
 {% for name, b in runs %}<tr><td class="l">{{ name }}</td>
 {% if b %}<td>{{ b.persona_mode }}</td><td>{{ fmt(b.ara_overall) }}</td><td>{{ ci(b.ara_ci) }}</td><td>{{ fmt(b.ara_minmax_overall) }}</td>
-<td>{{ fmt(b.ara_pooled) }}</td><td>{{ fmt(b.spearman_cr) }}</td><td>{{ fmt(b.crash_rate) }}</td><td>{{ fmt(b.type_mix_js) }}</td>
+<td>{{ fmt(b.ara_pooled) }}</td><td>{{ fmt(b.spearman_cr) }}</td><td>{{ fmt(b.crash_rate) }}</td>
+<td class="l">{% for k, v in (b.failure_rates or {}).items() %}{{ k }} {{ fmt(v) }}{{ '; ' if not loop.last }}{% else %}none{% endfor %}</td><td>{{ fmt(b.type_mix_js) }}</td>
 <td>{{ ci(b.ara_delta_vs_main_ci) }}</td>
-{% else %}<td class="missing" colspan="9">not simulated</td>{% endif %}</tr>{% endfor %}</table>
+{% else %}<td class="missing" colspan="10">not simulated</td>{% endif %}</tr>{% endfor %}</table>
 
 <h2 id="funnel">Funnel strata</h2>
 <p class="note">Units: {{ m.stratum_unit }}s. {% for s, n in m.strata_defs.items() %}<b>{{ s }}</b> {{ n }}{{ ', ' if not loop.last }}{% endfor %}

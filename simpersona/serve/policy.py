@@ -156,9 +156,39 @@ class UniformPolicy:
         return out
 
 
+class FunnelPolicy:
+    """A buyer who buys the first product it sees: the furthest step towards an order that the page
+    offers. An ADAPTER CHECK ONLY (no model, no persona): run a population with policy=funnel against a
+    new shop adapter to see every agent reach a confirmation the shop's own records show."""
+
+    kind = "funnel"
+    ORDER = ("place_order", "continue", "checkout", "view_cart", "add_to_cart", "open 1", "leave")
+
+    def __init__(self, **_):
+        pass
+
+    def check(self, r: PolicyRequest) -> None:
+        pass
+
+    def decide(self, requests: list[PolicyRequest]) -> list[PolicyDecision]:
+        out = []
+        for r in requests:
+            if not r.allowed:
+                raise ValueError("policy request has no allowed actions")
+            carted = not r.observation.startswith(("page: home | cart: 0", "page: product | cart: 0",
+                                                   "page: listing | cart: 0", "page: search | cart: 0"))
+            done = r.observation.startswith("page: confirmation")
+            wanted = ("leave",) if done else tuple(a for a in self.ORDER if carted or a != "view_cart")
+            i = next((r.allowed.index(a) for a in wanted if a in r.allowed), 0)
+            out.append(PolicyDecision(r.allowed[i], 0.0, i, [0.0 if j == i else -math.inf for j in range(len(r.allowed))]))
+        return out
+
+
 def make_policy(serve_cfg, model_dir: str | Path, kind: str = "lm"):
     if kind == "uniform":
         return UniformPolicy(seed=serve_cfg.seed)
+    if kind == "funnel":
+        return FunnelPolicy()
     return ActionPolicy.from_config(serve_cfg, model_dir)
 
 

@@ -57,6 +57,8 @@ from simpersona.sim.errors import (
 from simpersona.sim.extract import CLICK_INDEX_JS, EXTRACT_JS, FIND_ACTION_JS, SNAPSHOT_JS, state_from_dom
 from simpersona.sim.generic import GenericAdapter, origin_of
 from simpersona.sim.observation import PageState, render
+from simpersona.sim.page_patch import install as install_patches
+from simpersona.sim.page_patch import landed_unpatched, parse_patches
 from simpersona.sim.shop_adapter import ShopAdapter, load_adapter
 from simpersona.sim.shop_page import ShopDriver
 
@@ -195,6 +197,10 @@ class Browser:
         self.pid = self._find_pid(marker)
         return self
 
+    async def request_client(self):
+        """A fresh Playwright HTTP client with no proxy and no cookie jar of its own (dispose it)."""
+        return await self._pw.request.new_context()
+
     @staticmethod
     def _find_pid(marker: str) -> int | None:
         """Chromium's main process: the descendant of ours launched with `marker` (not a child process)."""
@@ -289,6 +295,9 @@ class BrowserEnv:
         # a shop adapter reads foreign pages into the canonical PageState (simpersona.sim.shop_page)
         self.shop = ShopDriver(adapter) if isinstance(adapter, ShopAdapter) else None
         self._unchanged = 0  # actions in a row that left the page and its observation as they were
+        self.patches = parse_patches(self.cfg.page_patches)
+        self.patch_misses = self._patch_misses_seen = 0  # pages a patch applied to whose HTML it did not find
+        self.patched_url = ""  # the last document the patches were applied to
         origins = [origin_of(self.base_url)]
         if adapter is not None:
             origins += adapter.origins(self.base_url)
@@ -343,6 +352,9 @@ class BrowserEnv:
         ctx.set_default_navigation_timeout(self.timeout_ms)
         await ctx.route(self._off_origin, self._on_route)
         await ctx.route_web_socket(self._off_origin_ws, self._on_websocket)
+        self.context = ctx
+        if self.patches:  # routed after the origin fence, so tried first; off-origin requests fall back to it
+            await install_patches(self, self.patches)
         ctx.on("page", self._on_page)
         ctx.on("request", self._on_request)
         ctx.on("requestfailed", self._on_request_failed)
@@ -634,6 +646,9 @@ class BrowserEnv:
         """A foreign shop's client-side events and failures of the action (and the observation with the cart
         count they imply); stuck agents are stopped."""
         events, failure = self.shop.outcome(action, before.state, obs)
+        if not failure and self.patch_misses > self._patch_misses_seen:
+            failure = "patch_missed"  # a what-if's page patch found nothing to change on this page
+        self._patch_misses_seen = self.patch_misses
         obs = self.shop.refreshed(self, obs)
         now_ms = int(time.time() * 1000)
         info["events"] = [{**e, "ts_ms": now_ms} for e in events]
@@ -650,8 +665,16 @@ class BrowserEnv:
         return obs
 
     async def _attempt(self, action: str) -> tuple[str, Observation]:
+        self.patched_url = ""
         event = await self._act(action)
-        return event, await self._observe()
+        obs = await self._observe()
+        if self.patches and landed_unpatched(self):  # reached by a redirect: load the page again, patched
+            landing = self.shop.raw if self.shop is not None else None
+            await self.page.goto(self.page.url, wait_until="commit", timeout=self.timeout_ms)
+            obs = await self._observe()
+            if landing is not None:
+                self.shop.carry_outcome(landing)
+        return event, obs
 
     def _went_through(self, before: Observation, after: Observation) -> bool:
         """Whether an action whose step failed reached the server anyway (the page moved on)."""

@@ -9,7 +9,8 @@
     stuck               the agent's last actions (adapter stuck_steps of them) changed nothing: stopped
 
 Failures of a foreign shop that do not stop the agent (simpersona.sim.shop_page): unrecognised_page,
-form_rejected, action_refused; with the kinds above they are the simulation's `failures`.
+form_rejected, action_refused, patch_missed (a what-if's page patch found nothing to change: see
+simpersona.sim.page_patch); with the kinds above they are the simulation's `failures`.
 
 `BrowserEnv.step` returns the recoverable kinds in `info["error"]` and raises a `SimError` only
 when the agent cannot go on (a browser crash, or a page that stays broken after the retries).
@@ -20,7 +21,7 @@ from __future__ import annotations
 ERROR_KINDS = (
     "invalid_action", "element_missing", "navigation_timeout", "off_origin", "page_crash", "browser_crash", "stuck",
 )
-SHOP_FAILURES = ("unrecognised_page", "form_rejected", "action_refused")
+SHOP_FAILURES = ("unrecognised_page", "form_rejected", "action_refused", "patch_missed")
 FAILURE_KINDS = ERROR_KINDS + SHOP_FAILURES
 
 

@@ -145,6 +145,12 @@ class ShopDriver:
         obs.info.update(state=new, allowed=allowed)
         return Observation(render(new), allowed, obs.info)
 
+    def carry_outcome(self, landing: dict) -> None:
+        """Keep the outcome marks of the page an action landed on after that page was loaded again
+        (a page patch): a shop's "added" or error message shows once."""
+        for mark in ("added", "error"):
+            self.raw[mark] = self.raw.get(mark) or landing.get(mark)
+
     def allowed(self, state: PageState, tagged: list[str]) -> list[str]:
         """The canonical actions of `state` this page can perform: a tagged element, or a built-in way."""
         have = set(tagged)

@@ -29,9 +29,10 @@ from simpersona.config import to_dict
 from simpersona.runtime import init_ray, replace_durably, write_json
 from simpersona.sim.actors import committed_results, run_workers
 from simpersona.sim.outcomes import blocked_requests, client_events, failure_counts
+from simpersona.sim.page_patch import parse_patches
 from simpersona.sim.population import PersonaResolver, build_population, write_population
 
-POLICIES = ("serve", "local", "uniform")
+POLICIES = ("serve", "local", "uniform", "funnel")  # uniform: a speed baseline; funnel: an adapter check
 
 
 def variant_dir(cfg) -> Path:
@@ -66,7 +67,7 @@ def policy_for(cfg):
         model_dir = model_dir_of(cfg)
         if kind == "local" and not Path(model_dir).exists():
             raise FileNotFoundError(f"no policy model at {model_dir} (run the finetune stage or set serve.model_dir)")
-        yield {"kind": "lm" if kind == "local" else "uniform", "serve": to_dict(cfg)["serve"],
+        yield {"kind": "lm" if kind == "local" else kind, "serve": to_dict(cfg)["serve"],
                "model_dir": str(Path(model_dir).resolve())}
         return
     from ray import serve
@@ -119,6 +120,7 @@ def run_simulation(cfg, on_progress=None) -> dict:
         if sim[key] < 1:
             raise ValueError(f"sim.{key} must be >= 1, got {sim[key]}")
     browser = to_dict(cfg)["browser"]
+    parse_patches(browser.get("page_patches"))  # a bad patch stops the job here, not in every worker
     foreign = bool(sim.storefront)
     if foreign:
         foreign_url = foreign_store(cfg)

@@ -105,6 +105,18 @@ def test_bad_input_errors():
         metrics.weight_column("conversion")
 
 
+def test_failure_rates_count_each_agent_once_per_kind():
+    results = pl.DataFrame({"agent_id": ["a1", "a2", "a3", "a4"],
+                            "status": ["completed", "crashed", "crashed", "completed"],
+                            "error_kind": ["", "stuck", "browser_crash", ""]})
+    steps = pl.DataFrame({"agent_id": ["a1", "a1", "a2", "a2", "a4"],
+                          "error": ["form_rejected: x at /checkout/", "form_rejected: again", "form_rejected: y",
+                                    "stuck: 6 actions", "navigation_timeout: slow"]})
+    assert metrics.failure_rates(results, steps) == {"browser_crash": 0.25, "form_rejected": 0.5,
+                                                     "navigation_timeout": 0.25, "stuck": 0.25}
+    assert metrics.failure_rates(results.head(0), steps.head(0)) == {}
+
+
 def test_crash_rate_counts_final_attempt():
     results = pl.DataFrame({
         "agent_id": ["a1", "a1", "a2", "a3", "a4"],

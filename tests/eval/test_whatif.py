@@ -37,6 +37,34 @@ def test_variant_spec_errors(overrides, message):
         variant_specs(load("whatif", overrides))
 
 
+FOREIGN = ["sim.storefront=adapters/oscar.yaml", "sim.base_url=http://127.0.0.1:8000", "whatif.grid_knob=''"]
+
+
+def test_a_foreign_shops_variants_are_deployments_or_page_patches():
+    patch = {"url": "/catalogue/", "find": "<form.*?</form>", "replace": ""}
+    cfg = load("whatif", [*FOREIGN, "whatif.variants={staging: {base_url: 'http://127.0.0.1:8001'}, "
+                          "no_forms: {page_patches: [{url: /catalogue/, find: '<form.*?</form>', replace: ''}]}}",
+                          "whatif.only=[staging,no_forms]"])
+    specs = variant_specs(cfg)
+    assert list(specs) == ["whatif_base", "staging", "no_forms"]
+    base, staging, patched = (variant_config(cfg, n, k) for n, k in specs.items())
+    assert (base.sim.base_url, list(base.browser.page_patches)) == ("http://127.0.0.1:8000", [])
+    assert (staging.sim.base_url, list(staging.browser.page_patches)) == ("http://127.0.0.1:8001", [])
+    assert patched.sim.base_url == "http://127.0.0.1:8000" and list(patched.browser.page_patches) == [patch]
+    assert all(v.store.variants == cfg.store.variants for v in (base, staging, patched))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["whatif.only=[free_shipping]"], r"on a foreign shop \(sim.storefront\) a variant is base_url and/or page_patches"),
+    (["whatif.grid_knob=price_multiplier", "whatif.variants={s: {base_url: x}}", "whatif.only=[s]"],
+     "whatif.grid_knob='price_multiplier'"),
+    (["whatif.variants={bad: {page_patches: [{find: '('}]}}", "whatif.only=[bad]"], r"page_patches\[0\]: not a valid regex"),
+])
+def test_foreign_variant_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        variant_specs(load("whatif", [*FOREIGN, *overrides]))
+
+
 def write_variant(folder, agents: list[tuple[str, str]], purchases: set[str], views: dict[str, int],
                   crashed: set[str] = frozenset()):
     (folder / "events").mkdir(parents=True)

@@ -113,6 +113,27 @@ def test_a_foreign_product_page_renders_through_the_canonical_render(loop, brows
     assert added.state.cart_count == 1 and added.text.startswith("page: product | cart: 1")
 
 
+def test_a_page_patch_reaches_pages_opened_and_pages_reached_by_a_redirect(loop, browser, oscar_shop):
+    """The add-to-basket POST redirects back to the product page; Chromium follows redirects
+    unrouted, so that landing must still arrive patched, with the add still counted."""
+    patches = [{"url": r"/catalogue/[\w-]+_\d+/$", "find": r"(<h1>)(.*?)(</h1>)", "replace": r"\1\2 (new)\3"},
+               {"url": r"/basket/$", "find": r"no such markup", "replace": ""}]
+
+    async def look():
+        env = BrowserEnv(browser, oscar_shop.base_url, {"page_patches": patches}, adapter=ADAPTER)
+        await env.reset("m1", "agent-patched")
+        opened, _, _ = await env.step("open 2")
+        added, _, added_info = await env.step("add_to_cart")
+        cart, _, cart_info = await env.step("view_cart")
+        await env.close()
+        return opened, added, added_info, cart_info
+
+    opened, added, added_info, cart_info = loop.run_until_complete(look())
+    assert opened.state.product.name == added.state.product.name == "Chef Knife (new)"
+    assert [e["event"] for e in added_info["events"]] == ["cart"] and added.state.cart_count == 1
+    assert not added_info.get("failure") and cart_info["failure"] == "patch_missed"
+
+
 def test_a_form_that_rejects_input_is_form_rejected_and_then_stuck(loop, browser, oscar_shop, tmp_path):
     def bad_postcode(raw):  # a US shipping form given a postcode it must refuse
         raw["checkout"]["steps"][1]["fields"]["#id_postcode"] = "=ABC"

@@ -55,3 +55,38 @@ def test_a_population_on_the_foreign_shop_as_a_job(tmp_path, oscar_shop, ray_loc
     # evaluation reads the folder as it reads one simulated on our own storefront
     run = SimRun(out)
     assert run.events.height == len(events)
+
+
+SOLD_OUT = r"""{sold_out: {page_patches: [{url: '/catalogue/[\w-]+_\d+/$', find: '<form[^>]*add_to_basket_form.*?</form>',
+                                        replace: '<p>Sold out</p>'}]}}"""
+
+
+def test_a_whatif_on_the_foreign_shop_with_a_page_patch(tmp_path, oscar_shop, ray_local):
+    """Known answer: with the add-to-cart form patched away, no agent can cart; the same agents carted
+    on the unpatched shop, so the carted delta is minus the base arm's carted share, agent by agent."""
+    import json
+
+    from simpersona.config import load
+    from simpersona.eval.whatif import run_whatif
+
+    run_dir = make_run_dir(tmp_path / "run")
+    cfg = load("whatif", [
+        f"run_dir={run_dir}", "progress=false", f"sim.storefront={ADAPTER}", f"sim.base_url={oscar_shop.base_url}",
+        "sim.policy=uniform", "sim.workers=2", "sim.worker_cpus=0.5", "sim.contexts_per_worker=4", "sim.max_steps=8",
+        "whatif.merchants=2", "whatif.agents_per_merchant=8", "whatif.grid_knob=''", f"whatif.variants={SOLD_OUT}",
+        "whatif.only=[sold_out]", "whatif.bootstrap=200", "whatif.outcomes=[carted,converted,product_pages]"])
+    run_whatif(cfg)
+    deltas = json.loads((run_dir / "whatif" / "deltas.json").read_text())
+    base = pq.read_table(run_dir / "simulate" / "whatif_base" / "events").to_pandas()
+    patched = pq.read_table(run_dir / "simulate" / "sold_out" / "events").to_pandas()
+    base_agents = pq.read_table(run_dir / "simulate" / "whatif_base" / "agents.parquet").to_pandas()
+    patched_agents = pq.read_table(run_dir / "simulate" / "sold_out" / "agents.parquet").to_pandas()
+    assert list(base_agents.agent_id) == list(patched_agents.agent_id)
+    assert list(base_agents.seed) == list(patched_agents.seed)
+    carted = base[base.event == "cart"].buyer_id.nunique() / len(base_agents)
+    assert carted > 0 and not (patched.event == "cart").any() and not (patched.event == "purchase").any()
+    assert deltas["variants"]["sold_out"]["overall"]["carted"]["delta"] == pytest.approx(-carted)
+    # the patched product pages were still read as product pages, without the action
+    traj = pq.read_table(run_dir / "simulate" / "sold_out" / "trajectories").to_pandas()
+    product = traj[traj.observation.str.startswith("page: product")]
+    assert len(product) and not product.allowed.map(lambda a: "add_to_cart" in a).any()
