@@ -47,7 +47,8 @@ def test_a_missing_required_recogniser_is_named(kind, tmp_path):
 
 def test_a_payment_step_without_a_test_method_is_refused(tmp_path):
     raw = _oscar()
-    raw["checkout"]["steps"][3]["payment"] = True  # the shop's payment step takes a card
+    assert raw["checkout"]["steps"][3]["payment"] is True  # the shop's payment step
+    del raw["checkout"]["payment"]  # ... with no test or dummy method declared for it
     message = _error(raw, tmp_path)
     assert "checkout.payment.method" in message and "test | dummy" in message
     raw["checkout"]["payment"] = {"method": "card"}
@@ -88,3 +89,10 @@ def test_the_simulate_job_refuses_a_bad_storefront_before_any_agent(tmp_path):
         run_simulation(load("simulate", [f"run_dir={run_dir}", "progress=false",
                                          f"sim.storefront={ADAPTERS / 'oscar.yaml'}", "sim.policy=local"]))
     assert not (run_dir / "simulate" / "baseline").exists()
+
+
+def test_the_readme_shows_the_shipped_oscar_adapter():
+    readme = (ADAPTERS.parent / "README.md").read_text()
+    section = readme.split("### Any storefront", 1)[1]
+    shown = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert shown == (ADAPTERS / "oscar.yaml").read_text()
