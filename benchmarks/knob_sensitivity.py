@@ -32,7 +32,7 @@ from simpersona.config import load  # noqa: E402
 
 DEFAULTS = {"knob": "shipping_fee", "low": 0.0, "high": 12.0, "pages": 60}
 BUY = ("add_to_cart", "buy_now")
-# where each knob sits in a product page's delivery line (simpersona.sim.observation.render)
+# where each knob sits in a product page's delivery line (simpersona.pages.observation.render)
 LINE = {
     "shipping_fee": (r"delivery: shipping ([0-9.]+) \(", lambda v: f"{float(v):.2f}"),
     "checkout_steps": (r"\| checkout ([0-9]+) steps", lambda v: str(int(v))),

@@ -393,8 +393,8 @@ async def policy_load(handle, clients: int, duration_s: float, warmup_s: float, 
 
 
 def policy_requests(n: int) -> list[dict]:
+    from simpersona.pages.observation import allowed_actions, render
     from simpersona.serve.untrained import random_pages
-    from simpersona.sim.observation import allowed_actions, render
 
     hist = ["open 1", "back", "open 2", "add_to_cart", "view_cart"]
     return [{"persona": [None, 0, 1, 2, 3][i % 5], "observation": render(p), "history": hist[: i % 6],

@@ -177,7 +177,7 @@ class SynthKnobsConfig:
     """Store knobs that differ between synthetic merchants (simpersona.data.synthetic, "Knobs").
 
     Each merchant draws every knob uniformly from its list (a stream of its own, so the catalogs and
-    mixtures stay those of the same seed without knobs). The names are the storefront's (store.model.Knobs).
+    mixtures stay those of the same seed without knobs). The names are the storefront's (pages.shop.Knobs).
     """
 
     # false: every merchant has the storefront's default knobs and the output is byte-identical to a

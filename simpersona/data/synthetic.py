@@ -21,7 +21,7 @@ to days (floored above it), so sessionisation by inactivity recovers the planted
 
 Knobs (synth.knobs, off by default). With `synth.knobs.enabled` every merchant draws the store knobs the
 what-ifs change (price_multiplier, shipping_fee, checkout_steps, recommendations: the storefront's names,
-store.model.Knobs) uniformly from the config's lists, on a stream of its own, and each planted type
+pages.shop.Knobs) uniformly from the config's lists, on a stream of its own, and each planted type
 responds as its `KnobResponse` says: the purchase odds of its chain scale with the price level, the
 shipping fee and every checkout step beyond the reference (the storefront defaults, REFERENCE_KNOBS), and
 recommendations lengthen the view -> view runs of browsing types; loyal_repeat does not respond at all.
@@ -100,7 +100,7 @@ from tqdm.auto import tqdm
 from simpersona.config import S3Config, SynthConfig, SynthKnobsConfig
 from simpersona.data import io
 from simpersona.data.schema import EVENTS, SCHEMA
-from simpersona.store.model import Knobs
+from simpersona.pages.shop import Knobs
 
 END = len(EVENTS)  # the absorbing "leave" state of the session chain
 STATES = EVENTS + ("end",)
@@ -120,7 +120,7 @@ PLANTED_SCHEMA = pa.schema(
 _WORLD_STREAM, _SHARD_STREAM, _KNOB_STREAM = 0, 1, 2
 MERCHANT_KNOBS_FILE = "merchant_knobs.json"  # beside events/ and planted/
 
-# Store knobs the planted types respond to (names and reference values are the storefront's, store.model.Knobs:
+# Store knobs the planted types respond to (names and reference values are the storefront's, pages.shop.Knobs:
 # a type's library chain is its behaviour at the reference; SynthKnobsConfig holds the values merchants draw).
 KNOB_NAMES = ("price_multiplier", "shipping_fee", "checkout_steps", "recommendations")
 REFERENCE_KNOBS = {name: getattr(Knobs(), name) for name in KNOB_NAMES}
@@ -392,7 +392,7 @@ def check(cfg: SynthConfig) -> None:
 
 
 def _check_knob(where: str, name: str, values) -> None:
-    """One-line SynthError for knob values the storefront would refuse (as store.model.Knobs.from_config)."""
+    """One-line SynthError for knob values the storefront would refuse (as pages.shop.Knobs.from_config)."""
     values = np.asarray(values)
     if name == "price_multiplier" and not (values > 0).all():
         raise SynthError(f"{where}={values.tolist()}: must be positive")

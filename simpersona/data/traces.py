@@ -45,9 +45,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from simpersona.sim.observation import PageState, allowed_actions, render
-from simpersona.store.catalog import Product, catalog_from_log, generate_catalog
-from simpersona.store.model import Knobs, Shop, Visit
+from simpersona.pages.catalog import Product, catalog_from_log, generate_catalog
+from simpersona.pages.observation import PageState, allowed_actions, render
+from simpersona.pages.shop import Knobs, Shop, Visit
 
 TRACE_SCHEMA = pa.schema(
     [

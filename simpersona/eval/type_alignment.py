@@ -46,7 +46,7 @@ def type_metrics(events: pl.DataFrame, typed: pl.DataFrame, column: str = "type_
 
 def verb_counts(page_kinds: Iterable[str], actions: Iterable[str], types: Iterable[int]) -> pl.DataFrame:
     """type_id, page, verb, n: how often each action verb was chosen on each page kind, per type."""
-    from simpersona.sim.observation import action_verb
+    from simpersona.pages.observation import action_verb
 
     frame = pl.DataFrame({"type_id": pl.Series(list(types), dtype=pl.Int64), "page": list(page_kinds),
                           "verb": [action_verb(a) for a in actions]})

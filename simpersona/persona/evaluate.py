@@ -7,7 +7,7 @@
   per-page JS      the same per page kind (home, product, checkout, ...): calibration where a funnel
                    is decided; e.g. a model that leaves checkout pages, which real buyers never do,
                    shows it here long before a simulation's conversion does
-  sensitivity      sessions rolled out on the storefront model (simpersona.store.model.Shop) with
+  sensitivity      sessions rolled out on the storefront model (simpersona.pages.shop.Shop) with
                    actions *sampled* from the model under each persona token; the share of sessions
                    that place an order per type, Spearman-correlated with the types' real share
 """
@@ -21,11 +21,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from simpersona.pages.observation import action_verb, allowed_actions, render
+from simpersona.pages.shop import Visit
 from simpersona.persona.examples import persona_of
 from simpersona.persona.planted import session_conversion
 from simpersona.persona.scoring import ActionScorer, ScoreRequest, sample
-from simpersona.sim.observation import action_verb, allowed_actions, render
-from simpersona.store.model import Visit
 from simpersona.store.shops import ShopSet
 
 

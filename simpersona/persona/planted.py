@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simpersona.sim.observation import action_verb, allowed_actions, render
-from simpersona.store.model import Shop, Visit
+from simpersona.pages.observation import action_verb, allowed_actions, render
+from simpersona.pages.shop import Shop, Visit
 from simpersona.store.shops import ShopSet
 
 

@@ -18,14 +18,14 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from simpersona.store.catalog import CATEGORY_NAMES
+from simpersona.pages.catalog import CATEGORY_NAMES
 
 PAD, END, START = "<|pad|>", "<|end|>", "<|start|>"
 MAX_SLOT = 24  # "open 1" .. "open 24" and "remove 1" .. in the tokenizer corpus
 
 
 def action_vocabulary() -> list[str]:
-    """Every action string shape the storefront model can offer (simpersona.sim.observation)."""
+    """Every action string shape the storefront model can offer (simpersona.pages.observation)."""
     verbs = ["add_to_cart", "buy_now", "favorite", "next_page", "view_cart", "checkout", "continue",
              "place_order", "back", "continue_shopping", "leave"]
     slots = [f"{v} {i}" for v in ("open", "remove") for i in range(1, MAX_SLOT + 1)]

@@ -4,7 +4,7 @@ For tests and speed benchmarks of the policy before (or without) a fine-tuned mo
 exactly the code path of DIR/finetune/model (save_pretrained folder -> ActionScorer), so what it
 measures is the serving machinery. Its action choices are meaningless; never evaluate with it.
 
-`random_pages` walks the storefront model (simpersona.store.model.Shop) with random knobs and
+`random_pages` walks the storefront model (simpersona.pages.shop.Shop) with random knobs and
 random allowed actions, giving pages of every kind, for the tokenizer corpus and for tests.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simpersona.sim.observation import PageState, allowed_actions, render
-from simpersona.store.catalog import generate_catalog
-from simpersona.store.model import Knobs, Shop, Visit
+from simpersona.pages.catalog import generate_catalog
+from simpersona.pages.observation import PageState, allowed_actions, render
+from simpersona.pages.shop import Knobs, Shop, Visit
 
 
 def random_knobs(rng: np.random.Generator) -> Knobs:

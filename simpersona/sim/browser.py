@@ -40,9 +40,10 @@ import time
 import uuid
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote
 
+from simpersona.pages.observation import Observation, PageState, render
 from simpersona.sim.errors import (
     BrowserCrash,
     ElementMissing,
@@ -56,7 +57,6 @@ from simpersona.sim.errors import (
 )
 from simpersona.sim.extract import CLICK_INDEX_JS, EXTRACT_JS, FIND_ACTION_JS, SNAPSHOT_JS, state_from_dom
 from simpersona.sim.generic import GenericAdapter, origin_of
-from simpersona.sim.observation import PageState, render
 from simpersona.sim.page_patch import install as install_patches
 from simpersona.sim.page_patch import landed_unpatched, parse_patches
 from simpersona.sim.shop_adapter import ShopAdapter, load_adapter
@@ -80,26 +80,6 @@ def chromium_executable(cfg) -> str:
     return DEFAULT_CHROMIUM
 AGENT_COOKIE = "sp_agent"  # the storefront's cookies (simpersona.store.app)
 SESSION_COOKIE = "sp_session"
-
-
-class Observation(NamedTuple):
-    """What the agent sees: unpacks as (text, allowed, info)."""
-
-    text: str
-    allowed: list[str]
-    info: dict
-
-    @property
-    def url(self) -> str:
-        return self.info.get("url", "")
-
-    @property
-    def error(self) -> str:
-        return self.info.get("error", "")
-
-    @property
-    def state(self) -> PageState | None:
-        return self.info.get("state")
 
 
 SANDBOX_MODES = ("auto", "on", "off")

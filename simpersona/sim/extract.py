@@ -7,7 +7,7 @@ The same filter picks the element a click goes to, so an excluded duplicate is n
 
 from __future__ import annotations
 
-from simpersona.sim.observation import Card, PageState
+from simpersona.pages.observation import Card, PageState
 
 # Shared helpers, prepended to each function body (`origins` is in scope).
 _PRELUDE = r"""

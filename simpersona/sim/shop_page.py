@@ -24,10 +24,10 @@ import uuid
 import zlib
 from urllib.parse import urljoin
 
+from simpersona.pages.observation import Card, Observation, PageState, allowed_actions, render
 from simpersona.sim.errors import ElementMissing, NavigationTimeout
 from simpersona.sim.generic import GenericAdapter
 from simpersona.sim.identity import BuyerIdentity, buyer_identity
-from simpersona.sim.observation import Card, PageState, allowed_actions, render
 from simpersona.sim.shop_adapter import ShopAdapter
 from simpersona.sim.shop_js import CLICK_TAGGED_JS, READ_SHOP_JS
 
@@ -133,7 +133,6 @@ class ShopDriver:
 
     def refreshed(self, env, obs):
         """`obs` again after an action's outcome changed what the driver counts (a confirmed add, an order)."""
-        from simpersona.sim.browser import Observation
 
         state = obs.info.get("state")
         if state is None or not self.raw.get("kind"):
@@ -167,7 +166,6 @@ class ShopDriver:
 
     async def observe(self, env):
         """Observation of the env's current page (env._read waits for the document)."""
-        from simpersona.sim.browser import Observation
 
         raw = await env._read(READ_SHOP_JS, [self.spec, list(env.origins)])
         self.raw = raw
@@ -184,7 +182,6 @@ class ShopDriver:
                                                           state=state, failure=failure))
 
     async def _observe_generic(self, env):
-        from simpersona.sim.browser import Observation
         from simpersona.sim.extract import SNAPSHOT_JS
 
         snap = await env._read(SNAPSHOT_JS, [list(env.origins), self.adapter.max_elements, {}])

@@ -35,9 +35,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from simpersona.pages.shop import InvalidAction, LoggedEvent, Shop, Visit
 from simpersona.store.eventlog import EventLog
 from simpersona.store.html import render_message, render_page
-from simpersona.store.model import InvalidAction, LoggedEvent, Shop, Visit
 from simpersona.store.shops import ShopSet, UnknownMerchant, store_section
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
-from simpersona.sim.observation import Card, PageState, allowed_actions, money
+from simpersona.pages.observation import Card, PageState, allowed_actions, money
 
 STYLE = """
 *{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;

@@ -19,8 +19,8 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
-from simpersona.store.catalog import Product, catalog_from_log, generate_catalog
-from simpersona.store.model import Knobs, Shop
+from simpersona.pages.catalog import Product, catalog_from_log, generate_catalog
+from simpersona.pages.shop import Knobs, Shop
 
 KNOB_NAMES = tuple(Knobs.__dataclass_fields__)
 CATALOG_COLUMNS = ("merchant_id", "product_id", "category", "price")

@@ -86,8 +86,8 @@ def test_the_replayed_storefront_shows_every_page_the_traces_show(synth_dir, syn
     """The store section later stages build their storefront from (finetune's rollouts, the simulations'
     live shop) replays each first session of the traces page for page: the same products, prices,
     categories and merchant knobs the policy was trained on. `cfg.store` alone shows generated catalogs."""
-    from simpersona.sim.observation import allowed_actions, render
-    from simpersona.store.model import Visit
+    from simpersona.pages.observation import allowed_actions, render
+    from simpersona.pages.shop import Visit
     from simpersona.store.shops import ShopSet
 
     ref_out, _ = synth_reference

@@ -13,8 +13,8 @@ from simpersona.config import SessionConfig, StoreConfig, SynthConfig, TraceConf
 from simpersona.data import features as F
 from simpersona.data import traces as T
 from simpersona.data.sessions import sessionize
-from simpersona.sim.observation import allowed_actions, render
-from simpersona.store.model import Shop, Visit
+from simpersona.pages.observation import allowed_actions, render
+from simpersona.pages.shop import Shop, Visit
 from tests.data.canonical_rows import canonical
 
 
@@ -235,7 +235,7 @@ def _step_counters(traces: pl.DataFrame) -> dict[str, set[int]]:
 
 def test_traces_show_each_merchants_own_knobs_from_the_synthetic_data(tmp_path):
     from simpersona.data.reference import resolve_merchant_knobs, store_section
-    from simpersona.sim.observation import money
+    from simpersona.pages.observation import money
 
     cfg, traces, knobs = _preprocess_synthetic(tmp_path, knobs=True)
     assert resolve_merchant_knobs(cfg).endswith("synth/merchant_knobs.json")

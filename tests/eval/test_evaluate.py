@@ -41,7 +41,8 @@ def write_run(folder, events: pl.DataFrame, crash_every: int, persona_mode: str,
     agents.write_parquet(folder / "agents.parquet")
     ev.write_parquet(folder / "events" / "part-0.parquet")
     status = pl.when(pl.int_range(pl.len()) % crash_every == 0).then(pl.lit("crashed")).otherwise(pl.lit("completed"))
-    agents.select("agent_id").with_columns(status=status, attempt=pl.lit(0)).write_parquet(
+    error_kind = pl.when(status == "crashed").then(pl.lit("browser_crash")).otherwise(pl.lit(""))
+    agents.select("agent_id").with_columns(status=status, attempt=pl.lit(0), error_kind=error_kind).write_parquet(
         folder / "results" / "part-0.parquet")
     return agents
 
@@ -73,6 +74,7 @@ def test_run_evaluation_identities(real_events, tmp_path):
     assert m["spearman_cr"] == pytest.approx(1.0)
     assert all(s["ara"] == pytest.approx(1.0) for s in m["main"]["strata"].values())
     assert m["crash_rate"] == pytest.approx(0.1, abs=0.01)
+    assert m["main"]["failure_rates"] == {"browser_crash": pytest.approx(m["crash_rate"], abs=1e-4)}
     none = m["baselines"]["no_persona"]
     assert none["ara_overall"] == pytest.approx(m["ara_ceiling"])  # the types half scored as a simulation
     assert none["ara_ceiling"] == m["ara_ceiling"] and none["ara_ci"][0] < none["ara_overall"] < none["ara_ci"][1]
@@ -118,10 +120,10 @@ def _base_lm(folder, hidden: int):
     from omegaconf import OmegaConf
 
     from simpersona.config import SmallLMConfig
+    from simpersona.pages.observation import allowed_actions, render
     from simpersona.persona.model_loading import save
     from simpersona.persona.small import build_model, train_tokenizer
     from simpersona.serve.untrained import random_pages
-    from simpersona.sim.observation import allowed_actions, render
 
     small = OmegaConf.merge(OmegaConf.structured(SmallLMConfig),
                             {"vocab_size": 400, "hidden_size": hidden, "layers": 1, "heads": 2, "intermediate_size": 64})

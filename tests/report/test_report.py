@@ -34,7 +34,9 @@ def replay_run(folder: Path, events: pl.DataFrame, persona_mode: str, crash_ever
     agents.write_parquet(folder / "agents.parquet")
     ev.write_parquet(folder / "events" / "part-0.parquet")
     status = pl.when(pl.int_range(pl.len()) % crash_every == 0).then(pl.lit("crashed")).otherwise(pl.lit("completed"))
-    agents.select("agent_id").with_columns(status=status).write_parquet(folder / "results" / "part-0.parquet")
+    error_kind = pl.when(status == "crashed").then(pl.lit("browser_crash")).otherwise(pl.lit(""))
+    agents.select("agent_id").with_columns(status=status, error_kind=error_kind).write_parquet(
+        folder / "results" / "part-0.parquet")
     return agents
 
 
@@ -47,7 +49,8 @@ def whatif_folder(folder: Path, agents: list[tuple[str, str]], buyers: set[str])
     pl.DataFrame({"buyer_id": [r[0] for r in rows], "merchant_id": [r[1] for r in rows], "event": [r[2] for r in rows],
                   "session_id": [r[0] for r in rows], "ts": [datetime(2024, 1, 1)] * len(rows)}).with_columns(
         pl.col("ts").cast(pl.Datetime("ms"))).write_parquet(folder / "events" / "e.parquet")
-    pl.DataFrame({"agent_id": [a for a, _ in agents], "status": ["completed"] * len(agents)}).write_parquet(
+    pl.DataFrame({"agent_id": [a for a, _ in agents], "status": ["completed"] * len(agents),
+                  "error_kind": [""] * len(agents)}).write_parquet(
         folder / "results" / "r.parquet")
 
 
@@ -135,6 +138,10 @@ def test_report_renders_in_chromium(run_dir):
     assert rows["headline-table"] == 6 and rows["targets-table"] == 1 + 5
     assert rows["merchant-table"] == 1 + 42
     assert rows["baselines-table"] == 1 + 3 and rows["funnel-table"] == 1 + 4
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    for rate in (metrics["main"]["failure_rates"]["browser_crash"],
+                 metrics["baselines"]["no_persona"]["failure_rates"]["browser_crash"]):
+        assert f"browser_crash {rate:.3f}" in html  # each run's failures in the baselines table
     assert rows["profiles-table"] == 1 + 4
     assert rows["whatif-table"] == 1 + 2 and rows["whatif-merchant-table"] == 1 + 2 * 3
     assert headline.split("\t")[:2] == ["ARA 1 - |sim - real| / real (mean over merchants)", "1.000"]

@@ -12,10 +12,10 @@ from ray import serve
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
 from simpersona.config import load
+from simpersona.pages.observation import allowed_actions, render
 from simpersona.serve.app import build_app, deploy
 from simpersona.serve.policy import ActionPolicy, PolicyRequest
 from simpersona.serve.untrained import build_untrained_model, random_pages
-from simpersona.sim.observation import allowed_actions, render
 
 pytestmark = pytest.mark.slow
 

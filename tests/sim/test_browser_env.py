@@ -12,11 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from simpersona.pages.observation import allowed_actions, render
+from simpersona.pages.shop import Visit
 from simpersona.sim.browser import Browser, BrowserEnv, chromium_sandbox
 from simpersona.sim.errors import BrowserCrash
-from simpersona.sim.observation import allowed_actions, render
 from simpersona.store.eventlog import read_events
-from simpersona.store.model import Visit
 from simpersona.store.server import StoreServer
 from simpersona.store.shops import ShopSet
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from simpersona.pages.observation import PAGE_KINDS, PageState, allowed_actions, render
+from simpersona.pages.shop import Visit
 from simpersona.sim.browser import Browser, BrowserEnv
-from simpersona.sim.observation import PAGE_KINDS, PageState, allowed_actions, render
-from simpersona.store.model import Visit
 from simpersona.store.server import StoreServer
 from simpersona.store.shops import ShopSet
 

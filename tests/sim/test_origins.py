@@ -13,11 +13,11 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Route
 
+from simpersona.pages.shop import Visit
 from simpersona.sim.browser import Browser, BrowserEnv
 from simpersona.sim.errors import OffOrigin
 from simpersona.sim.generic import origin_of
 from simpersona.store.html import render_page
-from simpersona.store.model import Visit
 from simpersona.store.server import AppThread
 from simpersona.store.shops import ShopSet
 

@@ -7,11 +7,11 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from simpersona.sim.observation import allowed_actions
+from simpersona.pages.observation import allowed_actions
+from simpersona.pages.shop import Visit
 from simpersona.store.app import canonical_url, create_app
 from simpersona.store.eventlog import read_events
 from simpersona.store.html import render_page
-from simpersona.store.model import Visit
 from simpersona.store.shops import ShopSet
 
 STORE = {"merchants": ["m1", "m2"], "products_per_merchant": 14, "catalog_seed": 7, "checkout_steps": 2,

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
-from simpersona.sim.observation import allowed_actions
+from simpersona.pages.observation import allowed_actions
+from simpersona.pages.shop import Visit
 from simpersona.store.eventlog import read_events, recover
-from simpersona.store.model import Visit
 from simpersona.store.server import StoreServer
 from simpersona.store.shops import ShopSet
 

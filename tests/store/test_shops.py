@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simpersona.config import load
-from simpersona.store.catalog import generate_catalog
+from simpersona.pages.catalog import generate_catalog
 from simpersona.store.shops import ShopSet, UnknownMerchant, knobs_for
 
 
@@ -76,7 +76,7 @@ def test_catalog_file_products_first_by_count_then_generated(tmp_path):
 
 
 def test_written_catalog_file_rebuilds_the_same_catalogs(tmp_path):
-    from simpersona.store.catalog import catalog_from_log
+    from simpersona.pages.catalog import catalog_from_log
     from simpersona.store.shops import write_catalog_file
 
     rows = {"42": [("b", "tea", 3.0), ("a", None, None)], "7": [("z", "toys", 9.5)]}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simpersona.pages.observation import render
 from simpersona.sim.browser import Browser, BrowserEnv
 from simpersona.sim.errors import NavigationTimeout, Stuck
-from simpersona.sim.observation import render
 from simpersona.sim.shop_adapter import ShopAdapter
 
 pytestmark = pytest.mark.browser

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simpersona.eval.simruns import SimRun
-from simpersona.sim.observation import action_verb
+from simpersona.pages.observation import action_verb
 from simpersona.sim.simulate import run_simulation
 from tests.sim.simrun import make_run_dir, sim_config
 

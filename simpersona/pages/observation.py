@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 PAGE_KINDS = ("home", "listing", "search", "product", "cart", "checkout", "confirmation")
 
@@ -167,3 +168,23 @@ ACTION_EVENT = {
 
 def action_verb(action: str) -> str:
     return action.split(" ", 1)[0]
+
+
+class Observation(NamedTuple):
+    """What the agent sees: unpacks as (text, allowed, info)."""
+
+    text: str
+    allowed: list[str]
+    info: dict
+
+    @property
+    def url(self) -> str:
+        return self.info.get("url", "")
+
+    @property
+    def error(self) -> str:
+        return self.info.get("error", "")
+
+    @property
+    def state(self) -> PageState | None:
+        return self.info.get("state")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from simpersona.sim.observation import Card, PageState, action_verb
-from simpersona.store.catalog import Product
+from simpersona.pages.catalog import Product
+from simpersona.pages.observation import Card, PageState, action_verb
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class Shop:
     # ---- transitions --------------------------------------------------------------------------
     def apply(self, v: Visit, action: str, allowed: list[str] | None = None) -> tuple[Visit, list[LoggedEvent]]:
         """The visit after `action`, and the events the storefront logs for it."""
-        from simpersona.sim.observation import allowed_actions
+        from simpersona.pages.observation import allowed_actions
 
         state = self.page_of(v)
         if action not in (allowed if allowed is not None else allowed_actions(state)):
