@@ -69,7 +69,7 @@ STAGES: dict[str, Stage] = {
               ("data", "sessions", "features", "traces", "store"), (), streams=True),
         Stage("vqvae", "simpersona.vq.train:run_training", ("vq", "eval.holdout"), ("preprocess",)),
         Stage("assign", "simpersona.vq.assign:run_assign", ("vq",), ("preprocess", "vqvae")),
-        Stage("finetune", "simpersona.persona.finetune:run_finetune", ("persona", "eval.holdout"),
+        Stage("finetune", "simpersona.persona.job:run", ("persona", "eval.holdout"),
               ("preprocess", "vqvae", "assign")),
         Stage("evaluate", "simpersona.eval.evaluate:run_evaluation",
               ("eval", "sim", "serve", "store", "browser"), ("preprocess", "assign", "finetune"),

@@ -378,13 +378,6 @@ def worker_env(tcfg: dict) -> dict[str, str]:
     return {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_finetune(cfg) -> dict:
-    """The pipeline's finetune stage (simpersona.stages): the whole job of simpersona.persona.job."""
-    from simpersona.persona.job import run
-
-    return run(cfg)
-
-
 def _cluster_has_gpus() -> bool:
     import ray
 
