@@ -142,7 +142,7 @@ def encoder_throughput(run_dir: Path, n: int, batch_size: int) -> dict:
 
 def main(argv: list[str]) -> dict:
     bench_args = [a for a in argv if a.startswith("bench.")]
-    cfg = load("assign_types", [a for a in argv if not a.startswith("bench.")])
+    cfg = load("assign", [a for a in argv if not a.startswith("bench.")])
     b = {**DEFAULTS}
     for a in bench_args:
         key, value = a[len("bench."):].split("=", 1)
@@ -160,7 +160,7 @@ def main(argv: list[str]) -> dict:
 
     n_files = max(1, int(b["train_histories"]) // int(b["rows_per_file"]))
     subset(full, train, n_files)
-    tcfg = load("train_vqvae", [f"run_dir={train}", "vq.train.exclude_heldout=false", "vq.train.resume=false",
+    tcfg = load("vqvae", [f"run_dir={train}", "vq.train.exclude_heldout=false", "vq.train.resume=false",
                                 "vq.train.min_steps=0",
                                 f"vq.train.epochs={b['train_epochs']}", "progress=false",
                                 *[a for a in argv if a.startswith("vq.") or a.startswith("ray.")]])
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> dict:
 
     result.update(encoder_throughput(full, int(b["encoder_histories"]), int(cfg.vq.assign.batch_size)))
 
-    acfg = load("assign_types", [f"run_dir={full}", "progress=false",
+    acfg = load("assign", [f"run_dir={full}", "progress=false",
                                  *[a for a in argv if a.startswith("vq.") or a.startswith("ray.")]])
     with TreeSampler(float(b["sample_s"])) as mem:
         t0 = time.perf_counter()

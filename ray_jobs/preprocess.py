@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
-from simpersona.config import load
-from simpersona.stages import run_stage
+from simpersona.jobs import stage_job
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load("preprocess", sys.argv[1:] if argv is None else argv)
-    summary = run_stage("preprocess", cfg, force=True)  # starts or joins Ray; writes the manifest last
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("phases_s", "filled")}))
-    print(f"artifacts: {summary['out']}  (features/, traces/, events/, quarantine/, summary.json)")
-    return summary
+    return stage_job("preprocess", argv, "artifacts: {out}  (features/, traces/, events/, quarantine/, summary.json)",
+                     drop=("phases_s", "filled"), manifest=True)
 
 
 if __name__ == "__main__":

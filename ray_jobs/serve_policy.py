@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from simpersona.config import load
+from simpersona.jobs import job_config
 from simpersona.runtime import init_ray
 from simpersona.serve.app import deploy, model_dir_of
 
 
 def main(argv: list[str] | None = None) -> str:
-    cfg = load("serve_policy", sys.argv[1:] if argv is None else argv)
+    cfg = job_config("serve_policy", argv)
     on_cluster = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     init_ray(cfg)
     s = cfg.serve

@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from simpersona.config import load
+from simpersona.jobs import job_config
 from simpersona.runtime import init_ray
 from simpersona.sim.simulate import run_simulation, variant_dir
 from simpersona.stages import mirrored
@@ -20,7 +19,7 @@ ALIASES = {k: f"sim.{k}" for k in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load("simulate", sys.argv[1:] if argv is None else argv, aliases=ALIASES)
+    cfg = job_config("simulate", argv, aliases=ALIASES)
     init_ray(cfg)  # joins RAY_ADDRESS / ray.address when set, else starts a local Ray
     # an s3:// root: run on a local mirror with the finished stages fetched, then upload simulate/
     with mirrored(cfg, reads=("assign", "finetune"), writes=("simulate",)) as local:

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
-from simpersona.config import load
-from simpersona.report.html import run_report
-from simpersona.runtime import init_ray
-from simpersona.stages import is_remote, mirrored, run_job_stage, stage_uri
+from simpersona.jobs import stage_job
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load("whatif", sys.argv[1:] if argv is None else argv)
-    # joins RAY_ADDRESS / ray.address when set, else starts a local Ray; s3:// roots run on a local mirror
-    summary = run_job_stage("whatif", cfg, lambda: init_ray(cfg))
-    with mirrored(cfg, writes=("report",)) as local:
-        report = run_report(local)
-    print(json.dumps(summary, indent=1))
-    if is_remote(cfg):  # where the outputs were uploaded, not the local mirror they were made in
-        print(f"deltas: {stage_uri(cfg, 'whatif')}/deltas.json  report: {stage_uri(cfg, 'report')}/report.html")
-    else:
-        print(f"deltas: {summary['deltas']}  report: {report['report']}")
-    return summary
+    return stage_job("whatif", argv, "deltas: {out}/deltas.json  report: {report}", report=True)
 
 
 if __name__ == "__main__":

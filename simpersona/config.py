@@ -466,7 +466,7 @@ class VQTrainConfig:
 
 @dataclass
 class KMeansConfig:
-    """The k-means baseline: same features, same K, fitted by train_vqvae, assigned by assign_types."""
+    """The k-means baseline: same features, same K, fitted by the vqvae stage, assigned by the assign stage."""
 
     enabled: bool = True
     fit_rows: int = 200000
@@ -477,7 +477,7 @@ class KMeansConfig:
 
 @dataclass
 class VQEvalConfig:
-    """Summary metrics of train_vqvae, computed on the first `max_rows` histories."""
+    """Summary metrics of the vqvae stage, computed on the first `max_rows` histories."""
 
     max_rows: int = 1000000
     silhouette_rows: int = 10000
@@ -486,7 +486,7 @@ class VQEvalConfig:
 
 @dataclass
 class AssignConfig:
-    """assign_types: one encoder pass per history in a Ray Data actor pool."""
+    """The assign stage: one encoder pass per history in a Ray Data actor pool."""
 
     actors: int = 2
     actor_cpus: float = 0.5  # logical CPUs per actor; leaves room for the read tasks
@@ -678,7 +678,7 @@ def parse_overrides(argv: list[str], aliases: dict[str, str] | None = None) -> l
 # jobs that run simulations read the simulate job's YAML first (browser flags, Serve and storefront
 # settings), so that run alone they simulate exactly as inside the pipeline
 SIMULATING_JOBS = {"evaluate": ("simulate", "evaluate"), "whatif": ("simulate", "whatif")}
-PIPELINE_JOBS = ("preprocess", "train_vqvae", "assign_types", "finetune", "simulate", "evaluate", "whatif",
+PIPELINE_JOBS = ("preprocess", "vqvae", "assign", "finetune", "simulate", "evaluate", "whatif",
                  "pipeline")
 
 

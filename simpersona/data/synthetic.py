@@ -75,7 +75,7 @@ happen to lack their signature event.
 
 Speed (this 2-core box, process pool of 2, snappy, writing to local disk): 1,000,000 buyers = 1.74 M
 histories = 5.76 M events in 2.8-4.1 s (1.4-2.1 M events/s); 8,370,000 buyers (2,000 merchants) = 49.3 M
-events in 22 s, peak RSS 334 MB. Through Ray tasks (ray_jobs/generate_synthetic.py) 1 M buyers take 6.8 s.
+events in 22 s, peak RSS 334 MB. Through Ray tasks (ray_jobs/synthetic.py) 1 M buyers take 6.8 s.
 """
 
 from __future__ import annotations

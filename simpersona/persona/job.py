@@ -85,7 +85,7 @@ def run(cfg) -> dict:
     work = run_dir / "checkpoints" / "finetune" / "work"
     paths = inputs(run_dir)
     if not paths["codebook"].exists():
-        raise FileNotFoundError(f"no codebook at {paths['codebook']} (run the train_vqvae stage first)")
+        raise FileNotFoundError(f"no codebook at {paths['codebook']} (run the vqvae stage first)")
     timer = Timer()
     t_total = time.perf_counter()
     codebook = np.load(paths["codebook"])

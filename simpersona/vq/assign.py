@@ -54,7 +54,7 @@ def check_compatible(model_spec: FeatureSpec, data_spec: FeatureSpec) -> None:
         if a != b:
             shown = (len(a), len(b)) if name == "agg_names" else (a, b)
             raise FeatureError(f"feature_spec.json {name} = {shown[0]} but the VQ-VAE was trained with "
-                               f"{shown[1]}; retrain (train_vqvae) on these features")
+                               f"{shown[1]}; retrain (the vqvae stage) on these features")
 
 
 class TypeAssigner:

@@ -342,9 +342,9 @@ def load_model(model_dir: str) -> tuple[BuyerVQVAE, FeatureSpec, dict]:
     try:
         meta = json.loads(read_bytes(io.join_uri(model_dir, META_FILE)))
         state = load_tensors(_io.BytesIO(read_bytes(io.join_uri(model_dir, MODEL_FILE))),
-                             io.join_uri(model_dir, MODEL_FILE), "run train_vqvae again to rewrite it")
+                             io.join_uri(model_dir, MODEL_FILE), "run the vqvae stage again to rewrite it")
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no trained VQ-VAE in {model_dir} ({exc}); run train_vqvae first") from None
+        raise FileNotFoundError(f"no trained VQ-VAE in {model_dir} ({exc}); run the vqvae stage first") from None
     spec = FeatureSpec.from_dict(meta["feature_spec"], io.join_uri(model_dir, META_FILE))
     model = BuyerVQVAE(ModelDims(**meta["dims"]), meta["hparams"], meta["loss_weights"])
     state.setdefault("log_mix", model.log_mix)  # models saved before the mixing proportions existed

@@ -20,8 +20,6 @@ import ray
 from simpersona.config import load
 from simpersona.stages import STAGES, resolve_function
 
-JOBS = {"preprocess": "preprocess", "vqvae": "train_vqvae", "assign": "assign_types"}
-
 
 def main(argv: list[str]) -> None:
     names, overrides = argv[0].split(","), argv[1:]
@@ -29,7 +27,7 @@ def main(argv: list[str]) -> None:
     ray.init(runtime_env={"env_vars": aws} if aws else None)  # joins RAY_ADDRESS; the stages reuse it
     summaries = {}
     for name in names:
-        cfg = load(JOBS[name], overrides)
+        cfg = load(name, overrides)
         summaries[name] = resolve_function(STAGES[name].function)(cfg)
     print("RESULT " + json.dumps(summaries, default=str), flush=True)
 

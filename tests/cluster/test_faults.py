@@ -105,7 +105,7 @@ def test_training_job_killed_resumes_from_its_checkpoint(ray_head, tmp_path):
 
     run_dir = tmp_path / "train"
     write_planted_features(str(run_dir), histories=3000, n_types=8, merchants=10, rows_per_file=1500, seed=5)
-    args = ["ray_jobs/train_vqvae.py", f"run_dir={run_dir}", *TRAIN_ARGS]
+    args = ["ray_jobs/vqvae.py", f"run_dir={run_dir}", *TRAIN_ARGS]
     first = _driver(args, ray_head.job_env())
     deadline = time.monotonic() + 300
     while not _snapshot(run_dir).exists() and first.poll() is None and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""generate_synthetic.py through `ray job submit --working-dir .` against a local `ray start --head`: it
+"""ray_jobs/synthetic.py through `ray job submit --working-dir .` against a local `ray start --head`: it
 writes its planted clickstream. The stage scripts and serve_policy.py are submitted in
 test_pipeline_storage, which has a finished run for them; simulate.py in tests/sim/test_simulate_job.py.
 """
@@ -24,8 +24,8 @@ def _json_line(stdout: str, key: str) -> dict:
     raise AssertionError(f"no JSON summary with {key!r} in the job's output:\n{stdout[-3000:]}")
 
 
-def test_generate_synthetic_job(ray_head, tmp_path):
-    done = submit(ray_head, ["ray_jobs/generate_synthetic.py", f"run_dir={tmp_path}", "synth.buyers=400",
+def test_synthetic_job(ray_head, tmp_path):
+    done = submit(ray_head, ["ray_jobs/synthetic.py", f"run_dir={tmp_path}", "synth.buyers=400",
                              "synth.merchants=6", "synth.shard_buyers=200", "progress=false"])
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     summary = _json_line(done.stdout, "buyers")

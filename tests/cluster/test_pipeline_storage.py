@@ -45,7 +45,7 @@ PIPELINE_ARGS = [
 ]
 TIMEOUT_S = 900
 # the pipeline's stages as their own job scripts, in pipeline order (the report is written by pipeline.py)
-STAGE_JOBS = ["preprocess", "train_vqvae", "assign_types", "finetune", "evaluate", "whatif"]
+STAGE_JOBS = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif"]
 
 
 def _pipeline(ray_head, *args: str) -> tuple[str, float]:
@@ -117,10 +117,10 @@ def test_stage_jobs_and_an_s3_driver_give_the_same_metrics(ray_head, s3, local_r
     # ... so a training killed on one machine resumes on another (an empty cache) from its last checkpoint
     t0 = time.perf_counter()
     kill = ["vq.train.name=killed", "vq.train.fail_at_step=6", "vq.train.checkpoint_every=3", "vq.train.max_failures=0"]
-    failed = run_job(["ray_jobs/train_vqvae.py", *_s3_args(s3, root, tmp_path / "machine_a"), *PIPELINE_ARGS, *kill],
+    failed = run_job(["ray_jobs/vqvae.py", *_s3_args(s3, root, tmp_path / "machine_a"), *PIPELINE_ARGS, *kill],
                      ray_head.job_env(), timeout=TIMEOUT_S)
     assert failed.returncode != 0 and "injected failure at step 6" in failed.stdout + failed.stderr
-    resumed = run_job(["ray_jobs/train_vqvae.py", *_s3_args(s3, root, tmp_path / "machine_b"), *PIPELINE_ARGS, *kill],
+    resumed = run_job(["ray_jobs/vqvae.py", *_s3_args(s3, root, tmp_path / "machine_b"), *PIPELINE_ARGS, *kill],
                       ray_head.job_env(), timeout=TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     training = json.loads(read("vqvae/summary.json"))["training"]

@@ -383,7 +383,7 @@ def test_type_share_overrides_and_fewer_types():
 @pytest.mark.slow
 def test_ray_job_writes_the_same_shards_as_serial(ray_local, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ray_jobs"))
-    from generate_synthetic import main
+    from synthetic import main
 
     summary = main([f"run_dir={tmp_path / 'run'}", "synth.buyers=2500", "synth.shard_buyers=1000",
                     "synth.merchants=12", "seed=3", "progress=false"])  # fmt: skip

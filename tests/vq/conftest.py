@@ -43,5 +43,5 @@ def trained(planted_dir, ray_local):
     from simpersona.config import load
     from simpersona.vq.train import run_training
 
-    cfg = load("train_vqvae", [f"run_dir={planted_dir}", *TRAIN_ARGS, f"vq.train.fail_at_step={FAIL_AT}"])
+    cfg = load("vqvae", [f"run_dir={planted_dir}", *TRAIN_ARGS, f"vq.train.fail_at_step={FAIL_AT}"])
     return planted_dir, run_training(cfg)

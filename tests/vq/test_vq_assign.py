@@ -25,7 +25,7 @@ ARGS = ["progress=false", "vq.assign.batch_size=4096"]
 @pytest.fixture(scope="module")
 def assigned(trained):
     run_dir, _ = trained
-    cfg = load("assign_types", [f"run_dir={run_dir}", *ARGS])
+    cfg = load("assign", [f"run_dir={run_dir}", *ARGS])
     first = run_assign(cfg)
     t1 = pq.read_table(os.path.join(run_dir, "assign", "types.parquet"))
     second = run_assign(cfg)
@@ -131,7 +131,7 @@ def test_actor_pool_must_leave_a_cpu_for_reading(actors, actor_cpus, cpus, fits)
     from simpersona.config import ConfigError
     from simpersona.vq.assign import check_local_cpus
 
-    cfg = load("assign_types", ["run_dir=x", f"vq.assign.actors={actors}", f"vq.assign.actor_cpus={actor_cpus}"])
+    cfg = load("assign", ["run_dir=x", f"vq.assign.actors={actors}", f"vq.assign.actor_cpus={actor_cpus}"])
     if fits:
         check_local_cpus(cfg, cpus)
         return

@@ -82,7 +82,7 @@ def test_a_resumed_loop_state_still_matches_the_fingerprint_of_its_config(plante
     from simpersona.vq.train import _fingerprint, loop_config
 
     spec, _ = planted_arrays
-    cfg = load("train_vqvae", [f"run_dir={planted_dir}", "config=vq_planted"])
+    cfg = load("vqvae", [f"run_dir={planted_dir}", "config=vq_planted"])
     config = loop_config(cfg, spec, 16000)
     state = {"step": 50, "epoch": 1, "batch_in_epoch": 3, "fingerprint": _fingerprint(config),
              "history": [{"epoch": 0, "loss_total": np.float64(1.5), "active_codes": np.int64(8), "auc_cart_abandon": None}]}

@@ -68,7 +68,7 @@ def test_save_load_same_indices(planted_arrays, tmp_path):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no trained VQ-VAE in .*; run train_vqvae first"):
+    with pytest.raises(FileNotFoundError, match="no trained VQ-VAE in .*; run the vqvae stage first"):
         load_model(str(tmp_path / "nothing"))
 
 

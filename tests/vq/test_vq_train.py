@@ -74,7 +74,7 @@ def test_resume_after_worker_failure(trained, tmp_path):
     assert s["training"]["resumed_from_steps"] == [FAIL_AT]
     run_dir = tmp_path / "reference"
     shutil.copytree(os.path.join(planted_dir, "preprocess"), run_dir / "preprocess")
-    cfg = load("train_vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS, "vq.train.workers=0", "vq.train.batch_size=512",
+    cfg = load("vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS, "vq.train.workers=0", "vq.train.batch_size=512",
                                "vq.eval.max_rows=2000"])
     ref = run_training(cfg)
     assert ref["training"]["resumed_from_steps"] == []
@@ -106,7 +106,7 @@ def test_wrong_feature_width(planted_dir, tmp_path, ray_local):
     from simpersona.vq.train import run_training
 
     run_dir = _variant(planted_dir, tmp_path, lambda t, i: _set_agg(t, _agg(t)[:, :-1]))
-    cfg = load("train_vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS])
+    cfg = load("vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS])
     with pytest.raises(FeatureError, match=r"column 'agg' has width 14, feature_spec.json says 15 \(agg_names\)"):
         run_training(cfg)
 
@@ -123,7 +123,7 @@ def test_nan_features(planted_dir, tmp_path, ray_local):
         return _set_agg(t, agg)
 
     run_dir = _variant(planted_dir, tmp_path, poison)
-    cfg = load("train_vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS, "vq.eval.max_rows=100"])
+    cfg = load("vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS, "vq.eval.max_rows=100"])
     with pytest.raises(FeatureError) as err:
         run_training(cfg)
     assert str(err.value) == "column 'agg' has 3 NaN/inf values in 3 rows (features ['log_view'])"
@@ -133,7 +133,7 @@ def test_empty_features(planted_dir, tmp_path, ray_local):
     from simpersona.vq.train import run_training
 
     run_dir = _variant(planted_dir, tmp_path, lambda t, i: t.slice(0, 0))
-    cfg = load("train_vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS])
+    cfg = load("vqvae", [f"run_dir={run_dir}", *TRAIN_ARGS])
     with pytest.raises(FeatureError, match=r"no histories in .*/preprocess/features: nothing to train on"):
         run_training(cfg)
 
@@ -145,7 +145,7 @@ def test_empty_shard(planted_arrays, tmp_path, ray_local):
     from simpersona.vq.train import TRAIN_COLUMNS, fit, loop_config
 
     spec, _ = planted_arrays
-    cfg = load("train_vqvae", [f"run_dir={tmp_path}", *TRAIN_ARGS, "vq.train.workers=0"])
+    cfg = load("vqvae", [f"run_dir={tmp_path}", *TRAIN_ARGS, "vq.train.workers=0"])
     empty = ray.data.from_arrow(_empty_features(spec))
     with pytest.raises(FeatureError, match=r"worker 0: its shard of the training data is empty \(epoch 0\)"):
         fit(cfg, empty.select_columns(list(TRAIN_COLUMNS)), loop_config(cfg, spec, 1))
