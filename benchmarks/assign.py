@@ -2,7 +2,7 @@
 
     python benchmarks/assign.py [bench.histories=8370000] [bench.dir=runs/bench_assign] [key=value ...]
 
-Input: planted-type features in the contract format (simpersona.vq.planted; generated once under
+Input: planted-type features in the contract format (testkit.planted_vq; generated once under
 bench.dir and reused). Measured in one run:
   training            Ray Train (2 CPU workers) on the first bench.train_histories histories:
                       histories/s of each epoch; the model it produces is the one assigned with
@@ -85,7 +85,7 @@ class TreeSampler:
 
 
 def features(run_dir: Path, n: int, rows_per_file: int, regenerate: bool) -> None:
-    from simpersona.vq.planted import write_planted_features
+    from testkit.planted_vq import write_planted_features
 
     marker = run_dir / "preprocess" / "feature_spec.json"
     if regenerate and (run_dir / "preprocess").exists():

@@ -23,6 +23,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # testkit: the planted fixture
+
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
@@ -32,9 +34,9 @@ from simpersona.persona import examples as ex  # noqa: E402
 from simpersona.persona import small  # noqa: E402
 from simpersona.persona.finetune import StageSpec, data_fingerprint, run_stage, steps_per_epoch  # noqa: E402
 from simpersona.persona.model_loading import SMOLLM2, load_pretrained, save  # noqa: E402
-from simpersona.persona.planted import write_planted_run  # noqa: E402
 from simpersona.persona.scoring import ActionScorer, ScoreRequest  # noqa: E402
 from simpersona.persona.tokens import add_persona_tokens  # noqa: E402
+from testkit.planted_persona import write_planted_run  # noqa: E402
 
 K = 6
 

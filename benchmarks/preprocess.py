@@ -6,9 +6,9 @@ Measured in one run, on the same generated input (simpersona.data.synthetic, see
   ray_full            the preprocess stage as it runs (events, features, traces of every history)
   ray_features        the same pipeline without traces (traces.history_fraction=0): the same work as
                       the peers
-  vectorised          single process, polars/numpy: reference.vectorised_features (sessions + features)
+  vectorised          single process, polars/numpy: testkit.preprocess_peers.vectorised_features (sessions + features)
   pandas_apply        pandas groupby("history_id").apply of a per-history Python function computing the
-                      same features (reference.pandas_features), on the first bench.pandas_buyers buyers,
+                      same features (testkit.preprocess_peers.pandas_features), on the first bench.pandas_buyers buyers,
                       extrapolated linearly in histories (labelled "extrapolated")
 Peak memory is the largest sum of PSS over the process and all its descendants (the local Ray's GCS,
 raylet and workers included; shared object-store pages counted once), sampled every bench.sample_s.
@@ -110,7 +110,7 @@ def _shards_for(events_dir: Path, buyers: int, shard_buyers: int) -> list[Path]:
 def _vectorised_peer(argv: list[str], files: list[str], out: dict) -> None:
     import pyarrow.parquet as pq
 
-    from simpersona.data.reference import vectorised_features
+    from testkit.preprocess_peers import vectorised_features
 
     cfg = load("preprocess", argv)
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def _pandas_peer(argv: list[str], file: str, buyers: int, out: dict) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from simpersona.data.reference import pandas_features
+    from testkit.preprocess_peers import pandas_features
 
     cfg = load("preprocess", argv)
     events = pq.read_table(file)

@@ -394,7 +394,7 @@ async def policy_load(handle, clients: int, duration_s: float, warmup_s: float, 
 
 def policy_requests(n: int) -> list[dict]:
     from simpersona.pages.observation import allowed_actions, render
-    from simpersona.serve.untrained import random_pages
+    from testkit.untrained_policy import random_pages
 
     hist = ["open 1", "back", "open 2", "add_to_cart", "view_cart"]
     return [{"persona": [None, 0, 1, 2, 3][i % 5], "observation": render(p), "history": hist[: i % 6],
@@ -545,8 +545,8 @@ def main(argv: list[str] | None = None, json_out=None) -> dict:
     import ray
     from ray import serve
 
-    from simpersona.serve.untrained import build_untrained_model
     from simpersona.store.server import StoreServer
+    from testkit.untrained_policy import build_untrained_model
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load("simulate", argv, aliases={k: f"bench.{k}" for k in DEFAULTS})

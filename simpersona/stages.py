@@ -155,7 +155,7 @@ def stage_manifest(cfg: DictConfig, stage: Stage) -> dict[str, Any]:
     if stage.name == "preprocess":
         listing = io.list_inputs(cfg.data.input, cfg.data.s3, cfg.data.format)
         uris = [f.uri for f in listing.files]
-        from simpersona.data.reference import resolve_merchant_knobs
+        from simpersona.data.transform import resolve_merchant_knobs
 
         knobs = resolve_merchant_knobs(cfg)  # a synthetic input's merchant knobs shape its traces too
         if knobs is not None:

@@ -21,14 +21,14 @@ once into the merchant statistics the transform needs (mean prices, reference ti
 the files shuffle they are complete after pass 1; with Ray's shuffle a partition is complete only when
 every read task has finished, and each read task writes its partial sums before its file's last rows.
 
-The transform of a block (`reference.transform`: sessions, raw features, trace replay; vectorised
+The transform of a block (`transform.transform`: sessions, raw features, trace replay; vectorised
 polars except the replay) writes the block's sessionized events, traces and exact partial statistics,
 and returns its raw features (packed) to a scratch folder (`write_parquet`). Last pass: the driver
 merges the validation reports and adds up the block statistics (integers: exact), and `map_batches`
 z-scores the raw features → features/ (`write_parquet`). The driver only ever holds per-file,
 per-merchant/product and per-block statistics, never events or histories.
 
-The per-history computation is the function the single-process reference (`reference.py`) applies to
+The per-history computation is the function the single-process reference (`testkit/preprocess_peers.py`) applies to
 the whole input, and every global statistic is exact, so both implementations write identical tables.
 """
 
@@ -48,7 +48,10 @@ import pyarrow as pa
 from simpersona.data import features as F
 from simpersona.data import io
 from simpersona.data import traces as T
-from simpersona.data.reference import (
+from simpersona.data.schema import SCHEMA
+from simpersona.data.storefront import write_storefront
+from simpersona.data.traces import as_mapping
+from simpersona.data.transform import (
     PLANTED_COLUMNS,
     TransformContext,
     block_stats,
@@ -61,9 +64,6 @@ from simpersona.data.reference import (
     store_section,
     transform,
 )
-from simpersona.data.schema import SCHEMA
-from simpersona.data.storefront import write_storefront
-from simpersona.data.traces import as_mapping
 from simpersona.data.validate import (
     BadDataError,
     DataError,

@@ -2,7 +2,7 @@
 
 A session starts with `Visit(merchant)` on the home page of the merchant's `Shop` (catalog and
 what-if knobs from `store:`, a merchant's own from `store.merchant_overrides`; preprocess adds there the
-knobs of a synthetic input's merchant_knobs.json, reference.store_section, so traces show each merchant's
+knobs of a synthetic input's merchant_knobs.json, transform.store_section, so traces show each merchant's
 shipping fee, checkout step counter and related-product cards). Every canonical event, in session order, becomes the step(s) that make
 the storefront log that event:
 

@@ -172,7 +172,7 @@ def traced_knobs(run_dir: str | Path, store: Mapping) -> dict[str, dict] | None:
 
 def _logged(knob: str, logged, value):
     """A knob's level at a merchant whose logged prices already carry `logged` of it."""
-    if knob != "price_multiplier":  # simpersona.data.reference.LOGGED_KNOBS holds only this one
+    if knob != "price_multiplier":  # simpersona.data.transform.LOGGED_KNOBS holds only this one
         raise ValueError(f"no rule for a logged {knob}")
     return round(float(logged) * float(value), 6)
 

@@ -24,9 +24,17 @@ from tqdm.auto import tqdm
 from simpersona.pages.observation import action_verb, allowed_actions, render
 from simpersona.pages.shop import Visit
 from simpersona.persona.examples import persona_of
-from simpersona.persona.planted import session_conversion
 from simpersona.persona.scoring import ActionScorer, ScoreRequest, sample
 from simpersona.store.shops import ShopSet
+
+
+def session_conversion(df: pd.DataFrame) -> pd.Series:
+    """Share of sessions with a placed order, per type (index type_id or planted_type)."""
+    key = "type_id" if "type_id" in df else "planted_type"
+    per_session = df.assign(bought=df["action"] == "place_order").groupby(
+        ["history_id", "session_idx"]).agg(bought=("bought", "any"), t=(key, "first"))
+    return per_session.groupby("t")["bought"].mean()
+
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:

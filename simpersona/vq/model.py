@@ -25,7 +25,7 @@ inference network:
           history's latent nearest to its responsible code (cross-entropy over cosine logits); the
           codebook follows its histories' latents by EMA (VectorQuantize.update_indices), dead codes
           are re-seeded by the library.
-Measured on the planted fixture (simpersona.vq.planted, 8 types): straight-through VQ-VAE training
+Measured on the planted fixture (testkit.planted_vq, 8 types): straight-through VQ-VAE training
 reached NMI ~0.45, EM from a random start ~0.76, EM started from k-means ~0.79 where k-means itself
 gets ~0.74 — nearest-code assignment in a reconstruction-trained latent is a poor optimiser of the
 mixture objective, scoring codes by their decoded likelihood is a direct one. The loss weights in

@@ -101,7 +101,7 @@ def _latest_step(snapshot: Path) -> int:
 
 
 def test_training_job_killed_resumes_from_its_checkpoint(ray_head, tmp_path):
-    from simpersona.vq.planted import write_planted_features
+    from testkit.planted_vq import write_planted_features
 
     run_dir = tmp_path / "train"
     write_planted_features(str(run_dir), histories=3000, n_types=8, merchants=10, rows_per_file=1500, seed=5)

@@ -12,8 +12,8 @@ import pytest
 
 from simpersona.config import FeatureConfig, SessionConfig
 from simpersona.data import features as F
-from simpersona.data.reference import pandas_features
 from simpersona.data.sessions import sessionize
+from testkit.preprocess_peers import pandas_features
 from tests.data.canonical_rows import canonical
 
 # b1 at m1: two sessions (a 25-hour gap); b2 sets the reference time. Merchant mean price = 280 / 7 = 40.

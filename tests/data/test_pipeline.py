@@ -13,9 +13,9 @@ import pytest
 
 from simpersona.config import SynthConfig, load
 from simpersona.data.pipeline import run_preprocess
-from simpersona.data.reference import run_reference
 from simpersona.data.storefront import STOREFRONT_FILE, replayed_store
 from simpersona.data.validate import BadDataError
+from testkit.preprocess_peers import run_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT_KEYS = ("rows_read", "rows_bad", "bad_by_reason", "rows_valid", "buyers", "merchants", "unit", "histories",

@@ -211,8 +211,8 @@ def _preprocess_synthetic(tmp_path, knobs: bool):
     import json
 
     from simpersona.config import SynthKnobsConfig, load
-    from simpersona.data.reference import run_reference
     from simpersona.data.synthetic import generate
+    from testkit.preprocess_peers import run_reference
 
     synth = tmp_path / "synth"
     generate(SynthConfig(buyers=1500, shard_buyers=1500, merchants=8, seed=5, executor="serial",
@@ -234,7 +234,7 @@ def _step_counters(traces: pl.DataFrame) -> dict[str, set[int]]:
 
 
 def test_traces_show_each_merchants_own_knobs_from_the_synthetic_data(tmp_path):
-    from simpersona.data.reference import resolve_merchant_knobs, store_section
+    from simpersona.data.transform import resolve_merchant_knobs, store_section
     from simpersona.pages.observation import money
 
     cfg, traces, knobs = _preprocess_synthetic(tmp_path, knobs=True)
@@ -282,8 +282,8 @@ def test_traces_show_each_merchants_own_knobs_from_the_synthetic_data(tmp_path):
 
 
 def test_without_a_knobs_file_the_traces_use_store_as_configured(tmp_path):
-    from simpersona.data.reference import resolve_merchant_knobs, store_section
     from simpersona.data.traces import as_mapping
+    from simpersona.data.transform import resolve_merchant_knobs, store_section
 
     cfg, traces, knobs = _preprocess_synthetic(tmp_path, knobs=False)
     assert knobs is None and resolve_merchant_knobs(cfg) is None

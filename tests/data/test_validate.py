@@ -471,10 +471,10 @@ def test_an_unreadable_file_is_set_aside_when_the_bad_share_allows_else_the_run_
     ("data.max_ts=soon", "data.max_ts='soon' is not an ISO 8601 date or time"),
 ])
 def test_bad_data_settings_stop_before_any_read_task(override, message):
-    """Checked by the driver (reference.check_config, which both implementations call first), so a setting
+    """Checked by the driver (transform.check_config, which both implementations call first), so a setting
     the reader refuses is one line, not an error inside a Ray read task."""
     from simpersona.config import load
-    from simpersona.data.reference import check_config
+    from simpersona.data.transform import check_config
 
     with pytest.raises(ConfigError, match=message):
         check_config(load("preprocess", [override]))

@@ -123,7 +123,7 @@ def _base_lm(folder, hidden: int):
     from simpersona.pages.observation import allowed_actions, render
     from simpersona.persona.model_loading import save
     from simpersona.persona.small import build_model, train_tokenizer
-    from simpersona.serve.untrained import random_pages
+    from testkit.untrained_policy import random_pages
 
     small = OmegaConf.merge(OmegaConf.structured(SmallLMConfig),
                             {"vocab_size": 400, "hidden_size": hidden, "layers": 1, "heads": 2, "intermediate_size": 64})

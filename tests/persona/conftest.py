@@ -18,7 +18,7 @@ K = 4  # persona types of the planted fixtures
 @pytest.fixture(scope="session")
 def planted_run(tmp_path_factory):
     """A run dir with the finetune job's inputs for planted synthetic data (K types)."""
-    from simpersona.persona.planted import write_planted_run
+    from testkit.planted_persona import write_planted_run
 
     run = tmp_path_factory.mktemp("planted")
     write_planted_run(run, n_histories=160, n_types=K, seed=3)

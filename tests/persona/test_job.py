@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from simpersona.config import load
 from simpersona.persona.evaluate import score_steps
 from simpersona.persona.examples import load_steps
-from simpersona.persona.planted import write_planted_run
 from simpersona.persona.scoring import ActionScorer
+from testkit.planted_persona import write_planted_run
 
 K4 = 4
 OVERRIDES = [

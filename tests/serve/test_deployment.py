@@ -15,7 +15,7 @@ from simpersona.config import load
 from simpersona.pages.observation import allowed_actions, render
 from simpersona.serve.app import build_app, deploy
 from simpersona.serve.policy import ActionPolicy, PolicyRequest
-from simpersona.serve.untrained import build_untrained_model, random_pages
+from testkit.untrained_policy import build_untrained_model, random_pages
 
 pytestmark = pytest.mark.slow
 

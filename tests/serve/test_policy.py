@@ -13,7 +13,7 @@ from simpersona.config import ServeConfig
 from simpersona.pages.observation import action_verb, allowed_actions, render
 from simpersona.persona.scoring import ActionScorer, ScoreRequest
 from simpersona.serve.policy import ActionPolicy, PolicyRequest, UniformPolicy
-from simpersona.serve.untrained import build_untrained_model, random_pages
+from testkit.untrained_policy import build_untrained_model, random_pages
 
 N_TYPES = 4
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 
 from simpersona.config import load
 from simpersona.pages.observation import ACTION_EVENT, action_verb
-from simpersona.serve.untrained import build_untrained_model
 from simpersona.store.eventlog import read_events
+from testkit.untrained_policy import build_untrained_model
 
 PROBS = {"m1": [0.5, 0.3, 0.2, 0.0], "m2": [0.1, 0.1, 0.4, 0.4], "m3": [0.25, 0.25, 0.25, 0.25]}
 

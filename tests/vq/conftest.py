@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simpersona.vq.features import arrays_from_arrow, load_spec
-from simpersona.vq.planted import write_planted_features
+from testkit.planted_vq import write_planted_features
 
 # the small planted set: 8 types, trains to a clear recovery in well under a minute on 2 workers
 PLANTED = dict(histories=16000, n_types=8, merchants=30, mix=0.1, rows_per_file=4000, seed=3)

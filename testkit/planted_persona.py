@@ -23,6 +23,7 @@ import pandas as pd
 
 from simpersona.pages.observation import action_verb, allowed_actions, render
 from simpersona.pages.shop import Shop, Visit
+from simpersona.persona.evaluate import session_conversion
 from simpersona.store.shops import ShopSet
 
 
@@ -130,14 +131,6 @@ def planted_traces(n_histories: int, n_types: int, store_cfg: dict, seed: int = 
     df["step"] = df["step"].astype(np.int32)
     df["planted_type"] = df["planted_type"].astype(np.int32)
     return df
-
-
-def session_conversion(df: pd.DataFrame) -> pd.Series:
-    """Share of sessions with a placed order, per type (index type_id or planted_type)."""
-    key = "type_id" if "type_id" in df else "planted_type"
-    per_session = df.assign(bought=df["action"] == "place_order").groupby(
-        ["history_id", "session_idx"]).agg(bought=("bought", "any"), t=(key, "first"))
-    return per_session.groupby("t")["bought"].mean()
 
 
 def write_planted_run(run_dir: str | Path, n_histories: int = 600, n_types: int = 6, codebook_dim: int = 8,
