@@ -90,11 +90,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import yaml
 from tqdm.auto import tqdm
 
 from simpersona.config import S3Config, SynthConfig, SynthKnobsConfig
@@ -190,130 +192,31 @@ class TypeSpec:
     knob_response: KnobResponse = KnobResponse()  # response to the merchant's store knobs (none by default)
 
 
-TYPE_LIBRARY: tuple[TypeSpec, ...] = (
-    TypeSpec(
-        name="bouncer",
-        description="lands on one product page and leaves: one view, one session",
-        share=0.52,
-        start={"view": 1.0},
-        transitions={"view": {"end": 1.0}},
-        min_events=1, max_events=1, min_sessions=1, extra_sessions=0.0, max_sessions=1,
-        price_beta=(1.0, 1.0), event_gap_s=(20.0, 0.5), session_gap_h=(48.0, 1.0),
-    ),
-    TypeSpec(
-        name="window_shopper",
-        description="browses many products across price levels, searches a little, never buys",
-        share=0.29,
-        start={"view": 0.95, "search": 0.05},
-        transitions={
-            "view": {"view": 0.66, "search": 0.015, "favorite": 0.004, "end": 0.321},
-            "search": {"view": 0.92, "end": 0.08},
-            "favorite": {"view": 0.7, "end": 0.3},
-        },
-        min_events=2, max_events=30, min_sessions=1, extra_sessions=0.3, max_sessions=6,
-        price_beta=(2.0, 2.0), event_gap_s=(18.0, 0.6), session_gap_h=(30.0, 1.0),
-        repeat_product=0.05,
-        # buys nothing; related-product cards keep it browsing
-        knob_response=KnobResponse(recommendation_view_lift=0.5),
-    ),
-    TypeSpec(
-        name="deliberate_buyer",
-        description="researches slowly over several sessions, then buys a mid-priced product",
-        share=0.03,
-        start={"view": 1.0},
-        transitions={
-            "view": {"view": 0.59, "cart": 0.05, "favorite": 0.04, "purchase": 0.09, "end": 0.23},
-            "cart": {"purchase": 0.6, "view": 0.3, "end": 0.1},
-            "favorite": {"view": 0.8, "end": 0.2},
-            "purchase": {"view": 0.1, "end": 0.9},
-        },
-        min_events=3, max_events=30, min_sessions=1, extra_sessions=0.9, max_sessions=6,
-        price_beta=(6.0, 6.0), event_gap_s=(110.0, 0.5), session_gap_h=(20.0, 0.8),
-        repeat_product=0.25,
-        knob_response=KnobResponse(price_elasticity=1.0, shipping_per_unit=0.03, checkout_step_loss=0.05,
-                                   recommendation_view_lift=0.3),
-    ),
-    TypeSpec(
-        name="impulse_buyer",
-        description="few quick views of cheap products, then an immediate purchase",
-        share=0.025,
-        start={"view": 1.0},
-        transitions={
-            "view": {"purchase": 0.6, "view": 0.2, "cart": 0.05, "end": 0.15},
-            "cart": {"purchase": 0.9, "end": 0.1},
-            "purchase": {"end": 0.97, "view": 0.03},
-        },
-        min_events=2, max_events=6, min_sessions=1, extra_sessions=0.05, max_sessions=2,
-        price_beta=(1.2, 6.0), event_gap_s=(7.0, 0.5), session_gap_h=(72.0, 1.0),
-        # impatient: every extra checkout step loses many of its would-be purchases
-        knob_response=KnobResponse(price_elasticity=0.5, shipping_per_unit=0.05, checkout_step_loss=0.3),
-    ),
-    TypeSpec(
-        name="cart_abandoner",
-        description="adds products to the cart, sometimes removes them, rarely checks out",
-        share=0.035,
-        start={"view": 1.0},
-        transitions={
-            "view": {"cart": 0.42, "view": 0.38, "favorite": 0.02, "end": 0.18},
-            "cart": {"view": 0.35, "remove_cart": 0.15, "purchase": 0.03, "end": 0.47},
-            "remove_cart": {"view": 0.4, "end": 0.6},
-            "favorite": {"view": 0.6, "end": 0.4},
-            "purchase": {"end": 1.0},
-        },
-        min_events=2, max_events=30, min_sessions=1, extra_sessions=0.4, max_sessions=5,
-        price_beta=(4.0, 2.5), event_gap_s=(40.0, 0.6), session_gap_h=(26.0, 1.0),
-        # the shipping line on the cart page is what makes it abandon
-        knob_response=KnobResponse(price_elasticity=0.5, shipping_per_unit=0.12, checkout_step_loss=0.25),
-    ),
-    TypeSpec(
-        name="bargain_hunter",
-        description="searches, compares many cheap products, buys the cheapest one seen",
-        share=0.035,
-        start={"search": 0.6, "view": 0.4},
-        transitions={
-            "search": {"view": 0.9, "search": 0.05, "end": 0.05},
-            "view": {"view": 0.6, "search": 0.07, "purchase": 0.09, "end": 0.24},
-            "purchase": {"end": 0.9, "view": 0.1},
-        },
-        min_events=3, max_events=30, min_sessions=1, extra_sessions=0.3, max_sessions=5,
-        price_beta=(1.0, 7.0), event_gap_s=(30.0, 0.6), session_gap_h=(40.0, 1.0),
-        buys_cheapest=True,
-        # the price-sensitive type: prices and shipping fees move its purchases most
-        knob_response=KnobResponse(price_elasticity=2.5, shipping_per_unit=0.15, checkout_step_loss=0.1),
-    ),
-    TypeSpec(
-        name="loyal_repeat",
-        description="comes back to the same store session after session and buys the same products again",
-        share=0.02,
-        start={"view": 1.0},
-        transitions={
-            "view": {"purchase": 0.35, "view": 0.3, "favorite": 0.05, "end": 0.3},
-            "favorite": {"view": 0.6, "end": 0.4},
-            "purchase": {"end": 0.85, "view": 0.15},
-        },
-        min_events=2, max_events=20, min_sessions=2, extra_sessions=1.0, max_sessions=10,
-        price_beta=(3.0, 3.0), event_gap_s=(15.0, 0.5), session_gap_h=(120.0, 0.7),
-        repeat_product=0.7,
-        # the no-response type: it trusts its store and buys the same products whatever the knobs
-        knob_response=KnobResponse(),
-    ),
-    TypeSpec(
-        name="favorite_collector",
-        description="saves pricey products to favourites, comes back to look, seldom buys",
-        share=0.045,
-        start={"view": 1.0},
-        transitions={
-            "view": {"favorite": 0.42, "view": 0.36, "end": 0.22},
-            "favorite": {"view": 0.55, "purchase": 0.02, "end": 0.43},
-            "purchase": {"end": 1.0},
-        },
-        min_events=2, max_events=30, min_sessions=1, extra_sessions=0.3, max_sessions=5,
-        price_beta=(6.0, 1.5), event_gap_s=(60.0, 0.6), session_gap_h=(36.0, 1.0),
-        repeat_product=0.2,
-        knob_response=KnobResponse(price_elasticity=0.5, shipping_per_unit=0.02, checkout_step_loss=0.05,
-                                   recommendation_view_lift=0.3),
-    ),
-)  # fmt: skip
+TYPE_LIBRARY_FILE = Path(__file__).with_name("type_library.yaml")
+
+
+def load_type_library(path: str | Path = TYPE_LIBRARY_FILE) -> tuple[TypeSpec, ...]:
+    """The planted types of a library file (simpersona/data/type_library.yaml), in its order."""
+    raw = yaml.safe_load(Path(path).read_text())
+    types = []
+    for i, t in enumerate(raw):
+        try:
+            ev, se = t["events"], t["sessions"]
+            types.append(TypeSpec(
+                name=str(t["name"]), description=str(t["description"]), share=float(t["share"]),
+                start={str(k): float(v) for k, v in t["start"].items()},
+                transitions={str(e): {str(k): float(v) for k, v in row.items()} for e, row in t["transitions"].items()},
+                min_events=int(ev["min"]), max_events=int(ev["max"]), min_sessions=int(se["min"]),
+                extra_sessions=float(se["extra"]), max_sessions=int(se["max"]),
+                price_beta=tuple(map(float, t["price_beta"])), event_gap_s=tuple(map(float, t["event_gap_s"])),
+                session_gap_h=tuple(map(float, t["session_gap_h"])),
+                repeat_product=float(t.get("repeat_product", 0.0)), buys_cheapest=bool(t.get("buys_cheapest", False)),
+                knob_response=KnobResponse(**{k: float(v) for k, v in (t.get("knob_response") or {}).items()})))
+        except (KeyError, TypeError, ValueError) as exc:
+            name = t.get("name", "?") if isinstance(t, dict) else repr(t)
+            raise SynthError(f"{path}: type {i} ({name}): {type(exc).__name__} {exc}") from None
+    return tuple(types)
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,6 +225,9 @@ TYPE_LIBRARY: tuple[TypeSpec, ...] = (
 
 class SynthError(ValueError):
     """A synthetic-data configuration that cannot be generated; the message says which knob and why."""
+
+
+TYPE_LIBRARY: tuple[TypeSpec, ...] = load_type_library()
 
 
 def as_synth(cfg) -> SynthConfig:

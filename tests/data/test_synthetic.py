@@ -547,3 +547,18 @@ def test_a_what_if_on_some_merchants_reports_those_merchants_only():
         true_effect(KNOBBED, {"page_size": 3})
     with pytest.raises(SynthError, match=r"^merchants \['m99'\] are not in the synthetic world"):
         expected_effect(KNOBBED, {"shipping_fee": 0.0}, merchants=["m99"])
+
+
+def test_the_type_library_is_data_and_a_broken_file_names_the_type(tmp_path):
+    import yaml
+
+    from simpersona.data.synthetic import TYPE_LIBRARY, TYPE_LIBRARY_FILE, SynthError, load_type_library
+
+    raw = yaml.safe_load(TYPE_LIBRARY_FILE.read_text())
+    assert [t["name"] for t in raw] == [t.name for t in TYPE_LIBRARY]
+    assert sum(t.share for t in TYPE_LIBRARY) == pytest.approx(1.0)
+    del raw[2]["sessions"]
+    broken = tmp_path / "types.yaml"
+    broken.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SynthError, match=r"type 2 \(deliberate_buyer\): KeyError 'sessions'"):
+        load_type_library(broken)
