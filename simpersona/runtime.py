@@ -82,8 +82,9 @@ def replace_durably(src: str | Path, dst: str | Path) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
-def write_json(uri: str, obj: dict, s3cfg=None) -> str:
+def write_json(uri: str | Path, obj: dict, s3cfg=None) -> str:
     """Write `obj` as indented JSON at a local path (atomically: tmp file + rename) or an s3:// URI."""
+    uri = str(uri)
     text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
     if io.is_s3(uri):
         with io.open_output_stream(uri, s3cfg) as f:
@@ -95,6 +96,19 @@ def write_json(uri: str, obj: dict, s3cfg=None) -> str:
     tmp.write_text(text)
     replace_durably(tmp, path)
     return uri
+
+
+def write_parquet_durably(table, path: str | Path) -> Path:
+    """A local Parquet file written to `.<name>.tmp` beside it, synced, then renamed over `path`: a reader
+    sees the whole file or none, after a crash or a power loss (committed_results drops `.*.tmp` leftovers)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    replace_durably(tmp, path)
+    return path
 
 
 def write_summary(uri: str, summary: dict, s3cfg=None) -> str:

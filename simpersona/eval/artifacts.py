@@ -1,8 +1,7 @@
-"""Reading run artifacts and writing JSON results (shared by evaluate and whatif)."""
+"""Reading run artifacts, and making results JSON-safe (shared by evaluate and whatif; runtime.write_json writes them)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -44,12 +43,3 @@ def json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def write_json(obj, path: Path) -> Path:
-    """Write-then-rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=1))
-    tmp.replace(path)
-    return path

@@ -33,10 +33,11 @@ import polars as pl
 from omegaconf import OmegaConf
 
 from simpersona.eval import alignment, bootstrap, holdout, metrics, type_alignment
-from simpersona.eval.artifacts import ArtifactError, json_safe, write_json
+from simpersona.eval.artifacts import ArtifactError, json_safe
 from simpersona.eval.holdout import HALF_RATES, HoldoutSplit
 from simpersona.eval.signal_budget import signal_budget
 from simpersona.eval.simruns import SimRun, simulate_run
+from simpersona.runtime import write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ def prepare_larger_model(cfg, source: dict) -> Path:
     info = {"persona_tokens": [], "persona_token_ids": [], "codebook_size": 0, "base_model": source["name_or_path"]}
     if history_len is not None:
         info["history_len"] = int(history_len)
-    write_json(info, tmp / "persona.json")
-    write_json({**source, "parameters": int(sum(p.numel() for p in model.parameters()))}, tmp / "source.json")
+    write_json(tmp / "persona.json", json_safe(info))
+    write_json(tmp / "source.json", json_safe({**source, "parameters": int(sum(p.numel() for p in model.parameters()))}))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # complete or absent: a crash mid-save leaves only the .tmp folder
     return folder
@@ -358,7 +359,7 @@ def run_evaluation(cfg, simulate=None) -> dict:
     result["signal_budget"] = signal_budget(run_dir, result["type_alignment"])
     result["targets"] = _targets(main, ceil, baselines, ci, e)
     out = run_dir / "evaluate"
-    write_json(result, out / "metrics.json")
+    write_json(out / "metrics.json", json_safe(result))
     summary = json_safe({
         "metrics": str(out / "metrics.json"), "seconds": round(time.time() - t0, 2),
         **{k: result[k] for k in (*HEADLINE, "ara_ceiling")},
@@ -366,5 +367,5 @@ def run_evaluation(cfg, simulate=None) -> dict:
         "targets_met": {k: v.get("met") for k, v in result["targets"].items() if k != "above_baselines"}
         | {f"above_{n}": v["met"] for n, v in result["targets"]["above_baselines"].items()},
     })
-    write_json(summary, out / "summary.json")
+    write_json(out / "summary.json", json_safe(summary))
     return summary

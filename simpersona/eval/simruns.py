@@ -19,7 +19,8 @@ import polars as pl
 from omegaconf import OmegaConf
 
 from simpersona import manifest
-from simpersona.eval.artifacts import ArtifactError, read_events, read_parquet_folder, write_json
+from simpersona.eval.artifacts import ArtifactError, json_safe, read_events, read_parquet_folder
+from simpersona.runtime import write_json
 
 log = logging.getLogger(__name__)
 MARKER = "eval_inputs.json"
@@ -55,7 +56,7 @@ def simulate_run(vcfg, types_path: Path | None, simulate) -> Path:
     if folder.exists() and (not marker.exists() or json.loads(marker.read_text()) != fp):
         log.warning("%s was simulated from other inputs: starting it afresh", folder)
         shutil.rmtree(folder)
-    write_json(fp, marker)
+    write_json(marker, json_safe(fp))
     simulate(vcfg)
     return folder
 

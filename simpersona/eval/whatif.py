@@ -25,8 +25,9 @@ from simpersona.data.storefront import replayed_store
 from simpersona.data.traces import as_mapping
 from simpersona.eval import bootstrap, metrics
 from simpersona.eval import whatif_truth as truth
-from simpersona.eval.artifacts import json_safe, write_json
+from simpersona.eval.artifacts import json_safe
 from simpersona.eval.simruns import SimRun, simulate_run
+from simpersona.runtime import write_json
 from simpersona.store.shops import KNOB_NAMES, knobs_for
 
 
@@ -186,10 +187,10 @@ def run_whatif(cfg, simulate=None) -> dict:
     deltas = compute_deltas(cfg, specs)
     deltas["seconds_per_variant"] = timings
     out = Path(cfg.run_dir) / "whatif"
-    write_json(deltas, out / "deltas.json")
+    write_json(out / "deltas.json", json_safe(deltas))
     summary = json_safe({"deltas": str(out / "deltas.json"), "seconds": round(time.time() - t0, 2),
                          "agents": deltas["agents"], "merchants": len(deltas["merchants"]),
                          "variants": {n: _variant_summary(v, deltas["outcomes"]) for n, v in deltas["variants"].items()},
                          "agreement": deltas.get("agreement"), "crash_rate": deltas["crash_rate"]})
-    write_json(summary, out / "summary.json")
+    write_json(out / "summary.json", json_safe(summary))
     return summary

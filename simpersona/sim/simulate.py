@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from simpersona.config import to_dict
-from simpersona.runtime import init_ray, replace_durably, write_json
+from simpersona.runtime import init_ray, write_json, write_parquet_durably
 from simpersona.sim.actors import committed_results, run_workers
 from simpersona.sim.outcomes import blocked_requests, client_events, failure_counts
 from simpersona.sim.page_patch import parse_patches
@@ -103,13 +102,6 @@ def committed_events(raw: pa.Table, results: pa.Table) -> pa.Table:
     return raw.filter(pc.is_in(raw.column("session_id"), value_set=sessions))
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    replace_durably(tmp, path)  # a committed shard or result survives a power loss, not only a crash
-
-
 def run_simulation(cfg, on_progress=None) -> dict:
     """Simulate cfg.sim.variant; returns (and writes) its summary. `on_progress`: see run_workers."""
     from simpersona.store.eventlog import read_events
@@ -146,7 +138,7 @@ def run_simulation(cfg, on_progress=None) -> dict:
         events = client_events(out, results, sim.variant)
     else:
         events = committed_events(read_events(out / "store_log"), results)
-    _write_atomic(events, out / "events" / "events.parquet")
+    write_parquet_durably(events, out / "events" / "events.parquet")
     wanted = set(specs.column("agent_id").to_pylist())
     status = [s for a, s in zip(results.column("agent_id").to_pylist(), results.column("status").to_pylist())
               if a in wanted]
