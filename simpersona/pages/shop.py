@@ -9,22 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from simpersona.config import StoreConfig
 from simpersona.pages.catalog import Product
 from simpersona.pages.observation import Card, PageState, action_verb
+
+_STORE = StoreConfig()  # the knobs' defaults are the store config's: one place for each
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """What-if knobs of one merchant in one variant."""
+    """What-if knobs of one merchant in one variant (the store config's knob fields, frozen)."""
 
-    price_multiplier: float = 1.0
-    shipping_fee: float = 8.0
-    free_shipping_threshold: float = 99.0
-    page_size: int = 6
-    recommendations: bool = True
-    related_products: int = 3
-    checkout_steps: int = 2
-    discount_banner: str = ""
+    price_multiplier: float = _STORE.price_multiplier
+    shipping_fee: float = _STORE.shipping_fee
+    free_shipping_threshold: float = _STORE.free_shipping_threshold
+    page_size: int = _STORE.page_size
+    recommendations: bool = _STORE.recommendations
+    related_products: int = _STORE.related_products
+    checkout_steps: int = _STORE.checkout_steps
+    discount_banner: str = _STORE.discount_banner
 
     @classmethod
     def from_config(cls, store_cfg, merchant_id: str | None = None) -> Knobs:
