@@ -456,8 +456,13 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                 progress: bool = True, on_progress=None) -> dict:
     """Run `specs` (agents not yet committed) to completion; returns counters and per-worker stats.
 
+    Workers are named w0, w1, ... in the order they are started. A worker that comes up while a dead
+    worker has not been replaced yet is that worker's replacement: `replacements` lists
+    {"worker": its name, "replaces": the dead worker's name} (only a worker death produces an entry).
+
     `on_progress(state, workers)` is called on every turn of the driver loop with the queue's
-    counters and {name: handle} of the running workers (tests use it to kill a worker mid-run).
+    counters plus the driver's `workers_started` and `replacements`, and {name: handle} of the
+    running workers (tests use it to kill a worker mid-run).
     """
     here = ray.get_runtime_context().get_node_id()
     queue = AgentQueue.options(
@@ -471,6 +476,8 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
     starting: tuple | None = None  # (name, handle, ready ref)
     finished: list[dict] = []
     serial = 0
+    unreplaced: deque[str] = deque()  # dead workers whose place no new worker has taken yet
+    replacements: list[dict] = []
     t0 = time.monotonic()
     no_worker_since = time.monotonic()
     last_probe = float("-inf")
@@ -502,6 +509,8 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                     try:
                         ray.get(ready_ref)
                         live[name] = (handle, handle.run.remote())
+                        if unreplaced:
+                            replacements.append({"worker": name, "replaces": unreplaced.popleft()})
                     except RayError as exc:  # Chromium would not launch there, or the actor died
                         ray.kill(handle)
                         tqdm.write(f"worker {name} failed to start: {_first_line(exc)}")
@@ -520,6 +529,7 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                 except RayError as exc:  # killed, OOM, node lost, browser unrecoverable: re-queue its agents
                     ray.kill(handle)
                     n = ray.get(queue.worker_lost.remote(name, _first_line(exc)))
+                    unreplaced.append(name)
                     tqdm.write(f"worker {name} died ({_first_line(exc)}); {n} in-flight agent(s) re-queued")
                     _reap(queue, name)
             if not refs:
@@ -530,7 +540,8 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
                             requeued=state["requeued"], workers=len(live), refresh=False)
             bar.update(state["done"] - bar.n)
             if on_progress is not None:
-                on_progress(state, {name: h for name, (h, _) in live.items()})
+                on_progress({**state, "workers_started": serial, "replacements": list(replacements)},
+                            {name: h for name, (h, _) in live.items()})
         ray.get(queue.flush.remote())
         # workers exit by themselves once take() says DONE; wait for their counters
         for _, ref in list(live.values()):
@@ -555,4 +566,5 @@ def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, 
             except Exception:
                 pass
         ray.kill(queue)
-    return {**state, "wall_s": time.monotonic() - t0, "workers_started": serial, "worker_stats": finished}
+    return {**state, "wall_s": time.monotonic() - t0, "workers_started": serial, "replacements": replacements,
+            "worker_stats": finished}

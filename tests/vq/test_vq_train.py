@@ -24,12 +24,12 @@ def _read_json(path):
         return json.load(fh)
 
 
-def test_planted_recovery_beats_kmeans(trained):
+def test_planted_run_figures(trained):
     _, s = trained
     assert s["codebook_size"] == 8 and s["kmeans"]["codebook_size"] == 8
     assert s["active_codes"] == 8 and s["dead_codes"] == 0  # no collapse
     assert s["perplexity"] >= 6.0  # 8 planted types of unequal shares
-    # seen 0.713-0.785 across CI runs (2 DDP workers are not bit-deterministic)
+    # seen 0.713-0.794 across runs (2 DDP workers are not bit-deterministic); k-means 0.759 on this set
     assert s["nmi_planted"] >= 0.70, s["nmi_planted"]
     assert s["kmeans_nmi_planted"] == s["kmeans"]["nmi_planted"]
     for key in ("recon_loss", "seq_nll", "ari_planted", "calinski_harabasz", "silhouette", "davies_bouldin"):
@@ -37,11 +37,34 @@ def test_planted_recovery_beats_kmeans(trained):
     assert s["type_conversion"]["min"] < s["type_conversion"]["median"] < s["type_conversion"]["max"]
 
 
-@pytest.mark.xfail(strict=False, reason="open target of issue #3: on this small planted set the VQ-VAE "
-                   "(NMI 0.71-0.79 across runs) does not yet beat k-means (0.69-0.76) every time")
-def test_planted_recovery_above_kmeans(trained):
-    _, s = trained
-    assert s["nmi_planted"] > s["kmeans_nmi_planted"], (s["nmi_planted"], s["kmeans_nmi_planted"])
+@pytest.fixture(scope="module")
+def stage_budget_run(planted_dir, ray_local, tmp_path_factory):
+    """(config, summary) of the planted set trained with the stage's own step budget: the shared run's
+    arguments without its vq.train.min_steps=0, so the vqvae stage's default min_steps gives this small
+    set more epochs (608 steps instead of 256), in Ray Train local mode (one process, deterministic, no
+    worker-group start-up: 15-25 s on 2 cores) with the shared run's global batch of 512."""
+    from simpersona.vq.train import run_training
+
+    run_dir = tmp_path_factory.mktemp("stage_budget")
+    shutil.copytree(os.path.join(planted_dir, "preprocess"), run_dir / "preprocess")
+    args = [a for a in TRAIN_ARGS if not a.startswith("vq.train.min_steps=")]
+    cfg = load("vqvae", [f"run_dir={run_dir}", *args, "vq.train.workers=0", "vq.train.batch_size=512"])
+    return cfg, run_training(cfg)
+
+
+def test_planted_recovery_beats_kmeans(stage_budget_run):
+    """The VQ-VAE recovers the planted types better than the k-means peer fitted and measured in the
+    same run (same histories, same K). Measured: NMI 0.814 vs 0.759, ARI 0.827 vs 0.755; on planted
+    sets of seeds 1, 2, 4 NMI 0.825/0.790, 0.840/0.796, 0.838/0.718. With the shared run's 256 steps it
+    does not hold every time (VQ 0.71-0.79 over runs; in local mode on seeds 1 and 2 0.778 and 0.773,
+    below k-means): the neural EM needs the stage's step budget to improve on its k-means start."""
+    cfg, s = stage_budget_run
+    assert int(cfg.vq.train.min_steps) > 256 and s["training"]["steps"] >= int(cfg.vq.train.min_steps)
+    assert s["codebook_size"] == s["kmeans"]["codebook_size"] == 8
+    assert s["kmeans_nmi_planted"] == s["kmeans"]["nmi_planted"]
+    figures = {k: (round(s[f"{k}_planted"], 3), round(s["kmeans"][f"{k}_planted"], 3)) for k in ("nmi", "ari")}
+    assert s["nmi_planted"] > s["kmeans"]["nmi_planted"], figures
+    assert s["ari_planted"] > s["kmeans"]["ari_planted"], figures
 
 
 def test_artifacts(trained):
