@@ -37,7 +37,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from simpersona.runtime import replace_durably
+from simpersona.runtime import write_parquet_durably
 from simpersona.sim.agent import TRAJECTORY_SCHEMA, AgentOutcome, run_agent
 from simpersona.sim.errors import BrowserCrash
 
@@ -63,12 +63,6 @@ def session_of(agent_id: str, run_tag: str, attempt: int) -> str:
 
 
 # ---- durable results ----------------------------------------------------------------------------
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    replace_durably(tmp, path)  # a committed shard or result survives a power loss, not only a crash
 
 
 def committed_results(out_dir: str | Path) -> pa.Table:
@@ -209,8 +203,8 @@ class AgentQueue:
             return 0
         name = f"part-{self.run_tag}-{self.parts:05d}.parquet"
         self.parts += 1
-        _write_atomic(pa.Table.from_pylist(self.rows, schema=TRAJECTORY_SCHEMA), self.out / "trajectories" / name)
-        _write_atomic(pa.Table.from_pylist(self.results, schema=RESULT_SCHEMA), self.out / "results" / name)
+        write_parquet_durably(pa.Table.from_pylist(self.rows, schema=TRAJECTORY_SCHEMA), self.out / "trajectories" / name)
+        write_parquet_durably(pa.Table.from_pylist(self.results, schema=RESULT_SCHEMA), self.out / "results" / name)
         n = len(self.results)
         self.results, self.rows = [], []
         return n

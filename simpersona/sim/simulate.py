@@ -126,7 +126,7 @@ def run_simulation(cfg, on_progress=None) -> dict:
     merchants = sorted(set(specs.column("merchant_id").to_pylist()))
     personas = PersonaResolver.from_run_dir(cfg.run_dir).descriptions if sim.persona_mode == "prompt" else {}
     stats: dict = {"wall_s": 0.0, "steps": 0, "requeued": 0, "workers_lost": 0, "browser_restarts": 0,
-                   "rejected": 0, "workers_started": 0}
+                   "rejected": 0, "workers_started": 0, "replacements": []}
     if todo:
         init_ray(cfg)
         store = contextlib.nullcontext(foreign_url) if foreign else storefront(cfg, merchants, out / "store_log")
@@ -159,6 +159,7 @@ def run_simulation(cfg, on_progress=None) -> dict:
         "browser_restarts": stats["browser_restarts"],
         "duplicate_completions_rejected": stats["rejected"],
         "workers_started": stats["workers_started"],
+        "worker_replacements": stats["replacements"],  # [{worker, replaces}]: who took a lost worker's place
         "events": events.num_rows,
         "storefront": str(sim.storefront) or "simpersona",
         "failures": failure_counts(out, results, stats.get("lost_attempts")),

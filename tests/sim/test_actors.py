@@ -100,7 +100,7 @@ def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, 
     assert summary["workers_lost"] == 1 and summary["requeued"] >= 1
     # two workers configured: a third start and the name w2 come only from replacing the killed one
     assert summary["workers_started"] == 3, summary
-    assert hook.replacements == [{"worker": "w2", "replaces": killed}], hook.replacements
+    assert hook.replacements == summary["worker_replacements"] == [{"worker": "w2", "replaces": killed}], summary
     assert hook.seen == {"w0", "w1", "w2"}, hook.seen  # the replacement came up: its Chromium launched
     out = run_dir / "simulate" / "kill_worker"
     checked = check_exactly_once(out)
