@@ -39,7 +39,9 @@ def sim_fingerprint(vcfg, types_path: Path | None) -> dict:
     sections = {k: OmegaConf.to_container(vcfg[k], resolve=True) for k in ("sim", "serve", "store", "browser")
                 if k in vcfg}
     return {
-        "config": manifest.stable_hash(manifest.redact(sections)),
+        # the real values: redaction is by key name and inside URLs, so a changed `*token*` setting or a
+        # base URL's credentials would otherwise leave a stale folder looking current (only the hash is kept)
+        "config": manifest.stable_hash(sections),
         "seed": vcfg.seed,
         "merchant_types": hashlib.sha256(types_path.read_bytes()).hexdigest()[:16] if types_path else "",
         "upstream": {s: _digest(run_dir / s) for s in ("assign", "finetune")},

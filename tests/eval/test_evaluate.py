@@ -196,3 +196,14 @@ def test_larger_model_that_cannot_load_fails_before_any_simulation(real_events, 
     with pytest.raises(EvaluationError, match=r"eval.larger_model.name_or_path=.*no_such_model.*could not load"):
         run_evaluation(cfg, simulate=calls.append)
     assert calls == [] and not list((tmp_path / "run" / "evaluate" / "larger_model").glob("*/config.json"))
+
+
+def test_a_simulation_fingerprint_sees_values_that_manifests_redact(tmp_path):
+    from simpersona.eval.simruns import sim_fingerprint
+
+    def fingerprint(*overrides):
+        return sim_fingerprint(load("evaluate", [f"run_dir={tmp_path}", *overrides]), None)["config"]
+
+    same = fingerprint("sim.base_url=http://agent:one@127.0.0.1:8000")
+    assert same == fingerprint("sim.base_url=http://agent:one@127.0.0.1:8000")
+    assert same != fingerprint("sim.base_url=http://agent:two@127.0.0.1:8000")  # only the password differs
