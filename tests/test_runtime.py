@@ -49,16 +49,19 @@ TABLE = pa.table({"x": [1, 2]})
 
 @pytest.mark.parametrize("write", [
     lambda p: runtime.write_json(str(p), {"a": 1}),
-    lambda p: actors._write_atomic(TABLE, p),
-    lambda p: simulate._write_atomic(TABLE, p),
+    lambda p: runtime.write_parquet_durably(TABLE, p),
     lambda p: population.write_population(TABLE, p),
-], ids=["summary json", "result shard", "simulated events", "population"])
+], ids=["summary json", "parquet shard", "population"])
 def test_a_file_write_is_synced_before_its_rename_and_its_folder_after(write, disk, tmp_path):
     path = tmp_path / "out" / "file"
     path.parent.mkdir()
     write(path)
     assert path.exists()
     assert_published_durably(disk, path)
+
+
+def test_result_shards_trajectories_and_simulated_events_go_through_the_durable_writer():
+    assert actors.write_parquet_durably is simulate.write_parquet_durably is runtime.write_parquet_durably
 
 
 def test_a_manifest_is_synced_and_so_is_its_folder(disk, tmp_path):
