@@ -12,7 +12,8 @@ to remove the file if that run is gone.
 
 s3://: object stores have no lock, and pyarrow has no conditional PUT, so the lease is best effort: an
 object with the holder and an expiry, renewed by a background thread every LEASE_RENEW_S; a lease not
-renewed for LEASE_TTL_S belongs to a run that is gone and is taken over. After writing its lease a run
+renewed for LEASE_TTL_S belongs to a run that is gone and is taken over, and so, at once, is a lease
+whose holder is a dead process of this host (a run killed here and started again here). After writing its lease a run
 reads it back once LEASE_SETTLE_S later, so of two runs starting together the one overwritten fails.
 The lock is re-entrant within a process (the pipeline holds it while each of its stages takes it).
 """
@@ -134,10 +135,24 @@ def _write_lease(uri: str, lease: dict, s3cfg) -> None:
         fh.write(json.dumps(lease).encode())
 
 
+def _dead_here(holder: dict) -> bool:
+    """The holder is a process of this host that no longer runs (a killed run): its lease is stale at once,
+    as the local lock of a dead pid is. (A live process that took the dead one's pid keeps it held.)"""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _hold_s3(root: str, s3cfg):
     uri = io.join_uri(root, LOCK_NAME)
     holder = _read_lease(uri, s3cfg)
-    if holder and float(holder.get("expires", 0)) > time.time():
+    if holder and float(holder.get("expires", 0)) > time.time() and not _dead_here(holder):
         raise _busy(root, holder, uri, f" (or for its lease to expire, {LEASE_TTL_S:g} s after its last renewal)")
     mine = {**_me(), "expires": time.time() + LEASE_TTL_S}
     _write_lease(uri, mine, s3cfg)

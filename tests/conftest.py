@@ -1,5 +1,5 @@
 """Shared fixtures: a local Ray with 2 CPUs in this process, one `ray start --head` cluster for the tests
-that submit jobs, paths to the bundled data, GPU skipping."""
+that submit jobs, the one clean smoke pipeline run, paths to the bundled data, GPU skipping."""
 
 from __future__ import annotations
 
@@ -89,6 +89,16 @@ def ray_head(tmp_path_factory):
     finally:
         stop_cluster(head.temp_dir)  # when pytest_runtest_teardown has not already
         _HEAD["head"] = None
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> dict:
+    """The session's one clean `pipeline.py config=smoke` run on a local run_dir: {run_dir, out, wall}."""
+    from smoke_pipeline import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("pipeline") / "smoke"
+    out, wall = run_pipeline(run_dir)
+    return {"run_dir": run_dir, "out": out, "wall": wall}
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
 """End to end: `python ray_jobs/pipeline.py run_dir=DIR config=smoke`, exactly as a user runs it.
 
-One clean run (module fixture) on the bundled Tmall data with a local Ray and real Chromium; then the
-same command again (every stage skipped, outputs untouched), one changed what-if key (only whatif and
-report re-run), and a run killed with SIGKILL during evaluation and started again (finished stages
-skipped, the same metrics.json as the clean run). The tests share the run folder and run in file order.
+One clean run on the bundled Tmall data with a local Ray and real Chromium (the session's `smoke_run`,
+tests/smoke_pipeline.py); then the same command again (every stage skipped, outputs untouched), one
+changed what-if key (only whatif and report re-run), and a run killed with SIGKILL during evaluation and
+started again (finished stages skipped, the same metrics.json as the clean run). The tests share the run
+folder and run in file order.
 """
 
 from __future__ import annotations
@@ -12,62 +13,23 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from scipy import stats
+from smoke_pipeline import RUN_TIMEOUT_S, end_session, run_pipeline, start_pipeline
 
 # the clean run is set up inside the first test's time limit (pytest-timeout counts fixtures)
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-PYTHON = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
 STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
 HEADLINE = ["ara_overall", "ara_minmax_overall", "ara_ceiling", "spearman_cr", "crash_rate", "heldout_merchants"]
 BASELINES = ["no_persona", "mismatch", "prompt_persona", "kmeans"]
 SMOKE_HELDOUT = 3  # eval.holdout.merchants in configs/smoke.yaml
-RUN_TIMEOUT_S = 900  # ~3 min on an idle 2-core box; several times that when the box is shared
 # keys of metrics.json that measure time (session_length_s: wall-clock seconds between an agent's first
 # and last request, which the box's speed sets) or name the run's own folders, not results
 TIMING_KEYS = {"simulation_seconds", "seconds", "wall_s", "session_length_s", "steps_per_s", "folder"}
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _command(run_dir: Path, *overrides: str) -> list[str]:
-    return [PYTHON, "ray_jobs/pipeline.py", f"run_dir={run_dir}", "config=smoke", *overrides]
-
-
-def start_pipeline(run_dir: Path, *overrides: str, stdout=subprocess.PIPE) -> subprocess.Popen:
-    """The pipeline in a session of its own, so that what it starts (its local Ray, Chromium) can be ended."""
-    return subprocess.Popen(_command(run_dir, *overrides), cwd=ROOT, env=_env(), stdout=stdout,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def end_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def run_pipeline(run_dir: Path, *overrides: str) -> tuple[str, float]:
-    t0 = time.time()
-    proc = start_pipeline(run_dir, *overrides)
-    try:
-        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        end_session(proc)
-    assert proc.returncode == 0, f"pipeline failed ({proc.returncode}):\n{out[-6000:]}"
-    return out, time.time() - t0
 
 
 def stage_files(run_dir: Path, stages=STAGES) -> dict[str, float]:
@@ -91,10 +53,8 @@ def without_timings(obj):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("pipeline") / "smoke"
-    out, wall = run_pipeline(run_dir)
-    return {"run_dir": run_dir, "out": out, "wall": wall}
+def smoke(smoke_run):
+    return smoke_run  # the session's one clean run (tests/conftest.py)
 
 
 def test_every_stage_finished_with_summary_and_manifest(smoke):

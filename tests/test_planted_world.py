@@ -25,7 +25,8 @@ PYTHON = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
 SMALL_WORLD = [
     "config=planted", "pipeline.stages=[synthetic,preprocess,vqvae,assign,finetune]", "progress=false",
     "synth.buyers=8000", "synth.merchants=24", "eval.holdout.merchants=6", "vq.model.codebook_size=8",
-    "vq.train.min_steps=150", "persona.max_train_examples=4000", "persona.model.small.tokenizer_examples=4000",
+    # Ray Train's local mode: a worker group's start-up cost more than the 300 steps themselves on 2 cores
+    "vq.train.workers=0", "persona.max_train_examples=4000", "persona.model.small.tokenizer_examples=4000",
     "persona.eval.max_steps=600", "persona.eval.rollouts_per_type=24",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -119,3 +120,22 @@ def test_an_s3_lease_names_its_holder_and_expires(s3_server, monkeypatch):
     s3_server.client().put_object(Bucket="runs", Key="leased/.run.lock", Body=json.dumps(expired).encode())
     with runlock.hold(root, s3):  # a lease not renewed in time belongs to a run that is gone
         pass
+
+
+def test_an_s3_lease_of_a_dead_run_on_this_host_is_taken_over_before_it_expires(s3_server, monkeypatch):
+    monkeypatch.setattr(runlock, "LEASE_SETTLE_S", 0.0)
+    s3, client = s3_server.s3_config(), s3_server.client()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": "live", "started": "t0",
+            "expires": time.time() + 300}
+    client.put_object(Bucket="runs", Key="killed/.run.lock", Body=json.dumps({**live, "pid": int(dead.stdout),
+                                                                               "run_id": "killed"}).encode())
+    with runlock.hold("s3://runs/killed", s3):  # a run killed here and started again here: no 5-minute wait
+        lease = json.loads(client.get_object(Bucket="runs", Key="killed/.run.lock")["Body"].read())
+        assert lease["pid"] == os.getpid() and lease["run_id"] != "killed"
+    for name, holder in [("alive", live), ("elsewhere", {**live, "pid": int(dead.stdout), "host": "elsewhere"})]:
+        client.put_object(Bucket="runs", Key=f"{name}/.run.lock", Body=json.dumps(holder).encode())
+        with pytest.raises(runlock.RunDirLocked, match=f"on host {holder['host']} "):
+            with runlock.hold(f"s3://runs/{name}", s3):
+                pass
+

@@ -1,22 +1,22 @@
-"""The smoke pipeline two ways on one local `ray start --head`, with the same seed: one `ray job submit
---working-dir .` per stage script (preprocess ... whatif, the uploaded copy of the project) on a local
-run_dir, and `pipeline.py` run by a driver with run_dir on S3 (moto on loopback). The two metrics.json are
-equal but for run-specific keys (wall times, folders); the S3 run is re-run from an empty cache (another
-machine) and skips every stage; a VQ-VAE training killed on one machine resumes on another from its S3
-checkpoint. Then, on the local run, serve_policy.py (the job deploys and ends; the detached app answers on
-127.0.0.1). simulate.py's job is tests/sim/test_simulate_job.py (on the same session-wide head).
+"""The smoke pipeline with its run_dir on S3 (moto on loopback), run by a driver on one local `ray start
+--head`: its metrics.json equals the session's clean local smoke run's (tests/smoke_pipeline.py, same
+config and seed) but for run-specific keys (wall times, folders); the S3 run is re-run from an empty cache
+(another machine) and skips every stage; a VQ-VAE training killed on one machine resumes on another from
+its S3 checkpoint. Then, on the clean local run, serve_policy.py (the job deploys and ends; the detached
+app answers on 127.0.0.1). simulate.py's job is tests/sim/test_simulate_job.py (on the same session-wide
+head); `ray job submit` of the uploaded checkout is tests/cluster/test_jobs.py's.
 
-(`pipeline.py` on a local run_dir is tests/test_pipeline_e2e.py's subject; running it here too, and the
-whole pipeline once more as one job, cost three minutes of CI and tested nothing the two runs here miss.)
-
-The pipeline is the smoke config made cheaper (PIPELINE_ARGS), still running every stage: one baseline
-instead of four, one what-if merchant, shorter agents and trainings.
+(A reference made here of one `ray job submit` per stage script cost about four minutes of CI and
+compared nothing that the shared local run does not: every stage script is the same stage function
+behind `simpersona.jobs.stage_job`.)
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 import time
 
 import httpx
@@ -33,19 +33,8 @@ from simpersona.data import io
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(1800)]
 
 STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
-PIPELINE_ARGS = [
-    "config=smoke", "progress=false", "seed=3",
-    "traces.history_fraction=0.1",
-    "vq.train.workers=1", "vq.train.min_steps=10", "vq.train.em_init_steps=5",  # 1 worker: checkpoints on S3
-    "persona.model.small.pretrain.max_steps=10", "persona.stage1.max_steps=5", "persona.stage2.max_steps=5",
-    "persona.eval.max_steps=40", "persona.eval.rollouts_per_type=1",
-    "sim.agents_per_merchant=2", "sim.max_steps=4",
-    "eval.baselines=[kmeans]", "eval.bootstrap=50", "eval.ceiling_repeats=1",
-    "whatif.merchants=1", "whatif.bootstrap=50",
-]
+PIPELINE_ARGS = ["config=smoke", "progress=false"]  # the clean local run's config (bars change no result)
 TIMEOUT_S = 900
-# the pipeline's stages as their own job scripts, in pipeline order (the report is written by pipeline.py)
-STAGE_JOBS = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif"]
 
 
 def _pipeline(ray_head, *args: str) -> tuple[str, float]:
@@ -61,23 +50,9 @@ def _s3_args(s3, root: str, cache) -> list[str]:
             f"data.s3.region={c.region}", f"data.s3.access_key={c.access_key}", f"data.s3.secret_key={c.secret_key}"]
 
 
-@pytest.fixture(scope="module")
-def local_run(ray_head, tmp_path_factory):
-    """The reference: each stage's own script, one `ray job submit` after another on one local run_dir
-    (also the finished run that test_serve_policy_job serves from)."""
-    local = tmp_path_factory.mktemp("pipeline") / "stagewise"
-    t0 = time.perf_counter()
-    for script in STAGE_JOBS:
-        done = submit(ray_head, [f"ray_jobs/{script}.py", f"run_dir={local}", *PIPELINE_ARGS], timeout=TIMEOUT_S)
-        assert done.returncode == 0 and "succeeded" in done.stdout, (script, done.stdout[-3000:] + done.stderr[-3000:])
-    return local, time.perf_counter() - t0
-
-
-def test_stage_jobs_and_an_s3_driver_give_the_same_metrics(ray_head, s3, local_run, tmp_path):
+def test_an_s3_run_dir_gives_the_local_runs_metrics(ray_head, s3, smoke_run, tmp_path):
     walls = {}
-    local, walls["stage_jobs"] = local_run
-    reference = json.loads((local / "evaluate" / "metrics.json").read_text())
-    assert (local / "whatif" / "deltas.json").exists()
+    reference = json.loads((smoke_run["run_dir"] / "evaluate" / "metrics.json").read_text())
     assert reference["ara_ceiling"] > 0.0 and len(reference["heldout_merchants"]) == 3
 
     root = "s3://runs/smoke"
@@ -97,10 +72,6 @@ def test_stage_jobs_and_an_s3_driver_give_the_same_metrics(ray_head, s3, local_r
     assert json.loads(read("pipeline.json"))["report"] == f"{root}/report/report.html"
     on_s3 = json.loads(read("evaluate/metrics.json"))
     assert metrics_results(on_s3) == metrics_results(reference)
-    # the jobs read the bundled data from their uploaded copy: the same input identity as the driver's
-    job_pre = json.loads((local / "preprocess" / "manifest.json").read_text())
-    driver_pre = json.loads(read("preprocess/manifest.json"))
-    assert job_pre["inputs_hash"] == driver_pre["inputs_hash"] and job_pre["sources"] != driver_pre["sources"]
 
     # another machine (an empty cache) runs the same command again: every stage is current, none runs
     out, walls["s3_rerun"] = _pipeline(ray_head, *_s3_args(s3, root, tmp_path / "other_cache"))
@@ -108,32 +79,56 @@ def test_stage_jobs_and_an_s3_driver_give_the_same_metrics(ray_head, s3, local_r
         assert f"[{stage}] up to date, skipped" in out, out[-3000:]
     assert not (tmp_path / "other_cache").exists()  # nothing had to be fetched to decide that
 
-    # Ray Train's checkpoints live on the S3 root, not in one machine's cache ...
-    on_root = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{path}/checkpoints", recursive=True))]
-    # (finetune runs in Ray Train's local mode in this config, which keeps no checkpoints; its S3 checkpoints
-    # are tested in tests/persona/test_stages.py)
-    assert any("/checkpoints/vqvae/" in p and p.endswith("state.pt") for p in on_root), on_root[:5]
-    assert not list((tmp_path / "cache").rglob("checkpoint_*"))
-    # ... so a training killed on one machine resumes on another (an empty cache) from its last checkpoint
+    # a training job SIGKILLed on one machine after a checkpoint resumes on another (an empty cache) from
+    # that checkpoint on S3 (one Ray Train worker: the smoke config's local mode keeps no checkpoints)
     t0 = time.perf_counter()
-    kill = ["vq.train.name=killed", "vq.train.fail_at_step=6", "vq.train.checkpoint_every=3", "vq.train.max_failures=0"]
-    failed = run_job(["ray_jobs/vqvae.py", *_s3_args(s3, root, tmp_path / "machine_a"), *PIPELINE_ARGS, *kill],
-                     ray_head.job_env(), timeout=TIMEOUT_S)
-    assert failed.returncode != 0 and "injected failure at step 6" in failed.stdout + failed.stderr
-    resumed = run_job(["ray_jobs/vqvae.py", *_s3_args(s3, root, tmp_path / "machine_b"), *PIPELINE_ARGS, *kill],
+    training_args = [*PIPELINE_ARGS, "vq.train.workers=1", "vq.train.name=killed", "vq.train.epochs=3",
+                     "vq.train.checkpoint_every=5", "vq.train.max_failures=0"]
+    first = subprocess.Popen([sys.executable, "ray_jobs/vqvae.py", *_s3_args(s3, root, tmp_path / "machine_a"),
+                              *training_args], cwd=ROOT, env=ray_head.job_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while _recorded_checkpoint_step(fs, path) is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.poll() is None, "training ended before a checkpoint was recorded: " + first.communicate()[0][-2000:]
+        first.send_signal(signal.SIGKILL)  # the driver: its Ray Train controller and workers die with the job
+        first.communicate(timeout=60)
+    finally:
+        first.kill()
+    killed_at = _recorded_checkpoint_step(fs, path)
+    assert killed_at is not None and killed_at >= 5, killed_at
+    assert not list((tmp_path / "machine_a").rglob("checkpoint_*"))  # on the root, not in that machine's cache
+    resumed = run_job(["ray_jobs/vqvae.py", *_s3_args(s3, root, tmp_path / "machine_b"), *training_args],
                       ray_head.job_env(), timeout=TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     training = json.loads(read("vqvae/summary.json"))["training"]
-    assert training["resumed_from_steps"] and training["resumed_from_steps"][0] in (3, 6), training
-    assert training["steps"] >= 10
+    assert training["resumed_from_steps"] == [killed_at], training
+    assert training["epochs"] == 3 and training["steps"] > killed_at, training
     walls["kill_resume"] = time.perf_counter() - t0
     print("wall s: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
 
 
-def test_serve_policy_job(ray_head, local_run):
-    """serve_policy.py on a finished run (the stage jobs' reference run). simulate.py's job (every agent
+def _recorded_checkpoint_step(fs, path: str) -> int | None:
+    """The step of the latest checkpoint in Ray Train's record on the root (a checkpoint folder counts once
+    it is listed there: one uploaded but not yet recorded when the job dies is not resumed from)."""
+    found = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{path}/checkpoints/vqvae", recursive=True,
+                                                                allow_not_found=True))
+             if i.path.endswith("checkpoint_manager_snapshot.json")]
+    if not found:
+        return None
+    with fs.open_input_stream(sorted(found)[0]) as fh:
+        latest = json.loads(fh.read())["latest_checkpoint_result"]
+    if not latest:
+        return None
+    metrics = latest["metrics"] if isinstance(latest["metrics"], dict) else json.loads(latest["metrics"])
+    return int(metrics["step"])
+
+
+def test_serve_policy_job(ray_head, smoke_run):
+    """serve_policy.py on a finished run (the session's clean smoke run). simulate.py's job (every agent
     exactly once, through the Serve policy it deploys) is tests/sim/test_simulate_job.py, on the same head."""
-    run_dir, _ = local_run  # a finished run (the stage jobs' reference run) for the job to serve from
+    run_dir = smoke_run["run_dir"]
 
     port = free_port()
     done = submit(ray_head, ["ray_jobs/serve_policy.py", f"run_dir={run_dir}", "config=smoke", f"serve.port={port}"])
