@@ -19,7 +19,7 @@ OVERRIDES = [
     "progress=false", "persona.model.name_or_path=small", "persona.train.workers=0",
     "persona.model.small.vocab_size=600", "persona.model.small.hidden_size=64", "persona.model.small.layers=2",
     "persona.model.small.intermediate_size=128", "persona.model.small.pretrain.epochs=2",
-    "persona.model.small.pretrain.lr=5e-3", "persona.stage1.epochs=1", "persona.stage2.epochs=3",
+    "persona.model.small.pretrain.lr=5e-3", "persona.stage1.epochs=1", "persona.stage2.epochs=2",
     "persona.baselines=[none]", "persona.eval.rollouts_per_type=24", "traces.max_steps_per_session=20",
 ]
 
