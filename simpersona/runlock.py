@@ -13,8 +13,9 @@ to remove the file if that run is gone.
 s3://: object stores have no lock, and pyarrow has no conditional PUT, so the lease is best effort: an
 object with the holder and an expiry, renewed by a background thread every LEASE_RENEW_S; a lease not
 renewed for LEASE_TTL_S belongs to a run that is gone and is taken over, and so, at once, is a lease
-whose holder is a dead process of this host (a run killed here and started again here). After writing its lease a run
-reads it back once LEASE_SETTLE_S later, so of two runs starting together the one overwritten fails.
+whose holder is a dead process of this host (a run killed here and started again here). After writing
+its lease a run reads it back once LEASE_SETTLE_S later, so of two runs starting together the one
+overwritten fails.
 The lock is re-entrant within a process (the pipeline holds it while each of its stages takes it).
 """
 
@@ -141,11 +142,11 @@ def _dead_here(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
     try:
-        os.kill(holder["pid"], 0)
+        os.kill(holder["pid"], 0)  # signal 0: only asks whether the pid exists
     except ProcessLookupError:
         return True
-    except PermissionError:
-        return False
+    except PermissionError:  # it exists, as another user's process
+        pass
     return False
 
 
