@@ -234,6 +234,9 @@ class ServeConfig:
     history: int = 8  # last actions of the agent given to the prompt
     max_batch_size: int = 32  # @serve.batch: requests scored in one forward pass
     batch_wait_timeout_s: float = 0.01  # how long a partial batch waits for more requests
+    # a worker's gathered lists of requests on their way to the policy at once: one being scored
+    # while the next fills (1 = each list waits for the previous one's answers)
+    client_lists_in_flight: int = 2
     num_replicas: int = 1
     replica_cpus: float = 1.0
     torch_threads: int = 0  # 0 = replica_cpus rounded up

@@ -9,7 +9,8 @@ step samples the same action whatever the batch it was scored in, the replica or
 Three ways to use it, one code path:
   ActionPolicy            plain class: decide(list of requests) -> decisions (tests, in-process)
   PolicyDeployment        Ray Serve deployment around it with @serve.batch dynamic batching;
-                          actors call handle.decide.remote(request dict)
+                          actors call handle.decide_many.remote(list of request dicts)
+                          through HandlePolicyClient; handle.decide.remote(dict) for one
   HTTP                    POST the request JSON to the deployment's route (see serve/app.py)
 """
 
@@ -223,6 +224,13 @@ class PolicyServer:
         """Handle entry point for actors: a PolicyRequest as a dict -> a PolicyDecision as a dict."""
         return await self.decide_batch(self._request(request))
 
+    async def decide_many(self, bodies: list) -> list[dict]:
+        """Handle entry point for a client's gathered list (HandlePolicyClient): one decision per
+        request, in order; a bad request gets {"error": reason} and the others are still answered."""
+        checked = checked_requests(self.policy, bodies)
+        decided = iter(await asyncio.gather(*(self.decide_batch(r) for r in checked if isinstance(r, PolicyRequest))))
+        return [{"error": str(r)} if isinstance(r, ValueError) else next(decided) for r in checked]
+
     def stats(self) -> dict:
         sizes = self.batch_sizes
         return {"batches": len(sizes), "requests": sum(sizes), "mean_batch": sum(sizes) / max(1, len(sizes)),
@@ -243,62 +251,122 @@ class PolicyServer:
 PolicyDeployment = serve.deployment(PolicyServer, name="PolicyDeployment")
 
 
-class LocalPolicyClient:
-    """In-process policy for one event loop: gathers concurrent agents' requests into batches (the
-    same role @serve.batch plays in the deployment) and scores them in a worker thread."""
+class BatchingClient:
+    """Gathers the concurrent `await decide(dict)` calls of one event loop (a BrowserWorker's agents)
+    into lists of up to max_batch_size, waiting at most batch_wait_timeout_s for a list to fill, and
+    hands each list to `_decide_many` at once. One call per list, not per agent: the per-call cost of
+    the request path (a Serve handle's RPC, a thread hop) is paid once per list, so the policy's own
+    batches can fill."""
 
-    def __init__(self, policy, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01):
-        self.policy = policy
-        self.max_batch_size = max_batch_size
-        self.wait_s = batch_wait_timeout_s
+    def __init__(self, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01, lists_in_flight: int = 1):
+        if max_batch_size < 1 or lists_in_flight < 1:
+            raise ValueError(f"max_batch_size and lists_in_flight must be >= 1, got {max_batch_size}, {lists_in_flight}")
+        self.max_batch_size = int(max_batch_size)
+        self.wait_s = float(batch_wait_timeout_s)
+        self.lists_in_flight = int(lists_in_flight)
         self._queue: asyncio.Queue | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._task: asyncio.Task | None = None
+
+    async def _decide_many(self, requests: list[dict]) -> list[dict | Exception]:
+        raise NotImplementedError
 
     async def decide(self, request: dict) -> dict:
         if self._queue is None:
             self._queue = asyncio.Queue()
+            self._slots = asyncio.Semaphore(self.lists_in_flight)
             self._task = asyncio.get_running_loop().create_task(self._loop())
-        parsed = PolicyRequest.from_dict(request)
-        self.policy.check(parsed)
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((parsed, fut))
+        await self._queue.put((request, fut))
         return await fut
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # a list starts forming only when it can be sent: while every slot waits on its answers,
+            # requests queue up and the next list leaves fuller
+            await self._slots.acquire()
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.wait_s
+            deadline = loop.time() + self.wait_s
             while len(batch) < self.max_batch_size:
-                left = deadline - asyncio.get_running_loop().time()
+                try:  # whatever is queued already joins without waiting
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
                 if left <= 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), left))
                 except TimeoutError:
                     break
-            try:
-                decisions = await asyncio.to_thread(self.policy.decide, [r for r, _ in batch])
-                for (_, fut), d in zip(batch, decisions, strict=True):
-                    if not fut.done():
-                        fut.set_result(d.to_dict())
-            except Exception as exc:  # a failed batch fails its callers, not the loop
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            loop.create_task(self._answer(batch))
+
+    async def _answer(self, batch: list) -> None:
+        try:
+            results = await self._decide_many([r for r, _ in batch])
+        except Exception as exc:  # a failed list fails its callers, not the loop
+            results = [exc] * len(batch)
+        finally:
+            self._slots.release()
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
 
 
-class HandlePolicyClient:
-    """A Serve DeploymentHandle seen through the same `await decide(dict)` interface."""
+def checked_requests(policy, bodies: list) -> list[PolicyRequest | ValueError]:
+    """Each body parsed and checked on its own: a bad one becomes its ValueError, not the list's."""
+    out: list[PolicyRequest | ValueError] = []
+    for body in bodies:
+        try:
+            request = PolicyRequest.from_dict(body)
+            policy.check(request)
+            out.append(request)
+        except ValueError as exc:
+            out.append(exc)
+    return out
 
-    def __init__(self, handle):
+
+class LocalPolicyClient(BatchingClient):
+    """In-process policy (sim.policy=local): each gathered list is scored in a worker thread, the
+    role @serve.batch plays in the deployment; one list at a time, as the scorer's threads are the
+    worker's CPUs."""
+
+    def __init__(self, policy, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01):
+        super().__init__(max_batch_size, batch_wait_timeout_s, lists_in_flight=1)
+        self.policy = policy
+
+    async def _decide_many(self, requests: list[dict]) -> list[dict | Exception]:
+        checked = checked_requests(self.policy, requests)
+        valid = [r for r in checked if isinstance(r, PolicyRequest)]
+        decisions = iter(await asyncio.to_thread(self.policy.decide, valid) if valid else [])
+        return [r if isinstance(r, ValueError) else next(decisions).to_dict() for r in checked]
+
+
+class HandlePolicyClient(BatchingClient):
+    """The Serve deployment through a DeploymentHandle: one `decide_many` call per gathered list,
+    whose requests join the replica's @serve.batch batches. max_batch_size=1 sends one call per
+    request (the unbatched request path, kept as the benchmark's peer)."""
+
+    def __init__(self, handle, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01,
+                 lists_in_flight: int = 2):
+        super().__init__(max_batch_size, batch_wait_timeout_s, lists_in_flight)
         self.handle = handle
 
     async def decide(self, request: dict) -> dict:
-        return await self.handle.decide.remote(request)
+        if self.max_batch_size == 1:
+            return await self.handle.decide.remote(request)
+        return await super().decide(request)
 
-    def close(self) -> None:
-        pass
+    async def _decide_many(self, requests: list[dict]) -> list[dict | Exception]:
+        results = await self.handle.decide_many.remote(requests)
+        return [ValueError(r["error"]) if "error" in r else r for r in results]

@@ -302,12 +302,14 @@ def make_policy_client(policy_spec: dict):
     """Build the worker's policy from a picklable spec: a Serve handle, or an in-process policy."""
     from simpersona.serve.policy import HandlePolicyClient, LocalPolicyClient, make_policy
 
-    if policy_spec["kind"] == "serve":
-        return HandlePolicyClient(policy_spec["handle"])
-    import torch
     from omegaconf import OmegaConf
 
     serve_cfg = OmegaConf.create(policy_spec["serve"])
+    if policy_spec["kind"] == "serve":
+        return HandlePolicyClient(policy_spec["handle"], serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s,
+                                  serve_cfg.client_lists_in_flight)
+    import torch
+
     torch.set_num_threads(serve_cfg.torch_threads or 1)  # the worker's CPUs are Chromium's too
     policy = make_policy(serve_cfg, policy_spec.get("model_dir", ""), policy_spec["kind"])
     return LocalPolicyClient(policy, serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s)

@@ -76,7 +76,7 @@ def policy_for(cfg):
     if owned:
         handle = deploy(cfg, "lm")
     try:
-        yield {"kind": "serve", "handle": handle}
+        yield {"kind": "serve", "handle": handle, "serve": to_dict(cfg)["serve"]}
     finally:
         if owned:
             serve.delete(cfg.serve.app_name)

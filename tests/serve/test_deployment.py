@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import httpx
@@ -14,7 +15,7 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from simpersona.config import load
 from simpersona.pages.observation import allowed_actions, render
 from simpersona.serve.app import build_app, deploy
-from simpersona.serve.policy import ActionPolicy, PolicyRequest
+from simpersona.serve.policy import ActionPolicy, HandlePolicyClient, PolicyRequest
 from testkit.untrained_policy import build_untrained_model, random_pages
 
 pytestmark = pytest.mark.slow
@@ -45,18 +46,46 @@ def requests(n: int) -> list[PolicyRequest]:
             for i, p in enumerate(random_pages(n, seed=21))]
 
 
+async def through_the_agents_client(handle, bodies: list[dict], max_batch: int) -> list:
+    """What a BrowserWorker's agents do: concurrent decide() calls on one HandlePolicyClient."""
+    client = HandlePolicyClient(handle, max_batch, batch_wait_timeout_s=0.05)
+    try:
+        return await asyncio.gather(*(client.decide(b) for b in bodies), return_exceptions=True)
+    finally:
+        client.close()
+
+
 def test_handle_requests_are_batched_and_match_the_in_process_policy(served):
     cfg, handle = served
     reqs = requests(48)
+    local = ActionPolicy.from_config(cfg.serve, f"{cfg.run_dir}/finetune/model").decide(reqs)
+
     handle.reset_stats.remote().result()
-    responses = [handle.decide.remote(r.to_dict()) for r in reqs]  # all in flight at once
-    got = [r.result(timeout_s=120) for r in responses]
+    responses = [handle.decide.remote(r.to_dict()) for r in reqs]  # one call each, all in flight at once
+    per_call = [r.result(timeout_s=120) for r in responses]
     stats = handle.stats.remote().result()
     assert stats["requests"] == 48 and stats["max_batch"] > 1 and stats["policy"] == "lm"
-    local = ActionPolicy.from_config(cfg.serve, f"{cfg.run_dir}/finetune/model").decide(reqs)
-    for r, g, ref in zip(reqs, got, local, strict=True):
-        assert g["action"] in r.allowed and g["action"] == ref.action  # same draw whatever the batch
-        np.testing.assert_allclose(g["logprobs"], ref.logprobs, atol=1e-4)
+
+    handle.reset_stats.remote().result()
+    listed = asyncio.run(through_the_agents_client(handle, [r.to_dict() for r in reqs], max_batch=16))
+    stats = handle.stats.remote().result()
+    # three lists of 16: the replica's batches are the lists, not what the RPCs happened to overlap
+    assert stats["requests"] == 48 and stats["batches"] <= 4
+    for r, a, b, ref in zip(reqs, per_call, listed, local, strict=True):
+        assert a["action"] == b["action"] == ref.action and ref.action in r.allowed  # same draw whatever the batch
+        np.testing.assert_allclose(a["logprobs"], ref.logprobs, atol=1e-4)
+        np.testing.assert_allclose(b["logprobs"], ref.logprobs, atol=1e-4)
+
+
+def test_a_bad_request_in_a_list_fails_only_its_caller(served):
+    _, handle = served
+    good = [r.to_dict() for r in requests(3)]
+    bodies = [good[0], {**good[1], "persona": 99}, good[2], {"observation": "page: home", "allowed": []}]
+    got = asyncio.run(through_the_agents_client(handle, bodies, max_batch=8))
+    assert got[0]["action"] in good[0]["allowed"] and got[2]["action"] in good[2]["allowed"]
+    assert isinstance(got[1], ValueError) and str(got[1]) == "persona 99 out of range: the model has 4 persona tokens"
+    assert isinstance(got[3], ValueError)
+    assert str(got[3]) == "policy request needs `allowed`: a non-empty list of action strings"
 
 
 def test_http_on_localhost(served):
