@@ -31,3 +31,37 @@ def test_a_percent_value_on_the_command_line_gets_a_one_line_hint_to_quote_it():
     assert str(err.value) == ("data.ts_format=%m%d: a value starting with '%' must be quoted for YAML, "
                               "e.g. data.ts_format='\"%m%d\"' (the outer quotes are for the shell)")
     assert load("preprocess", ['data.ts_format="%m%d"']).data.ts_format == "%m%d"
+
+
+def _leaves(node, path=()):
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
+
+
+def _at(node, path):
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return KeyError
+        node = node[key]
+    return node
+
+
+def test_no_yaml_repeats_a_schema_default():
+    """A default lives in the schema only. A YAML may restate one only to undo another YAML's value
+    (config=planted sets sessions.day_resolution back to false over preprocess.yaml's true)."""
+    from simpersona.config import CONFIG_DIR, Config
+
+    schema = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    files = {p.name: OmegaConf.to_container(OmegaConf.load(p), resolve=False) or {}
+             for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+    repeated = []
+    for name, tree in files.items():
+        for path, value in _leaves(tree):
+            default = _at(schema, path)
+            undoes = any(_at(other, path) not in (KeyError, value) for o, other in files.items() if o != name)
+            if default is not KeyError and default == value and not undoes:
+                repeated.append(f"{name}: {'.'.join(path)}")
+    assert repeated == []
