@@ -28,8 +28,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from simpersona.data import io
-from simpersona.runtime import replace_durably
+from simpersona import storage
+from simpersona.storage import replace_durably
 
 SECRET_KEYS = ("secret", "password", "token", "access_key", "credential", "api_key")
 REDACTED = "***"
@@ -108,7 +108,7 @@ def package_versions() -> dict[str, str]:
 def content_hash(uri: str, s3cfg=None) -> tuple[int, str] | None:
     """(size, sha256 prefix) of one file, local or s3://: the whole file up to FULL_HASH_MAX_BYTES, else
     the size with its first and last SAMPLE_BYTES. None when the file does not exist."""
-    fs, path = io.resolve(uri, s3cfg)
+    fs, path = storage.resolve(uri, s3cfg)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         return None
@@ -155,7 +155,7 @@ def build(stage: str, config_sections: dict[str, Any], inputs: dict[str, str],
 
 def path(stage_dir: str | Path) -> str:
     """The manifest's path or URI in a stage folder (local or s3://)."""
-    return io.join_uri(str(stage_dir), "manifest.json")
+    return storage.join_uri(str(stage_dir), "manifest.json")
 
 
 def dumps(manifest: dict[str, Any]) -> str:
@@ -165,8 +165,8 @@ def dumps(manifest: dict[str, Any]) -> str:
 def write(stage_dir: str | Path, manifest: dict[str, Any], s3cfg=None) -> None:
     """Write the manifest atomically: the stage counts as finished only once this returns."""
     target = path(stage_dir)
-    if io.is_s3(target):  # an S3 PUT is atomic: the object appears whole on close, or not at all
-        with io.open_output_stream(target, s3cfg) as fh:
+    if storage.is_s3(target):  # an S3 PUT is atomic: the object appears whole on close, or not at all
+        with storage.open_output_stream(target, s3cfg) as fh:
             fh.write(dumps(manifest).encode())
         return
     local = Path(target)
@@ -178,7 +178,7 @@ def write(stage_dir: str | Path, manifest: dict[str, Any], s3cfg=None) -> None:
 
 def read_text(stage_dir: str | Path, s3cfg=None) -> str | None:
     """The stored manifest's text, None when there is none."""
-    fs, p = io.resolve(path(stage_dir), s3cfg)
+    fs, p = storage.resolve(path(stage_dir), s3cfg)
     try:
         with fs.open_input_stream(p) as fh:
             return fh.read().decode()
@@ -198,7 +198,7 @@ def read(stage_dir: str | Path, s3cfg=None) -> dict[str, Any] | None:
 
 def remove(stage_dir: str | Path, s3cfg=None) -> None:
     """Mark a stage unfinished (before it is run again in place)."""
-    fs, p = io.resolve(path(stage_dir), s3cfg)
+    fs, p = storage.resolve(path(stage_dir), s3cfg)
     if fs.get_file_info(p).type == pafs.FileType.File:
         fs.delete_file(p)
 

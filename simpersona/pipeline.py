@@ -13,10 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from simpersona import manifest
-from simpersona.data import io
-from simpersona.runtime import init_ray, write_json
+from simpersona import manifest, storage
+from simpersona.runtime import init_ray
 from simpersona.stages import STAGES, is_remote, run_lock, run_stage, stage_uri, storage_root
+from simpersona.storage import write_json
 
 DEFAULT_STAGES = ["preprocess", "vqvae", "assign", "finetune", "evaluate", "whatif", "report"]
 RAY_START_ATTEMPTS = 5  # a local Ray gives its raylet a fixed 30 s to register; a busy box can miss that
@@ -65,7 +65,7 @@ def _run_pipeline(cfg: DictConfig) -> dict:
     result = {"stages": timings, "wall_s": round(time.time() - start, 1), "report": report_location(cfg),
               "config": manifest.redact(OmegaConf.to_container(cfg, resolve=True)),
               "git_revision": manifest.git_revision(), "packages": manifest.package_versions()}
-    write_json(io.join_uri(storage_root(cfg), "pipeline.json") if is_remote(cfg)
+    write_json(storage.join_uri(storage_root(cfg), "pipeline.json") if is_remote(cfg)
                else str(Path(cfg.run_dir) / "pipeline.json"), result, cfg.data.s3)
     return result
 

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from simpersona.data import io
+from simpersona import storage
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def hold(root: str, s3cfg=None) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    release = _hold_s3(key, s3cfg) if io.is_s3(key) else _hold_local(Path(key))
+    release = _hold_s3(key, s3cfg) if storage.is_s3(key) else _hold_local(Path(key))
     _held[key] = 1
     try:
         yield
@@ -123,7 +123,7 @@ def _parse(data: bytes) -> dict:
 
 
 def _read_lease(uri: str, s3cfg) -> dict:
-    fs, path = io.resolve(uri, s3cfg)
+    fs, path = storage.resolve(uri, s3cfg)
     try:
         with fs.open_input_stream(path) as fh:
             return _parse(fh.read())
@@ -132,7 +132,7 @@ def _read_lease(uri: str, s3cfg) -> dict:
 
 
 def _write_lease(uri: str, lease: dict, s3cfg) -> None:
-    with io.open_output_stream(uri, s3cfg) as fh:
+    with storage.open_output_stream(uri, s3cfg) as fh:
         fh.write(json.dumps(lease).encode())
 
 
@@ -151,7 +151,7 @@ def _dead_here(holder: dict) -> bool:
 
 
 def _hold_s3(root: str, s3cfg):
-    uri = io.join_uri(root, LOCK_NAME)
+    uri = storage.join_uri(root, LOCK_NAME)
     holder = _read_lease(uri, s3cfg)
     if holder and float(holder.get("expires", 0)) > time.time() and not _dead_here(holder):
         raise _busy(root, holder, uri, f" (or for its lease to expire, {LEASE_TTL_S:g} s after its last renewal)")
@@ -180,7 +180,7 @@ def _hold_s3(root: str, s3cfg):
         stop.set()
         thread.join()
         if _read_lease(uri, s3cfg).get("run_id") == mine["run_id"]:
-            fs, path = io.resolve(uri, s3cfg)
+            fs, path = storage.resolve(uri, s3cfg)
             fs.delete_file(path)
 
     return release

@@ -42,9 +42,9 @@ from typing import Any, Callable
 import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 
-from simpersona import manifest, runlock
+from simpersona import manifest, runlock, storage
 from simpersona.data import io
-from simpersona.runtime import replace_durably, write_summary
+from simpersona.storage import replace_durably, write_summary
 
 PARTIAL = "partial"  # DIR/.<stage>.partial-<id>: a run in progress (or killed)
 PREVIOUS = "old"  # DIR/.<stage>.old-<id>: the previous output, moved aside while the stage runs
@@ -101,7 +101,7 @@ def storage_root(cfg: DictConfig) -> str:
 
 
 def is_remote(cfg: DictConfig) -> bool:
-    return io.is_s3(storage_root(cfg))
+    return storage.is_s3(storage_root(cfg))
 
 
 def stage_dir(cfg: DictConfig, name: str) -> Path:
@@ -111,7 +111,7 @@ def stage_dir(cfg: DictConfig, name: str) -> Path:
 
 def stage_uri(cfg: DictConfig, name: str) -> str:
     """Where the stage's finished output and manifest live: ROOT/<name>, local or s3://."""
-    return io.join_uri(storage_root(cfg), name) if is_remote(cfg) else str(stage_dir(cfg, name))
+    return storage.join_uri(storage_root(cfg), name) if is_remote(cfg) else str(stage_dir(cfg, name))
 
 
 def mirror_dir(cfg: DictConfig) -> Path:
@@ -124,7 +124,7 @@ def mirror_dir(cfg: DictConfig) -> Path:
 def run_lock(cfg: DictConfig) -> contextlib.AbstractContextManager:
     """The lock of the folder a run works in (its storage root when remote, else run_dir), taken after a
     bad run_dir/storage_path has stopped in one line; re-entrant, so the pipeline holds it across stages."""
-    io.check_storage_root(storage_root(cfg), cfg.data.s3)
+    storage.check_storage_root(storage_root(cfg), cfg.data.s3)
     return runlock.hold(storage_root(cfg) if is_remote(cfg) else str(cfg.run_dir), cfg.data.s3)
 
 
@@ -184,7 +184,7 @@ def _run_stage(stage: Stage, cfg: DictConfig, force: bool, before_run: Callable[
         recover_interrupted(Path(out))
     m = stage_manifest(cfg, stage)
     if not force and manifest.is_current(out, m, cfg.data.s3):
-        summary = _read_json(io.join_uri(out, "summary.json"), cfg.data.s3)
+        summary = _read_json(storage.join_uri(out, "summary.json"), cfg.data.s3)
         print(f"[{name}] up to date, skipped ({out})", flush=True)
         return {**summary, "skipped": True}
     function = resolve_function(stage.function)
@@ -203,7 +203,7 @@ def _run_stage(stage: Stage, cfg: DictConfig, force: bool, before_run: Callable[
 
 
 def _read_json(uri: str, s3cfg=None) -> dict:
-    fs, path = io.resolve(uri, s3cfg)
+    fs, path = storage.resolve(uri, s3cfg)
     try:
         with fs.open_input_stream(path) as fh:
             return json.loads(fh.read())
@@ -237,10 +237,10 @@ def _run_remote(stage: Stage, cfg: DictConfig, run: Callable[[DictConfig], dict]
     out = mirror / stage.name
     recover_interrupted(out)
     summary = _run_atomically(out, lambda: run(local))
-    upload(out, remote, s3)
+    storage.upload(out, remote, s3)
     for side in stage.side:
         if (mirror / side).is_dir():
-            upload(mirror / side, io.join_uri(storage_root(cfg), side), s3, replace=False)
+            storage.upload(mirror / side, storage.join_uri(storage_root(cfg), side), s3, replace=False)
     return summary
 
 
@@ -270,26 +270,13 @@ def mirrored(cfg: DictConfig, reads: tuple[str, ...] = (), writes: tuple[str, ..
     yield local
     for folder in writes:
         if (mirror / folder).is_dir():
-            upload(mirror / folder, io.join_uri(storage_root(cfg), folder), cfg.data.s3, replace=False)
+            storage.upload(mirror / folder, storage.join_uri(storage_root(cfg), folder), cfg.data.s3, replace=False)
 
 
 def upstream_closure_of(names: tuple[str, ...]) -> list[str]:
     wanted = set(names) | {up for n in names for up in upstream_closure(n)}
     return [s for s in STAGES if s in wanted]
 
-
-def _copy(src: str, src_fs: pafs.FileSystem, dst: str, dst_fs: pafs.FileSystem) -> None:
-    if src_fs.get_file_info(src).type == pafs.FileType.Directory:
-        dst_fs.create_dir(dst, recursive=True)  # copy_files makes sub-folders, not the top one
-        pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
-
-
-def upload(folder: Path, uri: str, s3cfg=None, replace: bool = True) -> None:
-    """Copy a local folder to `uri`; with `replace`, what was there before goes first (no stale files)."""
-    fs, path = io.resolve(uri, s3cfg)
-    if replace:
-        fs.delete_dir_contents(path, missing_dir_ok=True)
-    _copy(str(folder), pafs.LocalFileSystem(), path, fs)
 
 
 def fetch(cfg: DictConfig, name: str, mirror: Path) -> None:
@@ -305,9 +292,9 @@ def fetch(cfg: DictConfig, name: str, mirror: Path) -> None:
         return
     mirror.mkdir(parents=True, exist_ok=True)
     tmp = mirror / f".{name}.{FETCHING}-{uuid.uuid4().hex[:8]}"
-    fs, path = io.resolve(remote, s3)
+    fs, path = storage.resolve(remote, s3)
     try:
-        _copy(path, fs, str(tmp), pafs.LocalFileSystem())
+        storage.copy_tree(path, fs, str(tmp), pafs.LocalFileSystem())
         if manifest.read_text(tmp) != text:  # re-run remotely while we copied: never mix two runs
             raise RuntimeError(f"stage output {remote} changed while it was being fetched; run again")
     except BaseException:

@@ -25,8 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from simpersona import manifest
-from simpersona.data import io
+from simpersona import manifest, storage
 from simpersona.data.features import as_fixed_binary
 from simpersona.data.schema import EVENTS
 from simpersona.vq.features import FeatureSpec, features_uri, spec_uri
@@ -274,15 +273,15 @@ def write_planted_features(run_dir: str, histories: int, n_types: int = 8, merch
             "label_depth": pa.array(cols["label_depth"], pa.float32()),
             "planted_type": pa.array(types.astype(np.int32), pa.int32()),
         })
-        fs, path = io.resolve(io.join_uri(out, f"part-{k:05d}.parquet"))
+        fs, path = storage.resolve(storage.join_uri(out, f"part-{k:05d}.parquet"))
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(table, path, filesystem=fs)
     spec = FeatureSpec(seq_len, price_buckets, gap_buckets, AGG_NAMES, tuple(map(float, mean)),
                        tuple(map(float, std)), EVENTS, "buyer_merchant")
-    with io.open_output_stream(spec_uri(run_dir)) as fh:
+    with storage.open_output_stream(spec_uri(run_dir)) as fh:
         fh.write(json.dumps({**spec.to_dict(), "planted_type_names": list(tables.names)}, indent=2).encode())
-    if not io.is_s3(run_dir):  # a finished preprocess stage, as far as the stage runner can tell
+    if not storage.is_s3(run_dir):  # a finished preprocess stage, as far as the stage runner can tell
         params = {"histories": histories, "n_types": n_types, "merchants": merchants, "seq_len": seq_len,
                   "price_buckets": price_buckets, "gap_buckets": gap_buckets, "mix": mix, "seed": seed}
-        manifest.write(io.join_uri(run_dir, "preprocess"), manifest.build("preprocess", {"planted_fixture": params}, {}))
+        manifest.write(storage.join_uri(run_dir, "preprocess"), manifest.build("preprocess", {"planted_fixture": params}, {}))
     return spec

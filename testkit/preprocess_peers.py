@@ -19,8 +19,8 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from simpersona import storage
 from simpersona.data import features as F
-from simpersona.data import io
 from simpersona.data import traces as T
 from simpersona.data.schema import EVENTS
 from simpersona.data.sessions import sessionize
@@ -43,14 +43,15 @@ from simpersona.data.transform import (
 
 def run_reference(cfg, out: str) -> dict:
     """Preprocess `cfg.data.input` in this process; write DIR-style artifacts under `out`."""
-    from simpersona.runtime import Stopwatch, write_json
+    from simpersona.runtime import Stopwatch
+    from simpersona.storage import write_json
 
     check_config(cfg)
     sw = Stopwatch()
     uris = output_uris(out)
     data_cfg = cfg.data
     with sw.lap("read"):
-        quarantine = io.join_uri(uris["quarantine"], "part-00000.parquet")
+        quarantine = storage.join_uri(uris["quarantine"], "part-00000.parquet")
         table, report = read_events(data_cfg, quarantine, cfg.progress)
         events = pl.from_arrow(table)
         planted = read_planted(resolve_planted(cfg), data_cfg.s3)
@@ -60,10 +61,10 @@ def run_reference(cfg, out: str) -> dict:
         totals = combine_stats([block_stats(result.raw)])
         feats = finish_features(result.raw, totals["mean"], totals["std"], cfg.features.seq_len)
     with sw.lap("write"):
-        io.write_parquet(result.events, io.join_uri(uris["events"], "part-00000.parquet"), data_cfg.s3)
-        io.write_parquet(feats, io.join_uri(uris["features"], "part-00000.parquet"), data_cfg.s3,
+        storage.write_parquet(result.events, storage.join_uri(uris["events"], "part-00000.parquet"), data_cfg.s3)
+        storage.write_parquet(feats, storage.join_uri(uris["features"], "part-00000.parquet"), data_cfg.s3,
                          use_dictionary=["history_id", "buyer_id", "merchant_id"])
-        io.write_parquet(result.traces, io.join_uri(uris["traces"], "part-00000.parquet"), data_cfg.s3)
+        storage.write_parquet(result.traces, storage.join_uri(uris["traces"], "part-00000.parquet"), data_cfg.s3)
         spec = F.feature_spec(ctx.section("features"), ctx.unit, totals["mean"], totals["std"])
         write_json(uris["feature_spec"], spec, data_cfg.s3)
         write_storefront(uris["storefront"], ctx.store, ctx.catalogs, data_cfg.s3)

@@ -1,7 +1,7 @@
-"""Where the bytes live: URIs → filesystems, input listing, streaming CSV/Parquet/JSON-lines readers, writers.
+"""Reading inputs: listing files under a path, glob or s3:// prefix, and streaming CSV/Parquet/JSON-lines
+readers (URIs, filesystems and writers are simpersona/storage.py's).
 
-Every stage reads and writes through here, so that a local path and an `s3://bucket/key` URI behave
-the same. Readers stream: they yield Arrow tables of bounded size per file, so memory does not grow
+Readers stream: they yield Arrow tables of bounded size per file, so memory does not grow
 with the input. CSV columns are read as strings (adapters parse them), so that a bad value becomes a
 quarantined row instead of a failed type inference. JSON lines (one object per line, as BigQuery and
 Segment export them) are read with the adapter's schema of the fields it maps, other fields ignored.
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import codecs
 import csv
-import functools
 import io
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -29,123 +27,23 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from simpersona.config import S3Config
+from simpersona.data.errors import (  # noqa: F401  (the error family is re-exported: `except io.DataError`)
+    CorruptFileError,
+    DataError,
+    EmptyInputError,
+    EncodingError,
+    InputFormatError,
+    InputNotFoundError,
+    UnsupportedInputError,
+    first_line,
+)
+from simpersona.storage import file_info, resolve, to_uri
 
 SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet",
                                   ".json": "json", ".jsonl": "json", ".ndjson": "json", ".json.gz": "json",
                                   ".jsonl.gz": "json"}
 FORMATS: tuple[str, ...] = ("csv", "parquet", "json")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Errors: one family, so a caller can catch every input problem with `except DataError`.
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message is one line naming the file and the problem."""
-
-
-class InputNotFoundError(DataError):
-    pass
-
-
-class UnsupportedInputError(DataError):
-    """Unsupported URI scheme, file format or configuration of the reader."""
-
-
-class InputFormatError(DataError):
-    """The file parses, but not into the expected columns (missing columns, wrong delimiter)."""
-
-
-class EncodingError(DataError):
-    pass
-
-
-class CorruptFileError(DataError):
-    """Truncated or otherwise unreadable file."""
-
-
-class EmptyInputError(DataError):
-    pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-# ---------------------------------------------------------------------------------------------------
-# URIs and filesystems
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def s3_filesystem(s3cfg: S3Config | None = None) -> pafs.S3FileSystem:
-    """An S3FileSystem from S3Config, each empty field falling back to the standard AWS environment."""
-    s3cfg = s3cfg or S3Config()
-    env = os.environ
-    endpoint = s3cfg.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
-    region = s3cfg.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
-    if bool(s3cfg.access_key) != bool(s3cfg.secret_key):
-        raise UnsupportedInputError("data.s3: set both access_key and secret_key, or neither")
-    return _s3_filesystem(
-        endpoint, region, s3cfg.access_key, s3cfg.secret_key, s3cfg.session_token, bool(s3cfg.allow_http)
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _s3_filesystem(
-    endpoint: str, region: str, access_key: str, secret_key: str, session_token: str, allow_http: bool
-) -> pafs.S3FileSystem:
-    # One client per distinct setting: every file of a run reuses its connections.
-    kwargs: dict = {"region": region or None}
-    if endpoint:
-        # "http://host:port" names its scheme; a bare "host:port" is https unless allow_http.
-        if "://" in endpoint:
-            parsed = urlparse(endpoint)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise UnsupportedInputError(f"S3 endpoint {endpoint!r}: expected http(s)://host[:port]")
-            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-        else:
-            kwargs.update(endpoint_override=endpoint, scheme="http" if allow_http else "https")
-    elif allow_http:
-        kwargs["scheme"] = "http"
-    # Explicit keys win; otherwise pyarrow walks the AWS chain (env vars, ~/.aws, instance role).
-    if access_key:
-        kwargs.update(access_key=access_key, secret_key=secret_key, session_token=session_token or None)
-    return pafs.S3FileSystem(**kwargs)
-
-
-def resolve(uri: str, s3cfg: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path, a file:// URI or an s3://bucket/key URI."""
-    uri = str(uri).strip()
-    if not uri:
-        raise UnsupportedInputError("empty path: set data.input to a file, folder, glob or s3:// URI")
-    if is_s3(uri):
-        path = uri[len("s3://") :].strip("/")
-        if not path:
-            raise UnsupportedInputError(f"no bucket in {uri!r}: expected s3://bucket/key")
-        return s3_filesystem(s3cfg), path
-    scheme = urlparse(uri).scheme
-    if scheme == "file":
-        uri = urlparse(uri).path
-    elif "://" in uri:
-        raise UnsupportedInputError(
-            f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://"
-        )
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-
-
-def to_uri(fs: pafs.FileSystem, path: str) -> str:
-    """The URI a user would write for `path` on `fs` (used in messages and the quarantine `source`)."""
-    return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """`base/part/...` for local paths and s3:// URIs alike."""
-    return "/".join([str(base).rstrip("/")] + [p.strip("/") for p in parts])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,28 +111,8 @@ def _hidden(path: str) -> bool:
     return os.path.basename(path).startswith((".", "_"))
 
 
-def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
-    try:
-        return fs.get_file_info(path)
-    except OSError as exc:  # S3: no such bucket, access denied, endpoint unreachable
-        raise InputNotFoundError(f"cannot access {uri}: {_first_line(exc)}") from None
 
 
-def check_storage_root(uri: str, s3cfg: S3Config | None = None, what: str = "storage_path") -> None:
-    """Fail in one line, before any work, when a run's outputs cannot go to `uri` (a local folder or
-    s3://bucket/prefix): an unknown scheme, an S3 bucket that does not exist, a local file in the way."""
-    if not str(uri).strip():
-        raise UnsupportedInputError(f"{what} is empty: set run_dir (or storage_path) to a folder or s3://bucket/prefix")
-    try:
-        fs, path = resolve(uri, s3cfg)
-    except UnsupportedInputError as exc:
-        raise UnsupportedInputError(f"{what}: {exc}") from None
-    if isinstance(fs, pafs.S3FileSystem):
-        bucket = path.split("/", 1)[0]
-        if _file_info(fs, bucket, f"s3://{bucket}").type == pafs.FileType.NotFound:
-            raise InputNotFoundError(f"{what}={uri}: no bucket {bucket!r} at the S3 endpoint (create it first)")
-    elif fs.get_file_info(path).type == pafs.FileType.File:
-        raise UnsupportedInputError(f"{what}={uri} is a file: expected a folder")
 
 
 def list_inputs(uri: str, s3cfg: S3Config | None = None, fmt: str = "auto") -> Listing:
@@ -246,14 +124,14 @@ def list_inputs(uri: str, s3cfg: S3Config | None = None, fmt: str = "auto") -> L
         first = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
         base = "/".join(parts[:first]) or "/"
         regex = _glob_regex(path)
-        if _file_info(fs, base, to(base)).type != pafs.FileType.Directory:
+        if file_info(fs, base, to(base)).type != pafs.FileType.Directory:
             raise InputNotFoundError(f"input not found: {uri} (no folder {to(base)})")
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
         infos = [i for i in infos if i.type == pafs.FileType.File and regex.match(i.path)]
         if not infos:
             raise InputNotFoundError(f"input not found: {uri} (the pattern matches no files)")
     else:
-        info = _file_info(fs, path, uri)
+        info = file_info(fs, path, uri)
         if info.type == pafs.FileType.NotFound:
             raise InputNotFoundError(f"input not found: {uri}")
         if info.type == pafs.FileType.File:
@@ -316,7 +194,7 @@ def _read_header(fs: pafs.FileSystem, path: str, uri: str, opts: CsvOptions) -> 
                     break
                 raw += chunk
     except OSError as exc:
-        raise CorruptFileError(f"cannot read {uri}: {_first_line(exc)}") from None
+        raise CorruptFileError(f"cannot read {uri}: {first_line(exc)}") from None
     if not raw.strip():
         return None
     if opts.column_names:
@@ -388,7 +266,7 @@ def iter_csv(
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         if stop:
             raise stop[0] from None
-        msg = _first_line(exc)
+        msg = first_line(exc)
         if "UTF8" in msg or isinstance(exc, UnicodeDecodeError):
             raise EncodingError(
                 f"{uri}: bytes that are not valid {opts.encoding} after the first {rows:,} rows ({msg}); "
@@ -403,7 +281,7 @@ def parquet_file(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
         return pq.ParquetFile(fs.open_input_file(path))
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorruptFileError(
-            f"cannot read Parquet {uri}: truncated or not a Parquet file ({_first_line(exc)})"
+            f"cannot read Parquet {uri}: truncated or not a Parquet file ({first_line(exc)})"
         ) from None
 
 
@@ -417,7 +295,7 @@ def iter_parquet(fs: pafs.FileSystem, path: str, batch_rows: int) -> Iterator[pa
             rows += batch.num_rows
             yield pa.Table.from_batches([batch])
     except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptFileError(f"cannot read Parquet {uri} after {rows:,} rows: {_first_line(exc)}") from None
+        raise CorruptFileError(f"cannot read Parquet {uri} after {rows:,} rows: {first_line(exc)}") from None
 
 
 def iter_json(fs: pafs.FileSystem, path: str, block_bytes: int, schema: pa.Schema | None = None) -> Iterator[pa.Table]:
@@ -436,7 +314,7 @@ def iter_json(fs: pafs.FileSystem, path: str, block_bytes: int, schema: pa.Schem
     except (pa.ArrowInvalid, OSError) as exc:
         if rows == 0 and "Empty JSON" in str(exc):
             return
-        raise CorruptFileError(f"cannot read JSON lines {uri} after {rows:,} rows: {_first_line(exc)}") from None
+        raise CorruptFileError(f"cannot read JSON lines {uri} after {rows:,} rows: {first_line(exc)}") from None
 
 
 def read_schema(file: InputFile, s3cfg: S3Config | None = None, opts: CsvOptions | None = None) -> list[str]:
@@ -454,32 +332,6 @@ def read_schema(file: InputFile, s3cfg: S3Config | None = None, opts: CsvOptions
 # Writers
 
 
-def _make_parent(fs: pafs.FileSystem, path: str) -> None:
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(os.path.dirname(path), recursive=True)
-
-
-def open_output_stream(uri: str, s3cfg: S3Config | None = None) -> pa.NativeFile:
-    """A writable stream at `uri` (local parents are created; on S3 the object appears on close)."""
-    fs, path = resolve(uri, s3cfg)
-    _make_parent(fs, path)
-    return fs.open_output_stream(path)
-
-
-def write_parquet(table: pa.Table, uri: str, s3cfg: S3Config | None = None, **kwargs) -> str:
-    """Write `table` as one Parquet file at `uri`; returns the uri."""
-    fs, path = resolve(uri, s3cfg)
-    _make_parent(fs, path)
-    pq.write_table(table, path, filesystem=fs, **kwargs)
-    return uri
-
-
-def parquet_writer(uri: str, schema: pa.Schema, s3cfg: S3Config | None = None) -> pq.ParquetWriter:
-    """An incremental ParquetWriter at `uri` (call .write_table per chunk, .close at the end)."""
-    fs, path = resolve(uri, s3cfg)
-    _make_parent(fs, path)
-    return pq.ParquetWriter(path, schema, filesystem=fs)
-
 
 def read_parquet(uri: str, s3cfg: S3Config | None = None, columns: list[str] | None = None) -> pa.Table:
     """A whole Parquet file or folder of Parquet files (for artifacts small enough to hold)."""
@@ -494,5 +346,5 @@ def read_parquet(uri: str, s3cfg: S3Config | None = None, columns: list[str] | N
         try:
             tables.append(pf.read(columns=columns, use_threads=False))
         except (pa.ArrowInvalid, OSError) as exc:
-            raise CorruptFileError(f"cannot read Parquet {file.uri}: {_first_line(exc)}") from None
+            raise CorruptFileError(f"cannot read Parquet {file.uri}: {first_line(exc)}") from None
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]

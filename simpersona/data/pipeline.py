@@ -45,6 +45,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from simpersona import storage
 from simpersona.data import features as F
 from simpersona.data import io
 from simpersona.data import traces as T
@@ -93,12 +94,12 @@ class PipelineConfigError(ValueError):
 
 
 def _write_parquet(ds, uri: str, s3cfg, **parquet_args) -> None:
-    fs, path = io.resolve(uri, s3cfg)
+    fs, path = storage.resolve(uri, s3cfg)
     ds.write_parquet(path, filesystem=fs, **parquet_args)
 
 
 def _read_small(uri: str, s3cfg) -> bytes:
-    fs, path = io.resolve(uri, s3cfg)
+    fs, path = storage.resolve(uri, s3cfg)
     with fs.open_input_stream(path) as f:
         return f.read()
 
@@ -107,9 +108,9 @@ def _listing(uri: str, s3cfg, suffix: str) -> list[str]:
     """Sorted files with `suffix` directly under folder `uri` (empty when the folder does not exist)."""
     import pyarrow.fs as pafs
 
-    fs, path = io.resolve(uri, s3cfg)
+    fs, path = storage.resolve(uri, s3cfg)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(io.to_uri(fs, i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    return sorted(storage.to_uri(fs, i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
 def _unwrap(exc: BaseException) -> BaseException | None:
@@ -161,7 +162,7 @@ def bucket_of(buyer_ids, buckets: int):
 
 
 def bucket_dir(scratch: dict, bucket: int) -> str:
-    return io.join_uri(scratch["buckets"], f"{bucket:05d}")
+    return storage.join_uri(scratch["buckets"], f"{bucket:05d}")
 
 
 class BucketWriter:
@@ -197,8 +198,8 @@ class BucketWriter:
             return
         writer = self.writers.get(b)
         if writer is None:
-            uri = io.join_uri(bucket_dir(self.scratch, b), f"part-{self.task:05d}.parquet")
-            writer = self.writers[b] = io.parquet_writer(uri, SHUFFLE_SCHEMA, self.s3cfg)
+            uri = storage.join_uri(bucket_dir(self.scratch, b), f"part-{self.task:05d}.parquet")
+            writer = self.writers[b] = storage.parquet_writer(uri, SHUFFLE_SCHEMA, self.s3cfg)
         writer.write_table(pa.concat_tables(tables))
 
     def close(self) -> None:
@@ -219,7 +220,7 @@ def _read_task(batch: pa.Table, data_cfg, quarantine_dir: str, scratch: dict, bu
     `buckets` > 0: the rows go to bucket files and the task yields one row of counts; else they are
     yielded. A file's side outputs (quarantine, report, merchant partials) are written before its last
     rows leave the task."""
-    from simpersona.runtime import write_json
+    from simpersona.storage import write_json
 
     for task, files_json in zip(batch.column("task").to_pylist(), batch.column("files").to_pylist()):
         writer = BucketWriter(scratch, task, buckets, flush_rows, data_cfg.s3) if buckets else None
@@ -236,13 +237,13 @@ def _read_task(batch: pa.Table, data_cfg, quarantine_dir: str, scratch: dict, bu
 
 def _read_item(item: dict, data_cfg, quarantine_dir: str, scratch: dict, write_json) -> Iterator[pa.Table]:
     if item["kind"] == "planted":
-        fs, path = io.resolve(item["uri"], data_cfg.s3)
+        fs, path = storage.resolve(item["uri"], data_cfg.s3)
         for table in io.iter_parquet(fs, path, data_cfg.parquet_batch_rows):
             yield _planted_as_shuffle_rows(table.select(list(PLANTED_COLUMNS)))
         return
     index, uri = item["index"], item["uri"]
     name = f"part-{index:05d}"
-    validator = Validator(data_cfg, io.join_uri(quarantine_dir, f"{name}.parquet"))
+    validator = Validator(data_cfg, storage.join_uri(quarantine_dir, f"{name}.parquet"))
     partials, held = [], None
     file = io.InputFile(uri, item["format"], item["size"])
     try:
@@ -257,8 +258,8 @@ def _read_item(item: dict, data_cfg, quarantine_dir: str, scratch: dict, write_j
         validator.close()
     validator.report.files.setdefault(uri, FileReport())
     merged = F.merge_partials(pl.concat(partials)) if partials else pl.DataFrame(schema=F.PARTIAL_SCHEMA)
-    io.write_parquet(merged.to_arrow(), io.join_uri(scratch["merchants"], f"{name}.parquet"), data_cfg.s3)
-    write_json(io.join_uri(scratch["reports"], f"{name}.json"), validator.report.to_dict(), data_cfg.s3)
+    storage.write_parquet(merged.to_arrow(), storage.join_uri(scratch["merchants"], f"{name}.parquet"), data_cfg.s3)
+    write_json(storage.join_uri(scratch["reports"], f"{name}.json"), validator.report.to_dict(), data_cfg.s3)
     if held is not None:
         yield _as_shuffle_rows(held)
 
@@ -322,7 +323,7 @@ def block_name(raw: pa.Table) -> str:
 def _transform_rows(rows: pa.Table, ctx: TransformContext, shops: T.ShopCache, uris: dict, scratch: dict,
                     s3cfg) -> pa.Table:
     """Shuffle rows of whole buyers → their events, traces and statistics written; raw features returned."""
-    from simpersona.runtime import write_json
+    from simpersona.storage import write_json
 
     df = pl.from_arrow(rows)
     is_event = pl.col("event").is_not_null()
@@ -331,10 +332,10 @@ def _transform_rows(rows: pa.Table, ctx: TransformContext, shops: T.ShopCache, u
     result = transform(events, planted if planted.height else None, ctx, shops)
     if result.raw.num_rows:
         name = block_name(result.raw)
-        io.write_parquet(result.events, io.join_uri(uris["events"], f"{name}.parquet"), s3cfg)
+        storage.write_parquet(result.events, storage.join_uri(uris["events"], f"{name}.parquet"), s3cfg)
         if result.traces.num_rows:
-            io.write_parquet(result.traces, io.join_uri(uris["traces"], f"{name}.parquet"), s3cfg)
-        write_json(io.join_uri(scratch["stats"], f"{name}.json"), block_stats(result.raw), s3cfg)
+            storage.write_parquet(result.traces, storage.join_uri(uris["traces"], f"{name}.parquet"), s3cfg)
+        write_json(storage.join_uri(scratch["stats"], f"{name}.json"), block_stats(result.raw), s3cfg)
     return F.pack_raw(result.raw)
 
 
@@ -364,7 +365,7 @@ def estimated_rows(files, s3cfg) -> int:
     rows = 0
     for f in files:
         if f.format == "parquet":
-            fs, path = io.resolve(f.uri, s3cfg)
+            fs, path = storage.resolve(f.uri, s3cfg)
             try:
                 rows += io.parquet_file(fs, path).metadata.num_rows
             except io.CorruptFileError:  # set aside when it is read (validate.iter_readable); it is no rows
@@ -461,7 +462,8 @@ def run_pipeline(cfg, out: str) -> dict:
     from omegaconf import OmegaConf
     from ray.data import DataContext
 
-    from simpersona.runtime import Stopwatch, configure_ray_data, remove, write_json
+    from simpersona.runtime import Stopwatch, configure_ray_data
+    from simpersona.storage import remove, write_json
 
     check_config(cfg)
     if cfg.sessions.day_resolution and cfg.data.adapter not in DAY_RESOLUTION_ADAPTERS:
@@ -475,7 +477,7 @@ def run_pipeline(cfg, out: str) -> dict:
     data_cfg = OmegaConf.to_object(cfg.data)
     s3cfg = data_cfg.s3
     uris = output_uris(out)
-    scratch = {name: io.join_uri(out, f"_{name}") for name in SCRATCH}
+    scratch = {name: storage.join_uri(out, f"_{name}") for name in SCRATCH}
 
     with sw.lap("histories"):
         run = process_histories(cfg, data_cfg, uris, scratch)
@@ -517,8 +519,8 @@ def _keep_quarantine(exc: BadDataError, out: str, final: str, s3cfg) -> BadDataE
     needs: it moves to <final>.quarantine/ (beside any earlier, complete output) and the message says so."""
     import shutil
 
-    src, dst = io.join_uri(out, "quarantine"), f"{final}.quarantine"
-    if io.is_s3(out):
+    src, dst = storage.join_uri(out, "quarantine"), f"{final}.quarantine"
+    if storage.is_s3(out):
         return exc  # written in place on object stores: the message already names it
     shutil.rmtree(dst, ignore_errors=True)
     if Path(src).exists():
@@ -528,15 +530,16 @@ def _keep_quarantine(exc: BadDataError, out: str, final: str, s3cfg) -> BadDataE
 
 def run_preprocess(cfg) -> dict:
     """The preprocess stage: DIR/preprocess/ from `cfg`, on a local Ray or the cluster it joins."""
-    from simpersona.runtime import atomic_output_dir, init_ray, write_json
+    from simpersona.runtime import init_ray
+    from simpersona.storage import atomic_output_dir, write_json
 
     init_ray(cfg)
-    final = io.join_uri(cfg.storage_path or cfg.run_dir, "preprocess")
+    final = storage.join_uri(cfg.storage_path or cfg.run_dir, "preprocess")
     with atomic_output_dir(final, cfg.data.s3) as out:
         try:
             summary = run_pipeline(cfg, out)
         except BadDataError as exc:
             raise _keep_quarantine(exc, out, final, cfg.data.s3) from None
     summary["out"] = final
-    write_json(io.join_uri(final, "summary.json"), summary, cfg.data.s3)
+    write_json(storage.join_uri(final, "summary.json"), summary, cfg.data.s3)
     return summary

@@ -36,7 +36,7 @@ STOREFRONT_FILE = "storefront.json"
 
 def write_storefront(uri: str, store: Mapping, catalogs: Mapping[str, list], s3cfg=None) -> str:
     """Write the record of the storefront the traces were replayed on (`store`: its store section)."""
-    from simpersona.runtime import write_json
+    from simpersona.storage import write_json
 
     record = {
         "knobs": {k: store[k] for k in KNOB_NAMES if k in store},  # a merchant without overrides had these

@@ -99,8 +99,8 @@ import pyarrow.fs as pafs
 import yaml
 from tqdm.auto import tqdm
 
+from simpersona import storage
 from simpersona.config import S3Config, SynthConfig, SynthKnobsConfig
-from simpersona.data import io
 from simpersona.data.schema import EVENTS, SCHEMA
 from simpersona.pages.shop import Knobs
 
@@ -868,8 +868,8 @@ def write_shard(cfg, out_uri: str, shard_index: int, s3: S3Config | None = None)
     cfg = as_synth(cfg)
     events, planted = generate_shard(cfg, shard_index)
     opts = {"compression": cfg.compression}
-    io.write_parquet(events, io.join_uri(out_uri, "events", shard_name(shard_index)), s3, **opts)
-    io.write_parquet(planted, io.join_uri(out_uri, "planted", shard_name(shard_index)), s3, **opts)
+    storage.write_parquet(events, storage.join_uri(out_uri, "events", shard_name(shard_index)), s3, **opts)
+    storage.write_parquet(planted, storage.join_uri(out_uri, "planted", shard_name(shard_index)), s3, **opts)
     return {
         "shard": shard_index,
         "buyers": min(cfg.shard_buyers, cfg.buyers - shard_index * cfg.shard_buyers),
@@ -1164,21 +1164,21 @@ def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None
     n = num_shards(cfg)
     how = _executor(cfg, n)
     for sub in ("events", "planted"):
-        fs, path = io.resolve(io.join_uri(out_uri, sub), s3)
+        fs, path = storage.resolve(storage.join_uri(out_uri, sub), s3)
         fs.create_dir(path, recursive=True)
         fs.delete_dir_contents(path, missing_dir_ok=True)
-    with io.open_output_stream(io.join_uri(out_uri, "planted_types.json"), s3) as f:
+    with storage.open_output_stream(storage.join_uri(out_uri, "planted_types.json"), s3) as f:
         f.write(json.dumps(describe_types(cfg), indent=1).encode())
     # each merchant's knobs beside planted/, for the trace builder (store.merchant_overrides); a run
     # without knobs removes an earlier run's file rather than leave knobs its data does not have
-    knobs_uri = io.join_uri(out_uri, MERCHANT_KNOBS_FILE)
+    knobs_uri = storage.join_uri(out_uri, MERCHANT_KNOBS_FILE)
     if cfg.knobs.enabled:
-        with io.open_output_stream(knobs_uri, s3) as f:
+        with storage.open_output_stream(knobs_uri, s3) as f:
             # the world's own config too: what true_effect needs to replay this data under other knobs
             record = {"reference": REFERENCE_KNOBS, "merchants": merchant_knobs(cfg), "world": asdict(cfg)}
             f.write(json.dumps(record, indent=1).encode())
     else:
-        fs, path = io.resolve(knobs_uri, s3)
+        fs, path = storage.resolve(knobs_uri, s3)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_file(path)
     totals = {"buyers": 0, "histories": 0, "events": 0}
@@ -1200,7 +1200,7 @@ def generate(cfg_synth, out_uri: str, progress: bool = True, s3: S3Config | None
         "out": out_uri,
         "seed": cfg.seed,
     }
-    with io.open_output_stream(io.join_uri(out_uri, "summary.json"), s3) as f:
+    with storage.open_output_stream(storage.join_uri(out_uri, "summary.json"), s3) as f:
         f.write(json.dumps(summary, indent=1).encode())
     return summary
 
@@ -1210,7 +1210,7 @@ def run_synthetic(cfg) -> dict:
     <storage_path>/synthetic (or synth.out), which preprocess then reads as canonical events."""
     from omegaconf import OmegaConf
 
-    out = cfg.synth.out or io.join_uri(cfg.storage_path, "synthetic")
+    out = cfg.synth.out or storage.join_uri(cfg.storage_path, "synthetic")
     return generate(cfg.synth, out, progress=bool(cfg.progress), s3=OmegaConf.to_object(cfg.data.s3))
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from simpersona import storage
 from simpersona.data import features as F
 from simpersona.data import io
 from simpersona.data import traces as T
@@ -55,9 +56,9 @@ class PreprocessError(ValueError):
 
 def output_uris(out: str) -> dict[str, str]:
     names = ("events", "quarantine", "features", "traces")
-    uris = {name: io.join_uri(out, name) for name in names}
-    uris.update(feature_spec=io.join_uri(out, "feature_spec.json"), summary=io.join_uri(out, "summary.json"),
-                storefront=io.join_uri(out, STOREFRONT_FILE))
+    uris = {name: storage.join_uri(out, name) for name in names}
+    uris.update(feature_spec=storage.join_uri(out, "feature_spec.json"), summary=storage.join_uri(out, "summary.json"),
+                storefront=storage.join_uri(out, STOREFRONT_FILE))
     return uris
 
 
@@ -78,7 +79,7 @@ def resolve_planted(cfg) -> str | None:
 
 def _is(uri: str, kind: str, s3) -> bool:
     """Whether `uri` exists as a `kind` ("File" or "Directory"); an unreachable one does not."""
-    fs, path = io.resolve(uri, s3)
+    fs, path = storage.resolve(uri, s3)
     try:
         return fs.get_file_info(path).type.name == kind
     except OSError:
@@ -90,7 +91,7 @@ def resolve_merchant_knobs(cfg) -> str | None:
     planted = resolve_planted(cfg)
     if planted is None:
         return None
-    uri = io.join_uri(planted.rstrip("/").rsplit("/", 1)[0], MERCHANT_KNOBS_FILE)
+    uri = storage.join_uri(planted.rstrip("/").rsplit("/", 1)[0], MERCHANT_KNOBS_FILE)
     return uri if _is(uri, "File", cfg.data.s3) else None
 
 
@@ -113,7 +114,7 @@ def store_section(cfg) -> dict:
     uri = resolve_merchant_knobs(cfg)
     if uri is None:
         return store
-    fs, path = io.resolve(uri, cfg.data.s3)
+    fs, path = storage.resolve(uri, cfg.data.s3)
     with fs.open_input_stream(path) as f:
         record = json.loads(f.read())
     from_data = record["merchants"]

@@ -58,11 +58,10 @@ from simpersona.data.io import (  # noqa: F401  (the error family is re-exported
     iter_parquet,
     list_inputs,
     parquet_file,
-    parquet_writer,
     read_schema,
-    resolve,
 )
 from simpersona.data.schema import QUARANTINE_SCHEMA, SCHEMA
+from simpersona.storage import parquet_writer, resolve
 
 REASONS: tuple[str, ...] = (
     "wrong_column_count",  # CSV line with more or fewer fields than the header

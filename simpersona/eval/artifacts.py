@@ -1,4 +1,4 @@
-"""Reading run artifacts, and making results JSON-safe (shared by evaluate and whatif; runtime.write_json writes them)."""
+"""Reading run artifacts, and making results JSON-safe (shared by evaluate and whatif; storage.write_json writes them)."""
 
 from __future__ import annotations
 

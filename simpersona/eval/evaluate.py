@@ -37,7 +37,7 @@ from simpersona.eval.artifacts import ArtifactError, json_safe
 from simpersona.eval.holdout import HALF_RATES, HoldoutSplit
 from simpersona.eval.signal_budget import signal_budget
 from simpersona.eval.simruns import SimRun, simulate_run
-from simpersona.runtime import write_json
+from simpersona.storage import write_json
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from simpersona import manifest
 from simpersona.eval.artifacts import ArtifactError, json_safe, read_events, read_parquet_folder
-from simpersona.runtime import write_json
+from simpersona.storage import write_json
 
 log = logging.getLogger(__name__)
 MARKER = "eval_inputs.json"

@@ -27,7 +27,7 @@ from simpersona.eval import bootstrap, metrics
 from simpersona.eval import whatif_truth as truth
 from simpersona.eval.artifacts import json_safe
 from simpersona.eval.simruns import SimRun, simulate_run
-from simpersona.runtime import write_json
+from simpersona.storage import write_json
 from simpersona.store.shops import KNOB_NAMES, knobs_for
 
 

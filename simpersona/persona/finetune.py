@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from simpersona.data import io
+from simpersona import storage
 from simpersona.persona.examples import collate
 
 STAGE_MODES = ("full", "persona_rows", "lora_persona", "lora")
@@ -328,15 +328,15 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
     tcfg = spec.train
     workers = int(tcfg.get("workers", 1))
     name = f"{spec.name}-{fp}"
-    if io.is_s3(str(storage_path)):  # the filesystem carries the endpoint and keys; nothing goes in env vars
-        filesystem, storage = io.resolve(str(storage_path), s3)
+    if storage.is_s3(str(storage_path)):  # the filesystem carries the endpoint and keys; nothing goes in env vars
+        filesystem, train_root = storage.resolve(str(storage_path), s3)
     else:
-        filesystem, storage = None, str(Path(storage_path).resolve())
+        filesystem, train_root = None, str(Path(storage_path).resolve())
     if not resume:
         if filesystem is None:
-            shutil.rmtree(Path(storage) / name, ignore_errors=True)
-        elif filesystem.get_file_info(f"{storage}/{name}").type == pafs.FileType.Directory:
-            filesystem.delete_dir(f"{storage}/{name}")
+            shutil.rmtree(Path(train_root) / name, ignore_errors=True)
+        elif filesystem.get_file_info(f"{train_root}/{name}").type == pafs.FileType.Directory:
+            filesystem.delete_dir(f"{train_root}/{name}")
     for stale in (marker, Path(spec.output_dir) / TRAIN_METRICS):
         stale.unlink(missing_ok=True)
     if workers == 0:
@@ -353,7 +353,7 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
         train_loop_config={"spec": asdict(spec)},
         scaling_config=scaling,
         run_config=RunConfig(
-            name=name, storage_path=storage, storage_filesystem=filesystem,
+            name=name, storage_path=train_root, storage_filesystem=filesystem,
             worker_runtime_env={"env_vars": worker_env(tcfg)},
             checkpoint_config=CheckpointConfig(num_to_keep=int(tcfg.get("keep_checkpoints", 2))),
             failure_config=FailureConfig(max_failures=int(tcfg.get("max_failures", 1))),

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simpersona import storage
 from simpersona.config import to_dict
-from simpersona.data import io
 from simpersona.data.storefront import replayed_store
 from simpersona.persona import examples as ex
 from simpersona.persona.evaluate import score_steps, step_metrics, type_sensitivity
@@ -117,7 +117,7 @@ def run(cfg) -> dict:
             lora=to_dict(pc.lora), train=train_cfg, seed=seed, progress=bool(cfg.progress),
             data_fingerprint=data_fingerprint(data), input_fingerprint=folder_fingerprint(input_dir))
 
-    storage = io.join_uri(cfg.get("checkpoint_root") or cfg.storage_path or cfg.run_dir, "checkpoints", "finetune", "ray")
+    checkpoints = storage.join_uri(cfg.get("checkpoint_root") or cfg.storage_path or cfg.run_dir, "checkpoints", "finetune", "ray")
     metrics: dict[str, dict] = {}
     dropped: dict[str, int] = {}
     base_name = resolve_name(pc.model.name_or_path)
@@ -147,7 +147,7 @@ def run(cfg) -> dict:
             data = pd.concat([tokenized(tokenizer, v) for v in usable], ignore_index=True)
             pre = pc.model.small.pretrain
             metrics["pretrain"] = run_stage(spec("pretrain", init_dir, base_dir, "full", pre, data),
-                                            dataset(data, pre.batch_size, seed), storage, pc.train.resume, cfg.data.s3)
+                                            dataset(data, pre.batch_size, seed), checkpoints, pc.train.resume, cfg.data.s3)
         else:
             source = {"name_or_path": pc.model.name_or_path, "gguf_file": pc.model.gguf_file,
                       "revision": pc.model.revision}
@@ -174,14 +174,14 @@ def run(cfg) -> dict:
     final_dir = out / "model"
     with timer("stage1"):
         s1 = spec("stage1", persona_dir, work / "stage1", "persona_rows", pc.stage1, persona_data, ids)
-        metrics["stage1"] = run_stage(s1, dataset(persona_data, pc.stage1.batch_size, seed), storage, pc.train.resume, cfg.data.s3)
+        metrics["stage1"] = run_stage(s1, dataset(persona_data, pc.stage1.batch_size, seed), checkpoints, pc.train.resume, cfg.data.s3)
     mode2 = {"lora": "lora_persona", "full": "full"}.get(pc.stage2_mode)
     if mode2 is None:
         raise ValueError(f"persona.stage2_mode must be lora or full, got {pc.stage2_mode!r}")
     with timer("stage2"):
         stage2_data = tokenized(base_tok, "persona", pc.persona_dropout) if pc.persona_dropout else persona_data
         s2 = spec("stage2", work / "stage1", final_dir, mode2, pc.stage2, stage2_data, ids)
-        metrics["stage2"] = run_stage(s2, dataset(stage2_data, pc.stage2.batch_size, seed), storage, pc.train.resume, cfg.data.s3)
+        metrics["stage2"] = run_stage(s2, dataset(stage2_data, pc.stage2.batch_size, seed), checkpoints, pc.train.resume, cfg.data.s3)
     baseline_dirs = {}
     _, plain_tok = load_saved(base_dir)
     for b in baselines:
@@ -190,7 +190,7 @@ def run(cfg) -> dict:
             mode = "lora" if pc.stage2_mode == "lora" else "full"
             bdir = out / "baselines" / b
             metrics[f"baseline_{b}"] = run_stage(spec(f"baseline_{b}", base_dir, bdir, mode, pc.stage2, data),
-                                                 dataset(data, pc.stage2.batch_size, seed), storage, pc.train.resume, cfg.data.s3)
+                                                 dataset(data, pc.stage2.batch_size, seed), checkpoints, pc.train.resume, cfg.data.s3)
             baseline_dirs[b] = bdir
 
     persona_info = {

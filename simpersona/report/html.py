@@ -20,7 +20,7 @@ import jinja2
 import polars as pl
 
 from simpersona.report import plots
-from simpersona.runtime import replace_durably
+from simpersona.storage import replace_durably
 
 PROFILE_FIELDS = ("share", "conversion", "events_per_session", "cart_rate", "favorite_rate", "price_level")
 HEADLINE_ROWS = (

@@ -37,9 +37,9 @@ from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from simpersona.runtime import write_parquet_durably
 from simpersona.sim.agent import TRAJECTORY_SCHEMA, AgentOutcome, run_agent
 from simpersona.sim.errors import BrowserCrash
+from simpersona.storage import write_parquet_durably
 
 RESULT_SCHEMA = pa.schema([
     ("agent_id", pa.string()),
@@ -300,9 +300,9 @@ async def _close_quietly(env) -> None:
 
 def make_policy_client(policy_spec: dict):
     """Build the worker's policy from a picklable spec: a Serve handle, or an in-process policy."""
-    from simpersona.serve.policy import HandlePolicyClient, LocalPolicyClient, make_policy
-
     from omegaconf import OmegaConf
+
+    from simpersona.serve.policy import HandlePolicyClient, LocalPolicyClient, make_policy
 
     serve_cfg = OmegaConf.create(policy_spec["serve"])
     if policy_spec["kind"] == "serve":

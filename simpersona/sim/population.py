@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from simpersona.runtime import replace_durably
+from simpersona.storage import replace_durably
 
 PERSONA_MODES = ("vq", "none", "mismatch", "prompt", "kmeans")
 

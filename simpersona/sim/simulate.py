@@ -25,11 +25,12 @@ import pyarrow.compute as pc
 import ray
 
 from simpersona.config import to_dict
-from simpersona.runtime import init_ray, write_json, write_parquet_durably
+from simpersona.runtime import init_ray
 from simpersona.sim.actors import committed_results, run_workers
 from simpersona.sim.outcomes import blocked_requests, client_events, failure_counts
 from simpersona.sim.page_patch import parse_patches
 from simpersona.sim.population import PersonaResolver, build_population, write_population
+from simpersona.storage import write_json, write_parquet_durably
 
 POLICIES = ("serve", "local", "uniform", "funnel")  # uniform: a speed baseline; funnel: an adapter check
 

@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from simpersona import storage
 from simpersona.config import ConfigError
-from simpersona.data import io
 from simpersona.vq.features import (
     ID_COLUMNS,
     LABEL_COLUMNS,
@@ -44,7 +44,7 @@ INPUT_COLUMNS: tuple[str, ...] = ID_COLUMNS + SEQ_COLUMNS + ("agg",) + LABEL_COL
 
 
 def model_dir(cfg) -> str:
-    return io.join_uri(cfg.storage_path or cfg.run_dir, "vqvae", "model")
+    return storage.join_uri(cfg.storage_path or cfg.run_dir, "vqvae", "model")
 
 
 def check_compatible(model_spec: FeatureSpec, data_spec: FeatureSpec) -> None:
@@ -64,7 +64,7 @@ class TypeAssigner:
         torch.set_num_threads(max(1, int(torch_threads)))
         self.model, self.spec, _ = load_model(model_dir)
         try:
-            self.kmeans = KMeansModel.from_bytes(read_bytes(io.join_uri(model_dir, "kmeans.npz")))
+            self.kmeans = KMeansModel.from_bytes(read_bytes(storage.join_uri(model_dir, "kmeans.npz")))
         except FileNotFoundError:
             self.kmeans = None
 
@@ -110,7 +110,8 @@ def assign_stream(cfg, spec: FeatureSpec):
 
 def run_assign(cfg) -> dict:
     """The assign stage (see module doc); returns the summary written to DIR/assign/summary.json."""
-    from simpersona.runtime import configure_ray_data, init_ray, write_json
+    from simpersona.runtime import configure_ray_data, init_ray
+    from simpersona.storage import write_json
     from simpersona.vq.dataset import count_rows, unwrap_error
 
     t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def run_assign(cfg) -> dict:
     spec = load_spec(cfg.run_dir, s3)
     check_compatible(model_spec, spec)
     k = int(meta["hparams"]["codebook_size"])
-    out = io.join_uri(cfg.storage_path or cfg.run_dir, "assign")
+    out = storage.join_uri(cfg.storage_path or cfg.run_dir, "assign")
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     init_ray(cfg)
     if local:
@@ -131,7 +132,7 @@ def run_assign(cfg) -> dict:
 
     stats, merchants, kmeans_seen = TypeStats(k), MerchantCounts(), False
     rows = 0
-    writer = io.parquet_writer(io.join_uri(out, "types.parquet"), TYPES_SCHEMA, s3)
+    writer = storage.parquet_writer(storage.join_uri(out, "types.parquet"), TYPES_SCHEMA, s3)
     try:
         with tqdm(total=total, desc="assign", unit="hist", disable=not cfg.progress) as bar:
             for batch in assign_stream(cfg, spec).iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -151,11 +152,11 @@ def run_assign(cfg) -> dict:
     assign_s = time.perf_counter() - t0
 
     dist = distributions(merchants.table(), k, float(cfg.vq.assign.merchant_prior))
-    io.write_parquet(dist, io.join_uri(out, "merchant_types.parquet"), s3)
+    storage.write_parquet(dist, storage.join_uri(out, "merchant_types.parquet"), s3)
     profiles = stats.profiles()
     population = stats.population()
-    write_json(io.join_uri(out, "type_profiles.json"), {"population": population, "types": profiles}, s3)
-    io.write_parquet(profiles_table(profiles), io.join_uri(out, "type_profiles.parquet"), s3)
+    write_json(storage.join_uri(out, "type_profiles.json"), {"population": population, "types": profiles}, s3)
+    storage.write_parquet(profiles_table(profiles), storage.join_uri(out, "type_profiles.parquet"), s3)
 
     used = [p for p in profiles if p["histories"]]
     conv = np.array([p["conversion"] for p in used]) if used else np.zeros(0)
@@ -173,7 +174,7 @@ def run_assign(cfg) -> dict:
         "actors": int(cfg.vq.assign.actors),
         "out": out,
     }
-    write_json(io.join_uri(out, "summary.json"), summary, s3)
+    write_json(storage.join_uri(out, "summary.json"), summary, s3)
     return summary
 
 

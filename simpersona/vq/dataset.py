@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from simpersona.data import io
+from simpersona import storage
 from simpersona.vq.features import (
     FeatureError,
     FeatureSpec,
@@ -30,7 +30,7 @@ from simpersona.vq.mixture import SequenceMixture
 
 def feature_files(run_dir: str, s3=None) -> tuple[pafs.FileSystem, list[str]]:
     uri = features_uri(run_dir)
-    fs, path = io.resolve(uri, s3)
+    fs, path = storage.resolve(uri, s3)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         raise FeatureError(f"no features at {uri} (run the preprocess stage first)")
     files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -54,7 +54,7 @@ def read_features(run_dir: str, spec: FeatureSpec, columns: list[str] | tuple[st
     import ray.data
 
     fs, files = feature_files(run_dir, s3)
-    check_schema(pq.read_schema(files[0], filesystem=fs), spec, io.to_uri(fs, files[0]))
+    check_schema(pq.read_schema(files[0], filesystem=fs), spec, storage.to_uri(fs, files[0]))
     ds = ray.data.read_parquet(files, filesystem=fs, columns=list(columns), **read_args)
     ds.context.execution_options.preserve_order = True  # this dataset's own context copy, not the global one
     return ds

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from simpersona import storage
 from simpersona.config import S3Config
-from simpersona.data import io
 
 ID_COLUMNS: tuple[str, ...] = ("history_id", "buyer_id", "merchant_id")
 SEQ_COLUMNS: tuple[str, ...] = ("seq_event", "seq_price", "seq_gap", "seq_flags")
@@ -83,16 +83,16 @@ class FeatureSpec:
 
 
 def features_uri(run_dir: str) -> str:
-    return io.join_uri(run_dir, "preprocess", "features")
+    return storage.join_uri(run_dir, "preprocess", "features")
 
 
 def spec_uri(run_dir: str) -> str:
-    return io.join_uri(run_dir, "preprocess", "feature_spec.json")
+    return storage.join_uri(run_dir, "preprocess", "feature_spec.json")
 
 
 def load_spec(run_dir: str, s3: S3Config | None = None) -> FeatureSpec:
     uri = spec_uri(run_dir)
-    fs, path = io.resolve(uri, s3)
+    fs, path = storage.resolve(uri, s3)
     if fs.get_file_info(path).type.name != "File":
         raise FeatureError(f"no feature spec at {uri} (run the preprocess stage first)")
     with fs.open_input_stream(path) as fh:

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from vector_quantize_pytorch import VectorQuantize
 
-from simpersona.data import io
+from simpersona import storage
 from simpersona.vq.features import FLAG_VALUES, SEQ_COLUMNS, FeatureSpec
 from simpersona.vq.sequence import log_probs, part_sizes, sequence_stats
 
@@ -307,9 +307,9 @@ def save_model(model: BuyerVQVAE, spec: FeatureSpec, model_dir: str, extra: Mapp
     meta = {"dims": asdict(model.dims), "hparams": model.hparams,
             "loss_weights": {**model.loss_weights, "agg_estep": model.estep_weights["agg"]},
             "feature_spec": spec.to_dict(), **(extra or {})}
-    with io.open_output_stream(io.join_uri(model_dir, MODEL_FILE)) as fh:
+    with storage.open_output_stream(storage.join_uri(model_dir, MODEL_FILE)) as fh:
         fh.write(buf.getvalue())
-    with io.open_output_stream(io.join_uri(model_dir, META_FILE)) as fh:
+    with storage.open_output_stream(storage.join_uri(model_dir, META_FILE)) as fh:
         fh.write(json.dumps(meta, indent=2).encode())
 
 
@@ -330,7 +330,7 @@ def load_tensors(source, where: str | None = None, hint: str = "delete it or rer
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = io.resolve(uri)
+    fs, path = storage.resolve(uri)
     if fs.get_file_info(path).type.name != "File":
         raise FileNotFoundError(f"no file at {uri}")
     with fs.open_input_stream(path) as fh:
@@ -340,12 +340,12 @@ def read_bytes(uri: str) -> bytes:
 def load_model(model_dir: str) -> tuple[BuyerVQVAE, FeatureSpec, dict]:
     """(model in eval mode, the feature spec it was trained on, its metadata) from DIR/vqvae/model/."""
     try:
-        meta = json.loads(read_bytes(io.join_uri(model_dir, META_FILE)))
-        state = load_tensors(_io.BytesIO(read_bytes(io.join_uri(model_dir, MODEL_FILE))),
-                             io.join_uri(model_dir, MODEL_FILE), "run the vqvae stage again to rewrite it")
+        meta = json.loads(read_bytes(storage.join_uri(model_dir, META_FILE)))
+        state = load_tensors(_io.BytesIO(read_bytes(storage.join_uri(model_dir, MODEL_FILE))),
+                             storage.join_uri(model_dir, MODEL_FILE), "run the vqvae stage again to rewrite it")
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"no trained VQ-VAE in {model_dir} ({exc}); run the vqvae stage first") from None
-    spec = FeatureSpec.from_dict(meta["feature_spec"], io.join_uri(model_dir, META_FILE))
+    spec = FeatureSpec.from_dict(meta["feature_spec"], storage.join_uri(model_dir, META_FILE))
     model = BuyerVQVAE(ModelDims(**meta["dims"]), meta["hparams"], meta["loss_weights"])
     state.setdefault("log_mix", model.log_mix)  # models saved before the mixing proportions existed
     model.load_state_dict(state)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from simpersona.data import io
+from simpersona import storage
 from simpersona.vq import metrics
 from simpersona.vq.engine import STATE_FILE, load_client, make_engine
 from simpersona.vq.features import (
@@ -262,7 +262,7 @@ def loop_config(cfg, spec: FeatureSpec, train_rows: int) -> dict:
 def checkpoint_storage(cfg) -> str:
     """Ray Train storage: beside, not inside, DIR/vqvae — the stage runner clears the stage folder
     before a run, and a killed run must find its checkpoints when it is started again."""
-    return io.join_uri(cfg.get("checkpoint_root") or cfg.storage_path or cfg.run_dir, "checkpoints", "vqvae")
+    return storage.join_uri(cfg.get("checkpoint_root") or cfg.storage_path or cfg.run_dir, "checkpoints", "vqvae")
 
 
 # Settings that do not change what is trained: a run re-started with other values resumes the same checkpoints.
@@ -285,7 +285,7 @@ def fit(cfg, train_ds, config: dict):
     from ray.train.torch import TorchTrainer
 
     t = cfg.vq.train
-    storage_fs, storage_path = io.resolve(checkpoint_storage(cfg), cfg.data.s3)
+    storage_fs, storage_path = storage.resolve(checkpoint_storage(cfg), cfg.data.s3)
     name = run_name(cfg, config)
     run_path = f"{storage_path}/{name}"
     if not t.resume and storage_fs.get_file_info(run_path).type.name == "Directory":
@@ -323,7 +323,8 @@ def _unwrap(exc: BaseException, cls):
 
 def run_training(cfg) -> dict:
     """The vqvae stage (see module doc); returns the summary written to DIR/vqvae/summary.json."""
-    from simpersona.runtime import Stopwatch, configure_ray_data, init_ray, write_json
+    from simpersona.runtime import Stopwatch, configure_ray_data, init_ray
+    from simpersona.storage import write_json
     from simpersona.vq import dataset
     from simpersona.vq.evaluate import evaluate
     from simpersona.vq.kmeans import fit_kmeans
@@ -333,7 +334,7 @@ def run_training(cfg) -> dict:
     sw = Stopwatch()
     s3 = cfg.data.s3
     spec = load_spec(cfg.run_dir, s3)
-    out = io.join_uri(cfg.storage_path or cfg.run_dir, "vqvae")
+    out = storage.join_uri(cfg.storage_path or cfg.run_dir, "vqvae")
     init_ray(cfg)
     configure_ray_data(cfg.progress)
     workers = int(cfg.vq.train.workers)
@@ -384,16 +385,16 @@ def run_training(cfg) -> dict:
         summary = evaluate(model, km, arrays, spec, int(cfg.vq.eval.batch_size), int(cfg.vq.eval.silhouette_rows),
                            int(cfg.seed))
 
-    model_dir = io.join_uri(out, "model")
+    model_dir = storage.join_uri(out, "model")
     save_model(model, spec, model_dir, extra={"steps": client["step"], "epochs": client["epoch"]})
     if km is not None:
-        with io.open_output_stream(io.join_uri(model_dir, "kmeans.npz"), s3) as fh:
+        with storage.open_output_stream(storage.join_uri(model_dir, "kmeans.npz"), s3) as fh:
             fh.write(km.to_bytes())
-    with io.open_output_stream(io.join_uri(out, "codebook.npy"), s3) as fh:
+    with storage.open_output_stream(storage.join_uri(out, "codebook.npy"), s3) as fh:
         buf = _npy(model.codebook.detach().float().cpu().numpy().astype(np.float32))
         fh.write(buf)
     history = client["history"]
-    write_json(io.join_uri(out, "metrics.json"), {"epochs": history}, s3)
+    write_json(storage.join_uri(out, "metrics.json"), {"epochs": history}, s3)
     last = history[-1] if history else {}
     summary.update({
         "training": {
@@ -401,12 +402,12 @@ def run_training(cfg) -> dict:
             "steps": client["step"], "epochs": client["epoch"], "final_loss": last.get("loss_total"),
             "histories_per_s_per_epoch": [h["histories_per_s"] for h in history],
             "resumed_from_steps": client.get("resumed_from", []),
-            "checkpoints": io.join_uri(checkpoint_storage(cfg), run_name(cfg, config)),
+            "checkpoints": storage.join_uri(checkpoint_storage(cfg), run_name(cfg, config)),
             "init_split_merge_moves": init_moves,
         },
         "out": out, "wall_s": sw.total(), "phases_s": sw.laps,
     })
-    write_json(io.join_uri(out, "summary.json"), summary, s3)
+    write_json(storage.join_uri(out, "summary.json"), summary, s3)
     return summary
 
 

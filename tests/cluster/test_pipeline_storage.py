@@ -28,7 +28,7 @@ from cluster.conftest import BIN, ROOT, run_job
 from cluster.outputs import metrics_results
 from cluster.test_job_scripts import _json_line
 from cluster.test_jobs import submit
-from simpersona.data import io
+from simpersona import storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(1800)]
 
@@ -60,7 +60,7 @@ def test_an_s3_run_dir_gives_the_local_runs_metrics(ray_head, s3, smoke_run, tmp
     out, walls["s3"] = _pipeline(ray_head, *_s3_args(s3, root, tmp_path / "cache"))
     assert not (ROOT / "s3:").exists()  # nothing made in the working folder (a local "s3:/runs/smoke")
     assert out.strip().splitlines()[-1] == f"report: {root}/report/report.html"
-    fs, path = io.resolve(root, s3.s3_config())
+    fs, path = storage.resolve(root, s3.s3_config())
 
     def read(key: str) -> bytes:
         with fs.open_input_stream(f"{path}/{key}") as fh:

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from cluster.conftest import ROOT, SECRETS, run_job
+from simpersona import storage
 from simpersona.config import S3Config, load
 from simpersona.data import io
 
@@ -125,9 +126,9 @@ def test_missing_bucket_fails_with_one_clear_line(s3):
         io.list_inputs("s3://raw/tmall/missing.csv", cfg)  # the bucket exists, the key does not
     assert str(info.value) == "input not found: s3://raw/tmall/missing.csv"
     with pytest.raises(io.InputNotFoundError) as info:
-        io.check_storage_root("s3://nobucket/run", cfg)
+        storage.check_storage_root("s3://nobucket/run", cfg)
     assert str(info.value) == "storage_path=s3://nobucket/run: no bucket 'nobucket' at the S3 endpoint (create it first)"
-    io.check_storage_root("s3://runs/new/prefix", cfg)  # an existing bucket, a new prefix: fine
+    storage.check_storage_root("s3://runs/new/prefix", cfg)  # an existing bucket, a new prefix: fine
 
 
 def test_bad_storage_roots_fail_with_one_clear_line(tmp_path):
@@ -139,9 +140,9 @@ def test_bad_storage_roots_fail_with_one_clear_line(tmp_path):
     }
     for uri, message in cases.items():
         with pytest.raises(io.DataError) as info:
-            io.check_storage_root(uri)
+            storage.check_storage_root(uri)
         assert str(info.value) == message
-    io.check_storage_root(str(tmp_path / "new" / "run"))  # a folder still to be made: fine
+    storage.check_storage_root(str(tmp_path / "new" / "run"))  # a folder still to be made: fine
 
 
 @pytest.mark.slow
@@ -153,6 +154,6 @@ def test_a_job_with_a_bad_run_dir_stops_before_starting_ray(tmp_path):
     assert not (ROOT / "ftp:").exists()
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "simpersona.data.io.UnsupportedInputError: storage_path: unsupported URI scheme 'ftp' in "
+        "simpersona.data.errors.UnsupportedInputError: storage_path: unsupported URI scheme 'ftp' in "
         "'ftp://host/runs/x': use a local path or s3://")
     assert "Started a local Ray instance" not in done.stdout + done.stderr

@@ -16,6 +16,7 @@ import pytest
 
 from cluster.conftest import run_job
 from cluster.outputs import assert_same_output, summary_output
+from simpersona import storage
 from simpersona.data import io
 
 DRIVER = "tests/cluster/stage_driver.py"
@@ -23,7 +24,7 @@ DRIVER = "tests/cluster/stage_driver.py"
 
 @pytest.mark.slow
 def test_preprocess_on_s3_equals_the_local_run(s3, s3_preprocess, clean_preprocess):
-    fs, root = io.resolve(s3_preprocess.uri, s3.s3_config())
+    fs, root = storage.resolve(s3_preprocess.uri, s3.s3_config())
     counts = assert_same_output(str(clean_preprocess), f"{root}/preprocess", fs)
     assert counts == {"features": 57655, "traces": 52907, "events": 182880}
     with fs.open_input_stream(f"{root}/preprocess/summary.json") as fh:
@@ -46,7 +47,7 @@ def test_vqvae_and_assign_on_an_s3_run_dir(ray_head, s3, s3_preprocess):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[7:])
 
-    fs, root = io.resolve(s3_preprocess.uri, cfg)
+    fs, root = storage.resolve(s3_preprocess.uri, cfg)
 
     def read(key: str) -> bytes:
         with fs.open_input_stream(f"{root}/{key}") as fh:
@@ -57,7 +58,7 @@ def test_vqvae_and_assign_on_an_s3_run_dir(ray_head, s3, s3_preprocess):
     checkpoints = vq["training"]["checkpoints"]
     assert checkpoints.startswith(f"{s3_preprocess.uri}/checkpoints/vqvae/"), checkpoints
     assert any(i.base_name.startswith("checkpoint_") for i in fs.get_file_info(
-        io.pafs.FileSelector(io.resolve(checkpoints, cfg)[1])))
+        io.pafs.FileSelector(storage.resolve(checkpoints, cfg)[1])))
     codebook = np.load(pyio.BytesIO(read("vqvae/codebook.npy")))
     assert codebook.shape == (16, 8) and np.isfinite(codebook).all()  # smoke: K=16, codebook_dim 8
     assert {"model.pt", "model.json", "kmeans.npz"} <= {i.base_name for i in fs.get_file_info(

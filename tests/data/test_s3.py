@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from s3_server import MotoS3Server
 
+from simpersona import storage
 from simpersona.config import DataConfig, S3Config
 from simpersona.data import io
 from simpersona.data.validate import InputNotFoundError, ValidationReport, read_canonical
@@ -49,9 +50,9 @@ def test_csv_and_parquet_round_trip(s3, tmall_csv):
     assert events.equals(local)
 
     # output: one Parquet file and a streamed object, read back through the same URIs
-    io.write_parquet(events, "s3://raw/out/events.parquet", cfg.s3)
+    storage.write_parquet(events, "s3://raw/out/events.parquet", cfg.s3)
     assert io.read_parquet("s3://raw/out/events.parquet", cfg.s3).equals(events)
-    with io.open_output_stream("s3://raw/out/note.txt", cfg.s3) as out:
+    with storage.open_output_stream("s3://raw/out/note.txt", cfg.s3) as out:
         out.write(b"hello")
     assert client.get_object(Bucket="raw", Key="out/note.txt")["Body"].read() == b"hello"
     quarantine = client.get_object(Bucket="raw", Key="out/quarantine.parquet")["Body"].read()

@@ -136,7 +136,7 @@ def test_worker_failure_resumes_from_its_checkpoint_on_s3(ray_local, persona_bas
     import pyarrow.fs as pafs
     from s3_server import MotoS3Server
 
-    from simpersona.data import io
+    from simpersona import storage
 
     tmp_path, ids, data = persona_base
     train = dict(TRAIN, workers=1, cpus_per_worker=1, checkpoint_every=2, max_failures=1, fail_at_step=4)
@@ -145,7 +145,7 @@ def test_worker_failure_resumes_from_its_checkpoint_on_s3(ray_local, persona_bas
         server.client().create_bucket(Bucket="ckpt")
         s3 = server.s3_config()
         metrics = run_stage(spec, ray.data.from_pandas(data), "s3://ckpt/finetune/ray", s3=s3)
-        fs, root = io.resolve("s3://ckpt/finetune/ray", s3)
+        fs, root = storage.resolve("s3://ckpt/finetune/ray", s3)
         objects = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
                    if i.type == pafs.FileType.File]
     assert metrics["resumed_from_step"] == 4 and metrics["step"] == 6

@@ -1,4 +1,4 @@
-"""Durable atomic writes (simpersona.runtime.replace_durably and its callers): synced, renamed, folder synced."""
+"""Durable atomic writes (simpersona.storage.replace_durably and its callers): synced, renamed, folder synced."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from simpersona import manifest, runtime, stages
+from simpersona import manifest, stages, storage
 from simpersona.sim import actors, population, simulate
 
 
@@ -48,8 +48,8 @@ TABLE = pa.table({"x": [1, 2]})
 
 
 @pytest.mark.parametrize("write", [
-    lambda p: runtime.write_json(str(p), {"a": 1}),
-    lambda p: runtime.write_parquet_durably(TABLE, p),
+    lambda p: storage.write_json(str(p), {"a": 1}),
+    lambda p: storage.write_parquet_durably(TABLE, p),
     lambda p: population.write_population(TABLE, p),
 ], ids=["summary json", "parquet shard", "population"])
 def test_a_file_write_is_synced_before_its_rename_and_its_folder_after(write, disk, tmp_path):
@@ -61,7 +61,7 @@ def test_a_file_write_is_synced_before_its_rename_and_its_folder_after(write, di
 
 
 def test_result_shards_trajectories_and_simulated_events_go_through_the_durable_writer():
-    assert actors.write_parquet_durably is simulate.write_parquet_durably is runtime.write_parquet_durably
+    assert actors.write_parquet_durably is simulate.write_parquet_durably is storage.write_parquet_durably
 
 
 def test_a_manifest_is_synced_and_so_is_its_folder(disk, tmp_path):
@@ -70,7 +70,7 @@ def test_a_manifest_is_synced_and_so_is_its_folder(disk, tmp_path):
 
 
 def test_an_atomic_output_folder_has_every_file_synced_before_it_is_published(disk, tmp_path):
-    with runtime.atomic_output_dir(str(tmp_path / "stage")) as out:
+    with storage.atomic_output_dir(str(tmp_path / "stage")) as out:
         (Path(out) / "sub").mkdir()
         (Path(out) / "sub" / "part-0.parquet").write_bytes(b"rows")
         (Path(out) / "summary.json").write_text("{}")
