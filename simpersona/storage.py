@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from simpersona.config import S3Config
-from simpersona.data.errors import InputNotFoundError, UnsupportedInputError, first_line
+from simpersona.errors import InputNotFoundError, UnsupportedInputError, first_line
 
 # ---------------------------------------------------------------------------------------------------
 # URIs and filesystems

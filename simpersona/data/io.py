@@ -27,7 +27,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from simpersona.config import S3Config
-from simpersona.data.errors import (  # noqa: F401  (the error family is re-exported: `except io.DataError`)
+from simpersona.errors import (  # noqa: F401  (the error family is re-exported: `except io.DataError`)
     CorruptFileError,
     DataError,
     EmptyInputError,

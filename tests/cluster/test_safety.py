@@ -154,6 +154,6 @@ def test_a_job_with_a_bad_run_dir_stops_before_starting_ray(tmp_path):
     assert not (ROOT / "ftp:").exists()
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "simpersona.data.errors.UnsupportedInputError: storage_path: unsupported URI scheme 'ftp' in "
+        "simpersona.errors.UnsupportedInputError: storage_path: unsupported URI scheme 'ftp' in "
         "'ftp://host/runs/x': use a local path or s3://")
     assert "Started a local Ray instance" not in done.stdout + done.stderr
