@@ -267,6 +267,7 @@ class BatchingClient:
         self._queue: asyncio.Queue | None = None
         self._slots: asyncio.Semaphore | None = None
         self._task: asyncio.Task | None = None
+        self._answering: set[asyncio.Task] = set()  # held here: the event loop keeps only weak references
 
     async def _decide_many(self, requests: list[dict]) -> list[dict | Exception]:
         raise NotImplementedError
@@ -301,7 +302,9 @@ class BatchingClient:
                     batch.append(await asyncio.wait_for(self._queue.get(), left))
                 except TimeoutError:
                     break
-            loop.create_task(self._answer(batch))
+            task = loop.create_task(self._answer(batch))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
 
     async def _answer(self, batch: list) -> None:
         try:
