@@ -88,14 +88,13 @@ def test_log_records_exactly_the_actions_of_concurrent_agents(loop, browser, ser
 def test_invalid_action_sends_nothing(loop, browser, server):
     env = BrowserEnv(browser, server.base_url)
     obs = loop.run_until_complete(env.reset("m1", "a"))
-    sent, url = [], env.page.url
-    env.context.on("request", lambda request: sent.append(request.url))  # the browser's own view
+    sent, url = env.requests, env.page.url
     for action in ("place_order", "open 99", "goto http://example.com/", ""):
         o, done, info = loop.run_until_complete(env.step(action))
         assert info["error"] == "invalid_action" and not done
         assert info["reason"] == f"action {action!r} is not offered by the home page"
         assert o.text == obs.text and o.allowed == obs.allowed
-    assert sent == [] and env.page.url == url
+    assert env.requests == sent and env.page.url == url
     assert [e["kind"] for e in env.errors] == ["invalid_action"] * 4
     loop.run_until_complete(env.close())
 
