@@ -300,6 +300,7 @@ class BrowserEnv:
         self.steps = 0
         self.errors: list[dict] = []
         self.blocked: list[dict] = []
+        self.requests = 0
         self._crashed = False
         self._opening = False
         self._nav_blocked = asyncio.Event()  # set when a main-frame navigation off-origin is blocked
@@ -335,6 +336,7 @@ class BrowserEnv:
         if self.patches:  # routed after the origin fence, so tried first; off-origin requests fall back to it
             await install_patches(self, self.patches)
         ctx.on("page", self._on_page)
+        ctx.on("request", self._on_request)
         ctx.on("requestfailed", self._on_request_failed)
         self.context = ctx
         await self._new_page()
@@ -349,6 +351,9 @@ class BrowserEnv:
         page.on("dialog", lambda d: asyncio.ensure_future(d.dismiss()))
         self.page = page
         self._crashed = False
+
+    def _on_request(self, request) -> None:
+        self.requests += 1
 
     def _on_request_failed(self, request) -> None:
         if "ERR_PROXY_CONNECTION_FAILED" in (request.failure or ""):  # a redirect hop off-origin
