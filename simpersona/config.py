@@ -515,7 +515,7 @@ class PersonaStageConfig:
     epochs: int = 2
     lr: float = 1e-3
     batch_size: int = 16
-    warmup_steps: int = 10  # linear warm-up, then constant
+    warmup_steps: int = 10  # linear warm-up, then cosine decay to lr * train.min_lr_ratio
     max_steps: int = 0  # > 0: stop the stage after this many steps (benchmarks, smoke runs)
 
 
@@ -569,6 +569,7 @@ class PersonaTrainConfig:
     bf16: bool = True  # autocast on GPU
     grad_clip: float = 1.0
     weight_decay: float = 0.0
+    min_lr_ratio: float = 0.1  # each stage's cosine decay ends at its lr * this
     checkpoint_every: int = 0  # steps; every epoch end is checkpointed too
     keep_checkpoints: int = 2
     max_failures: int = 1  # worker-group restarts, each resuming from the last checkpoint

@@ -21,10 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import resource
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,8 @@ import torch
 
 from simpersona import storage
 from simpersona.persona.examples import collate
+from simpersona.training.checkpoints import Checkpoints, inject_failure
+from simpersona.training.engine import Engine, deepspeed_config, warmup_cosine
 
 STAGE_MODES = ("full", "persona_rows", "lora_persona", "lora")
 MARKER = "stage.json"
@@ -140,10 +140,6 @@ def merged(model):
     return model
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -151,8 +147,26 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-# DeepSpeed's checkpoint tag: a folder name beside the file "latest" that DeepSpeed writes, so never "latest"
-DS_TAG = "state"
+RESUME_HINT = "delete it or rerun with finetune.train.resume=false"
+
+
+def make_engine(model, spec: StageSpec, use_gpu: bool, world_size: int) -> Engine:
+    """Plain PyTorch (bf16 autocast on GPU), or DeepSpeed when train.deepspeed is set and CUDA is used."""
+    tcfg = spec.train
+    bf16 = bool(tcfg.get("bf16", True))
+    grad_clip = float(tcfg.get("grad_clip", 1.0))
+    ds = deepspeed_config(tcfg["deepspeed"], batch_size=spec.batch_size, grad_clip=grad_clip, bf16=bf16) \
+        if use_gpu and tcfg.get("deepspeed") else None
+    return Engine(model, lr=spec.lr, weight_decay=float(tcfg.get("weight_decay", 0.0)), grad_clip=grad_clip,
+                  world_size=world_size, deepspeed=ds, autocast_bf16=use_gpu and bf16, trainable_only=True,
+                  ddp_kwargs={"move_to_device": False}, resume_hint=RESUME_HINT)
+
+
+def lm_loss(batch: dict[str, torch.Tensor]):
+    """The engine's loss function for one batch of prompt + target token ids."""
+    def loss_fn(net):
+        return net(**batch).loss, None
+    return loss_fn
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -176,77 +190,20 @@ def train_loop_per_worker(config: dict) -> None:
 
     model, tokenizer = load_saved(spec.input_dir)
     model = wrap_for_stage(model, spec).to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=float(tcfg.get("weight_decay", 0.0)))
+    engine = make_engine(model, spec, use_gpu, world)
+    checkpoints = Checkpoints(engine, rank, prefix=spec.name)
     total = max(1, spec.total_steps())
-
-    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < spec.warmup_steps:
-            return (step + 1) / spec.warmup_steps
-        t = (step - spec.warmup_steps) / max(1, total - spec.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    epoch0, skip, step = 0, 0, 0
-    history: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()
-    use_ds = use_gpu and bool(tcfg.get("deepspeed"))
-    if checkpoint and not use_ds:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "trainable.pt"), map_location=device)
-            missing = set(state) - {n for n, _ in model.named_parameters()}
-            if missing:
-                raise RuntimeError(f"checkpoint of stage {spec.name} does not fit the model: {sorted(missing)[:3]}")
-            model.load_state_dict(state, strict=False)
-            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device))
-            scheduler.load_state_dict(torch.load(os.path.join(d, "scheduler.pt")))
-            progress = json.loads(Path(d, "progress.json").read_text())
-        epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
-
+    min_lr_ratio = float(tcfg["min_lr_ratio"])
+    progress = checkpoints.resume() or {"epoch": 0, "batch": 0, "step": 0, "history": []}
+    epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
     resumed_from = step  # > 0 when Ray Train handed this run a checkpoint
-    engine = None
-    if use_ds:
-        import deepspeed  # only on GPU images: pip install -e .[gpu]
 
-        ds_cfg = dict(tcfg["deepspeed"])
-        ds_cfg.setdefault("train_micro_batch_size_per_gpu", spec.batch_size)
-        ds_cfg.setdefault("gradient_clipping", float(tcfg.get("grad_clip", 1.0)))
-        ds_cfg.setdefault("bf16", {"enabled": bool(tcfg.get("bf16", True))})
-        # the client optimizer is torch's AdamW, which ZeRO runs correctly but calls "untested"
-        ds_cfg.setdefault("zero_allow_untested_optimizer", True)
-        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                               lr_scheduler=scheduler, config=ds_cfg)
-        if checkpoint:
-            with checkpoint.as_directory() as d:
-                engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-                progress = json.loads(Path(d, "progress.json").read_text())
-            epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
-            resumed_from = step
-        net = engine
-    else:
-        net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
-    autocast = use_gpu and not use_ds and bool(tcfg.get("bf16", True))
-
-    def report(metrics: dict, epoch: int, batch: int, with_checkpoint: bool) -> None:
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            Path(d, "progress.json").write_text(json.dumps(
-                {"epoch": epoch, "batch": batch, "step": step, "history": history}))
-            if engine is not None:
-                engine.save_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)  # every rank writes its shard
-            elif rank == 0:
-                torch.save(trainable_state(model), os.path.join(d, "trainable.pt"))
-                torch.save(optimizer.state_dict(), os.path.join(d, "optimizer.pt"))
-                torch.save(scheduler.state_dict(), os.path.join(d, "scheduler.pt"))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d)
-                             if engine is not None or rank == 0 else None)
+    def report(metrics: dict, epoch: int, batch: int) -> None:
+        checkpoints.report(metrics, {"epoch": epoch, "batch": batch, "step": step, "history": history})
 
     shard = ray.train.get_dataset_shard("train")
     every = int(tcfg.get("checkpoint_every") or 0)
-    clip = float(tcfg.get("grad_clip", 1.0))
+    fail_at = int(tcfg.get("fail_at_step") or 0)
     pad_id = tokenizer.pad_token_id
     done = spec.max_steps > 0 and step >= spec.max_steps
     t_start = time.perf_counter()
@@ -263,18 +220,8 @@ def train_loop_per_worker(config: dict) -> None:
                 continue
             batch = {k: v.to(device) for k, v in collate(rows["input_ids"], rows["n_prompt"], pad_id).items()}
             n_target = int((batch["labels"] != -100).sum())
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = net(**batch).loss
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                optimizer.step()
-                scheduler.step()
+            lr = warmup_cosine(step, total, spec.lr, spec.warmup_steps, min_lr_ratio)
+            loss, _ = engine.step(lm_loss(batch), lr)
             step += 1
             loss_sum += float(loss.detach()) * n_target
             loss_tokens += n_target
@@ -284,13 +231,12 @@ def train_loop_per_worker(config: dict) -> None:
             if spec.max_steps > 0 and step >= spec.max_steps:
                 done = True
                 break
-            if every and step % every == 0:
-                report({"stage": spec.name, "step": step, "epoch": epoch}, epoch, batch_idx + 1, True)
-            if step == int(tcfg.get("fail_at_step") or 0) and resumed_from == 0:
-                raise RuntimeError(f"injected failure at step {step} of stage {spec.name} (train.fail_at_step)")
+            if (every and step % every == 0) or step == fail_at:
+                report({"stage": spec.name, "step": step, "epoch": epoch}, epoch, batch_idx + 1)
+            inject_failure(step, fail_at, resumed_from > 0, rank, f"stage {spec.name}, finetune.train.fail_at_step")
         bar.close()
         history.append({"epoch": epoch, "loss": loss_sum / max(1, loss_tokens), "wall_s": time.perf_counter() - t0})
-        report({"stage": spec.name, "step": step, "epoch": epoch, "loss": history[-1]["loss"]}, epoch + 1, 0, True)
+        report({"stage": spec.name, "step": step, "epoch": epoch, "loss": history[-1]["loss"]}, epoch + 1, 0)
 
     wall = time.perf_counter() - t_start
     final = {
@@ -301,8 +247,7 @@ def train_loop_per_worker(config: dict) -> None:
         "resumed_from_step": resumed_from,
     }
     if rank == 0:
-        base = engine.module if engine is not None else model
-        out = merged(base).eval()
+        out = merged(engine.module).eval()
         save(out, tokenizer, spec.output_dir)
         Path(spec.output_dir, TRAIN_METRICS).write_text(json.dumps(final, indent=1))
     ray.train.report(final)

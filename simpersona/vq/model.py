@@ -44,7 +44,6 @@ from __future__ import annotations
 import io as _io
 import json
 import math
-import pickle
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -57,6 +56,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from vector_quantize_pytorch import VectorQuantize
 
 from simpersona import storage
+from simpersona.training.checkpoints import load_tensors
 from simpersona.vq.features import FLAG_VALUES, SEQ_COLUMNS, FeatureSpec
 from simpersona.vq.sequence import log_probs, part_sizes, sequence_stats
 
@@ -311,22 +311,6 @@ def save_model(model: BuyerVQVAE, spec: FeatureSpec, model_dir: str, extra: Mapp
         fh.write(buf.getvalue())
     with storage.open_output_stream(storage.join_uri(model_dir, META_FILE)) as fh:
         fh.write(json.dumps(meta, indent=2).encode())
-
-
-class UnsafeCheckpoint(ValueError):
-    """A checkpoint or model file holds more than tensors: loading it would run the code its pickle names."""
-
-
-def load_tensors(source, where: str | None = None, hint: str = "delete it or rerun with vq.train.resume=false"):
-    """torch.load restricted to tensors, containers and numbers (weights_only): checkpoints and models live
-    in shared storage, and a full unpickle would run whatever code a file planted there names."""
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's own text advises weights_only=False; quote only the line naming what the file asked for
-        what = next((line for line in str(exc).splitlines() if "GLOBAL" in line), "not a tensor checkpoint")
-        raise UnsafeCheckpoint(f"{where or source}: refused, it holds objects other than tensors and numbers "
-                               f"({what.strip().rstrip('.')}); {hint}") from None
 
 
 def read_bytes(uri: str) -> bytes:

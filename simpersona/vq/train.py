@@ -22,8 +22,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 
@@ -32,8 +30,9 @@ import torch
 from omegaconf import OmegaConf
 
 from simpersona import storage
+from simpersona.training.checkpoints import Checkpoints, UnsafeCheckpoint, inject_failure, load_tensors
+from simpersona.training.engine import STATE_FILE, Engine, deepspeed_config, load_client, warmup_cosine
 from simpersona.vq import metrics
-from simpersona.vq.engine import STATE_FILE, load_client, make_engine
 from simpersona.vq.features import (
     LABEL_COLUMNS,
     SEQ_COLUMNS,
@@ -43,7 +42,7 @@ from simpersona.vq.features import (
     features_uri,
     load_spec,
 )
-from simpersona.vq.model import LOSS_NAMES, UnsafeCheckpoint, build_model, load_tensors, to_tensors
+from simpersona.vq.model import LOSS_NAMES, BuyerVQVAE, build_model, to_tensors
 
 TRAIN_COLUMNS: tuple[str, ...] = SEQ_COLUMNS + ("agg",) + LABEL_COLUMNS
 INIT_COLUMN = "init_code"  # the k-means peer's cluster per history (simpersona.vq.dataset.validated)
@@ -55,13 +54,36 @@ class CheckpointMismatch(ValueError):
 
 
 def lr_at(step: int, total: int, train: Mapping) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at `total` steps."""
-    lr, warm = float(train["lr"]), int(train["warmup_steps"])
-    if step < warm:
-        return lr * (step + 1) / warm
-    frac = min(1.0, (step - warm) / max(1, total - warm))
-    floor = float(train["min_lr_ratio"])
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_cosine(step, total, float(train["lr"]), int(train["warmup_steps"]), float(train["min_lr_ratio"]))
+
+
+RESUME_HINT = "delete it or rerun with vq.train.resume=false"
+
+
+def make_engine(model: BuyerVQVAE, train: Mapping, world_size: int) -> Engine:
+    """Plain PyTorch, or DeepSpeed (ZeRO at train.zero_stage, bf16) when asked for and CUDA is present."""
+    use_deepspeed = bool(train["deepspeed"]) and bool(train["use_gpu"]) and torch.cuda.is_available()
+    ds = deepspeed_config({"zero_optimization": {"stage": int(train["zero_stage"])}},
+                          batch_size=int(train["batch_size"]), grad_clip=float(train["grad_clip"]),
+                          bf16=True) if use_deepspeed else None
+    # the quantizer keeps its buffers in sync itself (all-reduced EMA statistics); broadcasting them from
+    # rank 0 before every forward would only add a collective per step
+    engine = Engine(model, lr=float(train["lr"]), weight_decay=float(train["weight_decay"]),
+                    grad_clip=float(train["grad_clip"]), world_size=world_size, deepspeed=ds,
+                    ddp_kwargs={"parallel_strategy_kwargs": {"broadcast_buffers": False}}, resume_hint=RESUME_HINT)
+    if engine.is_deepspeed:  # DeepSpeed casts the whole module to bf16; EMA statistics in bf16 lose the
+        for buf in engine.module.vq.buffers():  # small per-step updates, so they stay float32
+            if buf.is_floating_point():
+                buf.data = buf.data.float()
+    return engine
+
+
+def vq_loss(batch: Mapping[str, torch.Tensor]):
+    """The engine's loss function for one batch: the total loss, with the model's outputs kept."""
+    def loss_fn(net):
+        outputs, indices, losses = net(batch)
+        return losses["total"], (outputs, indices, losses)
+    return loss_fn
 
 
 class EpochMeter:
@@ -162,7 +184,6 @@ def _fingerprint(config: Mapping) -> dict:
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: train on this worker's shard of the "train" dataset (see module doc)."""
     import ray.train
-    from ray.train import Checkpoint
 
     train = config["train"]
     torch.set_num_threads(int(train["torch_threads"]))
@@ -173,13 +194,12 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(spec, config["model"], config["loss"])
     engine = make_engine(model, train, world)
     device = next(engine.module.parameters()).device
+    checkpoints = Checkpoints(engine, rank, prefix="vqvae")
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "fingerprint": _fingerprint(config)}
-    checkpoint = ray.train.get_checkpoint()
-    resumed = checkpoint is not None
+    loaded = checkpoints.resume()
+    resumed = loaded is not None
     if resumed:
-        with checkpoint.as_directory() as d:
-            loaded = engine.load(d)
         if loaded["fingerprint"] != json.loads(json.dumps(state["fingerprint"])):  # as stored: JSON
             raise CheckpointMismatch(
                 "the checkpoint to resume from was trained with another vq.model config or feature spec; "
@@ -195,20 +215,8 @@ def train_loop_per_worker(config: dict) -> None:
     chunks = ShardChunks(ray.train.get_dataset_shard("train"), int(train["batch_size"]), int(train["shuffle_rows"]),
                          bool(train["cache_shard"]))
 
-    # Ray Train copies a reported checkpoint to storage; in local mode (workers=0) it keeps pointing at
-    # the folder, so the latest folder lives until the next one is reported
-    local_mode = type(ctx).__name__.startswith("Local")
-    folders: list[str] = []
-
     def save(metrics_: dict) -> None:
-        d = tempfile.mkdtemp(prefix="vqvae-ckpt-")
-        engine.save(d, state, rank)
-        has_files = bool(os.listdir(d))
-        ray.train.report({**metrics_, "step": state["step"], "epoch": state["epoch"]},
-                         checkpoint=Checkpoint.from_directory(d) if has_files else None)
-        folders.append(d)
-        while len(folders) > (1 if local_mode else 0):
-            shutil.rmtree(folders.pop(0), ignore_errors=True)
+        checkpoints.report({**metrics_, "step": state["step"], "epoch": state["epoch"]}, state)
 
     while state["epoch"] < epochs and state["step"] < total:
         epoch, skip = state["epoch"], state["batch_in_epoch"]
@@ -225,14 +233,13 @@ def train_loop_per_worker(config: dict) -> None:
             batch = to_tensors(arrays_from_arrow(table, spec), device)
             if state["step"] < init_steps and INIT_COLUMN in table.column_names:
                 batch[INIT_COLUMN] = torch.from_numpy(table[INIT_COLUMN].to_numpy().astype(np.int64)).to(device)
-            outputs, indices, losses = engine.step(batch, lr_at(state["step"], total, train))
+            _, (outputs, indices, losses) = engine.step(vq_loss(batch), lr_at(state["step"], total, train))
             meter.update(batch, outputs, indices, losses)
             state["step"] += 1
             state["batch_in_epoch"] = i + 1
             if state["step"] % every == 0 or state["step"] == total or state["step"] == fail_at:
                 save({"loss_total": float(losses["total"].detach())})
-            if fail_at and state["step"] == fail_at and not resumed and rank == 0:
-                raise RuntimeError(f"injected failure at step {fail_at} (vq.train.fail_at_step)")
+            inject_failure(state["step"], fail_at, resumed, rank, "vq.train.fail_at_step")
         if batches == 0:
             raise FeatureError(f"worker {rank}: its shard of the training data is empty "
                                f"(epoch {epoch}); give it more histories or fewer workers")

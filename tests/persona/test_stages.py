@@ -22,11 +22,12 @@ from simpersona.persona.finetune import (
 )
 from simpersona.persona.model_loading import save
 from simpersona.persona.tokens import add_persona_tokens
+from simpersona.training.engine import STATE_FILE
 
 from .conftest import K
 
 TRAIN = {"workers": 0, "cpus_per_worker": 2, "grad_clip": 1.0, "checkpoint_every": 0, "keep_checkpoints": 2,
-         "max_failures": 0, "use_gpu": False}
+         "max_failures": 0, "use_gpu": False, "min_lr_ratio": 0.1}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]}
 
 
@@ -150,7 +151,7 @@ def test_worker_failure_resumes_from_its_checkpoint_on_s3(ray_local, persona_bas
                    if i.type == pafs.FileType.File]
     assert metrics["resumed_from_step"] == 4 and metrics["step"] == 6
     assert (tmp_path / "resume_s3" / "config.json").exists()
-    assert any("/checkpoint_" in p and p.endswith("trainable.pt") for p in objects), objects[:5]
+    assert any("/checkpoint_" in p and p.endswith(STATE_FILE) for p in objects), objects[:5]
     assert not list(tmp_path.glob("s3*"))
 
 

@@ -1,4 +1,5 @@
-"""Training checkpoints (simpersona.vq.engine): a round trip, and a planted pickle refused unrun."""
+"""Training checkpoints (simpersona.training, as the vqvae stage builds its engine): a round trip, and a
+planted pickle refused unrun."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from simpersona.config import VQLossConfig, VQModelConfig, VQTrainConfig
-from simpersona.vq.engine import STATE_FILE, TorchEngine
-from simpersona.vq.model import MODEL_FILE, UnsafeCheckpoint, build_model, load_model, save_model
+from simpersona.training.checkpoints import UnsafeCheckpoint
+from simpersona.training.engine import STATE_FILE
+from simpersona.vq.model import MODEL_FILE, build_model, load_model, save_model
+from simpersona.vq.train import make_engine
 
 MARKER = "simpersona-pickle-payload-ran"
 
@@ -29,7 +32,7 @@ class Payload:
 def engine_for(spec):
     torch.manual_seed(0)
     model = build_model(spec, {**asdict(VQModelConfig()), "codebook_size": 8}, asdict(VQLossConfig()))
-    return TorchEngine(model, asdict(VQTrainConfig()), world_size=1)
+    return make_engine(model, asdict(VQTrainConfig()), world_size=1)
 
 
 def test_checkpoint_round_trip_keeps_weights_optimizer_and_loop_state(planted_arrays, tmp_path):
