@@ -15,12 +15,12 @@ run_evaluation(cfg)
      -> <run_dir>/evaluate/metrics.json and summary.json
 
 A re-run resumes a simulation folder made from the same inputs and starts it afresh otherwise
-(simpersona.eval.simruns), so an evaluation never mixes agents of two different models.
+(simpersona.sim.experiments), so an evaluation never mixes agents of two different models. This module
+only reads the folders back.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -36,7 +36,8 @@ from simpersona.eval import alignment, bootstrap, holdout, metrics, type_alignme
 from simpersona.eval.artifacts import ArtifactError, json_safe
 from simpersona.eval.holdout import HALF_RATES, HoldoutSplit
 from simpersona.eval.signal_budget import signal_budget
-from simpersona.eval.simruns import SimRun, simulate_run
+from simpersona.eval.simruns import SimRun
+from simpersona.sim import experiments
 from simpersona.storage import write_json
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,6 @@ class EvaluationError(ArtifactError):
 
 
 # ---- the simulated populations ------------------------------------------------------------------
-
-def run_folder(cfg, mode: str) -> Path:
-    return Path(cfg.run_dir) / "simulate" / f"{cfg.eval.run_prefix}{mode}"
-
 
 def _types_table(run_dir: Path) -> pl.DataFrame | None:
     path = run_dir / "assign" / "types.parquet"
@@ -81,19 +78,6 @@ def write_heldout_types(cfg, split: HoldoutSplit) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     dist.write_parquet(path)
     return path
-
-
-def sim_config(cfg, mode: str, merchants: list[str], types_path: Path, folder: str = "", model_dir: str = ""):
-    """The config that simulates persona mode `mode` on the held-out merchants (into simulate/<prefix><folder
-    or mode>, with the policy model at `model_dir` when given)."""
-    vcfg = copy.deepcopy(cfg)
-    vcfg.sim.variant = f"{cfg.eval.run_prefix}{folder or mode}"
-    vcfg.sim.persona_mode = mode
-    vcfg.sim.merchants = list(merchants)
-    vcfg.sim.merchant_types = str(types_path)
-    if model_dir:
-        vcfg.serve.model_dir = model_dir
-    return vcfg
 
 
 def larger_model_source(cfg) -> dict | None:
@@ -280,28 +264,23 @@ def run_evaluation(cfg, simulate=None) -> dict:
     baseline_names = [*e.baselines, *([LARGER] if larger else [])]
     sim_seconds: dict[str, float] = {}
     if e.simulate:
-        if simulate is None:
-            from simpersona.sim.simulate import run_simulation as simulate
         larger_dir = str(prepare_larger_model(cfg, larger).resolve()) if larger else ""  # fails before any simulation
         types_path = write_heldout_types(cfg, split)
-        for name, mode in modes.items():
-            t = time.time()
-            simulate_run(sim_config(cfg, mode, split.heldout, types_path), types_path, simulate)
-            sim_seconds[name] = round(time.time() - t, 2)
+        configs = {name: experiments.persona_mode_config(cfg, mode, split.heldout, types_path)
+                   for name, mode in modes.items()}
         if larger:
-            t = time.time()
-            simulate_run(sim_config(cfg, "none", split.heldout, types_path, folder=LARGER, model_dir=larger_dir),
-                         types_path, simulate)
-            sim_seconds[LARGER] = round(time.time() - t, 2)
+            configs[LARGER] = experiments.persona_mode_config(cfg, "none", split.heldout, types_path, folder=LARGER,
+                                                              model_dir=larger_dir)
+        sim_seconds = experiments.simulate_each(configs, types_path, simulate)
 
     types_half, rates_half = holdout.real_half_metrics(events, split)
     ceil = holdout.ceiling(events, split, e.rate, e.stratum_unit, halves=(types_half, rates_half))
-    runs = {MAIN_MODE: SimRun(run_folder(cfg, MAIN_MODE), split.heldout)}
+    runs = {MAIN_MODE: SimRun(experiments.heldout_folder(cfg, MAIN_MODE), split.heldout)}
     main, main_sim = evaluate_run(runs[MAIN_MODE], rates_half, split, cfg, types)
     baselines: dict[str, dict | None] = {}
     sims = {"sim": main_sim}
     for name in baseline_names:
-        folder = run_folder(cfg, BASELINE_MODES.get(name, name))
+        folder = experiments.heldout_folder(cfg, BASELINE_MODES.get(name, name))
         if not (folder / "agents.parquet").exists():
             if e.require_baselines:
                 raise EvaluationError(f"baseline {name}: no simulation at {folder} (eval.require_baselines=true)")

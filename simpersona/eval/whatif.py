@@ -3,7 +3,7 @@
 `run_whatif(cfg)` simulates the unchanged storefront (`whatif.base_variant`) and every variant of
 `whatif.variants` (name -> store knobs, e.g. {price_multiplier: 1.1}, handed to the storefront as
 store.variants[name]) plus a grid sweeping one knob (`whatif.grid_knob` over `whatif.grid_values`),
-each through the simulate stage on the same merchants with the same agents. Agents are drawn from
+each through the simulate stage (simpersona.sim.experiments) on the same merchants with the same agents. Agents are drawn from
 (seed, merchant, index) only, so every variant runs the same agents with the same seeds (common
 random numbers) and a variant's effect is measured agent by agent: per-merchant and overall deltas
 of conversion and engagement with paired bootstrap intervals (simpersona.eval.bootstrap). Beside each
@@ -14,7 +14,6 @@ Writes <run_dir>/whatif/deltas.json and summary.json.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from simpersona.data.traces import as_mapping
 from simpersona.eval import bootstrap, metrics
 from simpersona.eval import whatif_truth as truth
 from simpersona.eval.artifacts import json_safe
-from simpersona.eval.simruns import SimRun, simulate_run
+from simpersona.eval.simruns import SimRun
+from simpersona.sim.experiments import simulate_each, variant_config, whatif_types
 from simpersona.storage import write_json
 from simpersona.store.shops import KNOB_NAMES, knobs_for
 
@@ -85,23 +85,6 @@ def variant_specs(cfg) -> dict[str, dict]:
         raise WhatifError("what-if needs whatif.base_variant plus at least one other variant "
                           "(whatif.variants / whatif.grid_knob), and the base must not be among the variants")
     return specs
-
-
-def variant_config(cfg, name: str, knobs: dict):
-    """A copy of `cfg` that simulates variant `name` on the what-if population."""
-    vcfg = copy.deepcopy(cfg)
-    vcfg.sim.variant = name
-    merchants = cfg.whatif.merchants
-    # merchant ids are strings even where YAML or the command line reads them as numbers
-    vcfg.sim.merchants = merchants if isinstance(merchants, int) else [str(m) for m in merchants]
-    if cfg.whatif.agents_per_merchant:
-        vcfg.sim.agents_per_merchant = cfg.whatif.agents_per_merchant
-    if cfg.sim.storefront:  # a foreign shop: another deployment's URL and/or patched pages
-        vcfg.sim.base_url = knobs.get("base_url", cfg.sim.base_url)
-        vcfg.browser.page_patches = list(cfg.browser.page_patches) + list(knobs.get("page_patches") or ())
-    elif knobs:
-        vcfg.store.variants[name] = knobs
-    return vcfg
 
 
 def load_outcomes(folder: Path):
@@ -175,15 +158,9 @@ def run_whatif(cfg, simulate=None) -> dict:
 
     `simulate(cfg)` runs one variant (default: simpersona.sim.simulate.run_simulation)."""
     t0 = time.time()
-    if simulate is None:
-        from simpersona.sim.simulate import run_simulation as simulate
     specs = variant_specs(cfg)
-    types_path = Path(cfg.sim.merchant_types or Path(cfg.run_dir) / "assign" / "merchant_types.parquet")
-    timings = {}
-    for name, knobs in specs.items():
-        t = time.time()
-        simulate_run(variant_config(cfg, name, knobs), types_path if types_path.exists() else None, simulate)
-        timings[name] = round(time.time() - t, 2)
+    configs = {name: variant_config(cfg, name, knobs) for name, knobs in specs.items()}
+    timings = simulate_each(configs, whatif_types(cfg), simulate)
     deltas = compute_deltas(cfg, specs)
     deltas["seconds_per_variant"] = timings
     out = Path(cfg.run_dir) / "whatif"

@@ -199,7 +199,7 @@ def test_larger_model_that_cannot_load_fails_before_any_simulation(real_events, 
 
 
 def test_a_simulation_fingerprint_sees_values_that_manifests_redact(tmp_path):
-    from simpersona.eval.simruns import sim_fingerprint
+    from simpersona.sim.experiments import fingerprint as sim_fingerprint
 
     def fingerprint(*overrides):
         return sim_fingerprint(load("evaluate", [f"run_dir={tmp_path}", *overrides]), None)["config"]

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from simpersona.config import load
-from simpersona.eval.whatif import WhatifError, compute_deltas, variant_config, variant_specs
+from simpersona.eval.whatif import WhatifError, compute_deltas, variant_specs
+from simpersona.sim.experiments import variant_config
 from simpersona.store.shops import knobs_for
 
 
