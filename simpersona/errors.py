@@ -1,9 +1,14 @@
-"""Input and storage errors: one family, so a caller can catch every input problem with `except DataError`.
+"""The project's error types: a configuration that cannot be used (ConfigError), and the input and
+storage family (DataError), so a caller can catch every input problem with `except DataError`.
 
 Each message is one line naming the path; the library exception is folded into that line rather
 than left as a deep traceback."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config file, override or setting that cannot be used; the message says which and why."""
 
 
 class DataError(ValueError):

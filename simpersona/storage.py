@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from simpersona.config import S3Config
 from simpersona.errors import InputNotFoundError, UnsupportedInputError, first_line
+from simpersona.storage_config import S3Config
 
 # ---------------------------------------------------------------------------------------------------
 # URIs and filesystems

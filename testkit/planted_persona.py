@@ -136,7 +136,7 @@ def planted_traces(n_histories: int, n_types: int, store_cfg: dict, seed: int = 
 def write_planted_run(run_dir: str | Path, n_histories: int = 600, n_types: int = 6, codebook_dim: int = 8,
                       store_cfg: dict | None = None, seed: int = 0, **kw) -> dict:
     """Write the finetune job's inputs for planted data under run_dir; returns their paths."""
-    from simpersona.config import StoreConfig
+    from simpersona.store.config import StoreConfig
 
     store = dict(store_cfg or asdict(StoreConfig()))
     run = Path(run_dir)

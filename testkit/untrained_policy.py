@@ -54,7 +54,7 @@ def build_untrained_model(folder: str | Path, n_types: int = 8, seed: int = 0, s
     """Write an untrained small LM + tokenizer with `n_types` persona tokens to `folder`."""
     from omegaconf import OmegaConf
 
-    from simpersona.config import SmallLMConfig
+    from simpersona.persona.config import SmallLMConfig
     from simpersona.persona.model_loading import save
     from simpersona.persona.small import build_model, train_tokenizer
     from simpersona.persona.tokens import add_persona_tokens

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
-from simpersona.config import S3Config
+from simpersona.storage_config import S3Config
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"

@@ -65,3 +65,23 @@ def test_no_yaml_repeats_a_schema_default():
             if default is not KeyError and default == value and not undoes:
                 repeated.append(f"{name}: {'.'.join(path)}")
     assert repeated == []
+
+
+def test_stage_config_modules_stand_alone():
+    """Each stage's config section lives with the stage and is composed by simpersona.config, never the
+    other way round: a stage config module imports no part of simpersona but the shop knobs and the S3 section."""
+    import ast
+    from pathlib import Path
+
+    import simpersona
+
+    root = Path(simpersona.__file__).parent
+    modules = sorted(root.glob("*/config.py"))
+    bad = {}
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            bad.update({f"{path.parent.name}/config.py": n for n in names
+                        if n.startswith("simpersona") and n not in ("simpersona.pages.config", "simpersona.storage_config")})
+    assert len(modules) >= 8 and bad == {}

@@ -48,8 +48,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from simpersona.config import ConfigError, DataConfig
+from simpersona.data.config import DataConfig
 from simpersona.data.schema import EVENTS, SCHEMA
+from simpersona.errors import ConfigError
 
 CANONICAL_FIELDS: tuple[str, ...] = tuple(n for n in SCHEMA.names if n != "seq")
 TYPES: dict[str, pa.DataType] = {f.name: f.type for f in SCHEMA}

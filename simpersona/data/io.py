@@ -26,7 +26,6 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from simpersona.config import S3Config
 from simpersona.errors import (  # noqa: F401  (the error family is re-exported: `except io.DataError`)
     CorruptFileError,
     DataError,
@@ -38,6 +37,7 @@ from simpersona.errors import (  # noqa: F401  (the error family is re-exported:
     first_line,
 )
 from simpersona.storage import file_info, resolve, to_uri
+from simpersona.storage_config import S3Config
 
 SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet",
                                   ".json": "json", ".jsonl": "json", ".ndjson": "json", ".json.gz": "json",

@@ -100,9 +100,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from simpersona import storage
-from simpersona.config import S3Config, SynthConfig, SynthKnobsConfig
+from simpersona.data.config import SynthConfig, SynthKnobsConfig
 from simpersona.data.schema import EVENTS, SCHEMA
 from simpersona.pages.shop import Knobs
+from simpersona.storage_config import S3Config
 
 END = len(EVENTS)  # the absorbing "leave" state of the session chain
 STATES = EVENTS + ("end",)

@@ -39,8 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from simpersona.config import ConfigError, DataConfig
 from simpersona.data.adapters import CANONICAL_FIELDS, Adapter, Mapped, get_adapter, parse_iso
+from simpersona.data.config import DataConfig
 from simpersona.data.io import (  # noqa: F401  (the error family is re-exported from here)
     BadCsvRow,
     CorruptFileError,
@@ -61,6 +61,7 @@ from simpersona.data.io import (  # noqa: F401  (the error family is re-exported
     read_schema,
 )
 from simpersona.data.schema import QUARANTINE_SCHEMA, SCHEMA
+from simpersona.errors import ConfigError
 from simpersona.storage import parquet_writer, resolve
 
 REASONS: tuple[str, ...] = (

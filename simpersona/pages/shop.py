@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from simpersona.config import StoreConfig
 from simpersona.pages.catalog import Product
+from simpersona.pages.config import ShopKnobsConfig
 from simpersona.pages.observation import Card, PageState, action_verb
 
-_STORE = StoreConfig()  # the knobs' defaults are the store config's: one place for each
+_STORE = ShopKnobsConfig()  # the knobs' defaults are the store config's: one place for each
 
 
 @dataclass(frozen=True)

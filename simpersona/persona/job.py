@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from simpersona import storage
-from simpersona.config import to_dict
 from simpersona.data.storefront import replayed_store
 from simpersona.persona import examples as ex
 from simpersona.persona.evaluate import score_steps, step_metrics, type_sensitivity
@@ -91,7 +91,7 @@ def run(cfg) -> dict:
     codebook = np.load(paths["codebook"])
     n_types = int(codebook.shape[0])
     seed = int(cfg.seed)
-    train_cfg = to_dict(pc.train)
+    train_cfg = OmegaConf.to_container(pc.train, resolve=True)
     with timer("load_data"):
         excluded = heldout_merchants(cfg) if pc.exclude_heldout else []
         steps = ex.load_steps(paths["traces"], paths["types"], paths["profiles"], n_types, pc.history_len,
@@ -114,7 +114,8 @@ def run(cfg) -> dict:
             batch_size=int(stage_cfg.batch_size), warmup_steps=int(stage_cfg.warmup_steps),
             max_steps=int(stage_cfg.max_steps),
             steps_per_epoch=steps_per_epoch(len(data), int(stage_cfg.batch_size), int(pc.train.workers)),
-            lora=to_dict(pc.lora), train=train_cfg, seed=seed, progress=bool(cfg.progress),
+            lora=OmegaConf.to_container(pc.lora, resolve=True), train=train_cfg, seed=seed,
+            progress=bool(cfg.progress),
             data_fingerprint=data_fingerprint(data), input_fingerprint=folder_fingerprint(input_dir))
 
     checkpoints = storage.join_uri(cfg.get("checkpoint_root") or cfg.storage_path or cfg.run_dir, "checkpoints", "finetune", "ray")
@@ -273,7 +274,7 @@ def run(cfg) -> dict:
                    for k, v in metrics.items()},
         "ray_train_workers": int(pc.train.workers),
         "wall_s": dict(timer.wall, total=round(time.perf_counter() - t_total, 2)),
-        "config": to_dict(pc),
+        "config": OmegaConf.to_container(pc, resolve=True),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     return summary

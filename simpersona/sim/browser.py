@@ -111,7 +111,7 @@ def browser_config(cfg: Any = None):
     """The browser section (OmegaConf, defaults filled in) from a whole config, the section, or None."""
     from omegaconf import OmegaConf
 
-    from simpersona.config import BrowserConfig
+    from simpersona.sim.config import BrowserConfig
 
     base = OmegaConf.structured(BrowserConfig)
     if cfg is None:

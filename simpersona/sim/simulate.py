@@ -23,8 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from omegaconf import OmegaConf
 
-from simpersona.config import to_dict
 from simpersona.runtime import init_ray
 from simpersona.sim.actors import committed_results, run_workers
 from simpersona.sim.outcomes import blocked_requests, client_events, failure_counts
@@ -67,7 +67,7 @@ def policy_for(cfg):
         model_dir = model_dir_of(cfg)
         if kind == "local" and not Path(model_dir).exists():
             raise FileNotFoundError(f"no policy model at {model_dir} (run the finetune stage or set serve.model_dir)")
-        yield {"kind": "lm" if kind == "local" else kind, "serve": to_dict(cfg)["serve"],
+        yield {"kind": "lm" if kind == "local" else kind, "serve": OmegaConf.to_container(cfg.serve, resolve=True),
                "model_dir": str(Path(model_dir).resolve())}
         return
     from ray import serve
@@ -77,7 +77,7 @@ def policy_for(cfg):
     if owned:
         handle = deploy(cfg, "lm")
     try:
-        yield {"kind": "serve", "handle": handle, "serve": to_dict(cfg)["serve"]}
+        yield {"kind": "serve", "handle": handle, "serve": OmegaConf.to_container(cfg.serve, resolve=True)}
     finally:
         if owned:
             serve.delete(cfg.serve.app_name)
@@ -112,7 +112,7 @@ def run_simulation(cfg, on_progress=None) -> dict:
     for key in ("workers", "contexts_per_worker", "max_attempts"):
         if sim[key] < 1:
             raise ValueError(f"sim.{key} must be >= 1, got {sim[key]}")
-    browser = to_dict(cfg)["browser"]
+    browser = OmegaConf.to_container(cfg.browser, resolve=True)
     parse_patches(browser.get("page_patches"))  # a bad patch stops the job here, not in every worker
     foreign = bool(sim.storefront)
     if foreign:

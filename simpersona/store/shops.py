@@ -38,7 +38,7 @@ def store_section(cfg: Any) -> Mapping:
     if cfg is None or is_dataclass(cfg):
         from omegaconf import OmegaConf
 
-        from simpersona.config import StoreConfig
+        from simpersona.store.config import StoreConfig
 
         cfg = OmegaConf.structured(cfg if cfg is not None else StoreConfig)
     if "store" in cfg and "products_per_merchant" not in cfg:

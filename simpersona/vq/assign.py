@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simpersona import storage
-from simpersona.config import ConfigError
+from simpersona.errors import ConfigError
 from simpersona.vq.features import (
     ID_COLUMNS,
     LABEL_COLUMNS,

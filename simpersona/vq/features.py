@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from simpersona import storage
-from simpersona.config import S3Config
+from simpersona.storage_config import S3Config
 
 ID_COLUMNS: tuple[str, ...] = ("history_id", "buyer_id", "merchant_id")
 SEQ_COLUMNS: tuple[str, ...] = ("seq_event", "seq_price", "seq_gap", "seq_flags")

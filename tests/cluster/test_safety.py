@@ -12,8 +12,9 @@ import pytest
 
 from cluster.conftest import ROOT, SECRETS, run_job
 from simpersona import storage
-from simpersona.config import S3Config, load
+from simpersona.config import load
 from simpersona.data import io
+from simpersona.storage_config import S3Config
 
 
 def _listening(proc: psutil.Process) -> set[tuple[str, int]]:

@@ -9,8 +9,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from simpersona.config import ConfigError, DataConfig
+from simpersona.config import ConfigError
 from simpersona.data.adapters import ADAPTERS, get_adapter
+from simpersona.data.config import DataConfig
 from simpersona.data.schema import SCHEMA
 from simpersona.data.validate import ValidationReport, read_canonical, read_file_canonical
 

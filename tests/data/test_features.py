@@ -10,8 +10,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from simpersona.config import FeatureConfig, SessionConfig
 from simpersona.data import features as F
+from simpersona.data.config import FeatureConfig, SessionConfig
 from simpersona.data.sessions import sessionize
 from testkit.preprocess_peers import pandas_features
 from tests.data.canonical_rows import canonical
@@ -102,7 +102,7 @@ def test_whole_buyer_histories_and_planted_types():
 
 
 def test_pandas_groupby_apply_agrees_with_the_vectorised_features(tmp_path):
-    from simpersona.config import SynthConfig
+    from simpersona.data.config import SynthConfig
     from simpersona.data.synthetic import generate_shard
 
     events, _ = generate_shard(SynthConfig(buyers=600, shard_buyers=600, merchants=12, seed=3), 0)

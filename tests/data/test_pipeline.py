@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from simpersona.config import SynthConfig, load
+from simpersona.config import load
+from simpersona.data.config import SynthConfig
 from simpersona.data.pipeline import run_preprocess
 from simpersona.data.storefront import STOREFRONT_FILE, replayed_store
 from simpersona.data.validate import BadDataError

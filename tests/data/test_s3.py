@@ -11,9 +11,10 @@ import pytest
 from s3_server import MotoS3Server
 
 from simpersona import storage
-from simpersona.config import DataConfig, S3Config
 from simpersona.data import io
+from simpersona.data.config import DataConfig
 from simpersona.data.validate import InputNotFoundError, ValidationReport, read_canonical
+from simpersona.storage_config import S3Config
 
 
 @pytest.fixture(scope="module")

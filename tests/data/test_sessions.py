@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from simpersona.config import SessionConfig
+from simpersona.data.config import SessionConfig
 from simpersona.data.sessions import SessionConfigError, sessionize
 from tests.data.canonical_rows import canonical
 
@@ -112,7 +112,7 @@ def test_whole_buyer_histories_order_sessions_across_merchants():
 def test_tmall_sessions_match_the_measured_counts(tmall_csv):
     import pyarrow as pa
 
-    from simpersona.config import DataConfig
+    from simpersona.data.config import DataConfig
     from simpersona.data.validate import read_canonical
 
     events = pa.concat_tables(list(read_canonical(DataConfig(input=str(tmall_csv)))))

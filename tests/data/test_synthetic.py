@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from simpersona.config import SynthConfig, SynthKnobsConfig, load
+from simpersona.config import load
+from simpersona.data.config import SynthConfig, SynthKnobsConfig
 from simpersona.data.schema import EVENTS, SCHEMA, conform
 from simpersona.data.synthetic import (
     KNOB_NAMES,
@@ -321,7 +322,7 @@ def test_generate_writes_every_shard_types_and_summary(tmp_path):
 
 MEMORY_PROBE = """
 import json, resource, sys
-from simpersona.config import SynthConfig
+from simpersona.data.config import SynthConfig
 from simpersona.data.synthetic import generate, generate_shard
 cfg = SynthConfig(buyers=int(sys.argv[1]), shard_buyers=60000, executor="serial")
 generate(cfg, sys.argv[2], progress=False)

@@ -9,12 +9,13 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from simpersona.config import SessionConfig, StoreConfig, SynthConfig, TraceConfig
 from simpersona.data import features as F
 from simpersona.data import traces as T
+from simpersona.data.config import SessionConfig, SynthConfig, TraceConfig
 from simpersona.data.sessions import sessionize
 from simpersona.pages.observation import allowed_actions, render
 from simpersona.pages.shop import Shop, Visit
+from simpersona.store.config import StoreConfig
 from tests.data.canonical_rows import canonical
 
 
@@ -151,7 +152,7 @@ def test_long_sessions_are_cut_and_old_sessions_dropped():
 def test_tmall_day_sessions_replay_deterministically(tmall_csv):
     import pyarrow as pa
 
-    from simpersona.config import DataConfig
+    from simpersona.data.config import DataConfig
     from simpersona.data.validate import read_canonical
 
     events = pa.concat_tables(list(read_canonical(DataConfig(input=str(tmall_csv))))).slice(0, 5000)
@@ -181,7 +182,7 @@ def test_reusing_identical_sessions_changes_no_step(source, synthetic, tmall_csv
     equal replaying every session afresh, and reuse must actually happen."""
     import pyarrow as pa
 
-    from simpersona.config import DataConfig
+    from simpersona.data.config import DataConfig
     from simpersona.data.validate import read_canonical
 
     if source == "tmall":
@@ -210,7 +211,8 @@ def _preprocess_synthetic(tmp_path, knobs: bool):
     """run_reference on a small synthetic world; (config, traces, merchant knobs or None)."""
     import json
 
-    from simpersona.config import SynthKnobsConfig, load
+    from simpersona.config import load
+    from simpersona.data.config import SynthKnobsConfig
     from simpersona.data.synthetic import generate
     from testkit.preprocess_peers import run_reference
 

@@ -10,7 +10,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from simpersona.config import ConfigError, DataConfig
+from simpersona.config import ConfigError
+from simpersona.data.config import DataConfig
 from simpersona.data.schema import QUARANTINE_SCHEMA, SCHEMA
 from simpersona.data.validate import (
     BadDataError,

@@ -119,8 +119,8 @@ def _base_lm(folder, hidden: int):
     """A plain causal LM folder (no persona tokens): the "larger base model" of these tests."""
     from omegaconf import OmegaConf
 
-    from simpersona.config import SmallLMConfig
     from simpersona.pages.observation import allowed_actions, render
+    from simpersona.persona.config import SmallLMConfig
     from simpersona.persona.model_loading import save
     from simpersona.persona.small import build_model, train_tokenizer
     from testkit.untrained_policy import random_pages

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from simpersona.config import TypeAlignmentConfig
 from simpersona.eval import type_alignment as ta
+from simpersona.eval.config import TypeAlignmentConfig
 from simpersona.eval.holdout import HALF_RATES, HALF_TYPES, HoldoutSplit
 
 T0 = datetime(2014, 5, 1)

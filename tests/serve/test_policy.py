@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from simpersona.config import ServeConfig
 from simpersona.pages.observation import action_verb, allowed_actions, render
 from simpersona.persona.scoring import ActionScorer, ScoreRequest
+from simpersona.serve.config import ServeConfig
 from simpersona.serve.policy import ActionPolicy, PolicyRequest, UniformPolicy
 from testkit.untrained_policy import build_untrained_model, random_pages
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from simpersona.config import SimConfig
+from simpersona.sim.config import SimConfig
 from simpersona.sim.population import (
     SPEC_SCHEMA,
     PersonaResolver,

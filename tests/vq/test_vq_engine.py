@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from simpersona.config import VQLossConfig, VQModelConfig, VQTrainConfig
 from simpersona.training.checkpoints import UnsafeCheckpoint
 from simpersona.training.engine import STATE_FILE
+from simpersona.vq.config import VQLossConfig, VQModelConfig, VQTrainConfig
 from simpersona.vq.model import MODEL_FILE, build_model, load_model, save_model
 from simpersona.vq.train import make_engine
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from simpersona.config import VQLossConfig, VQModelConfig
+from simpersona.vq.config import VQLossConfig, VQModelConfig
 from simpersona.vq.features import take_rows
 from simpersona.vq.metrics import code_usage
 from simpersona.vq.model import build_model, load_model, save_model, to_tensors
