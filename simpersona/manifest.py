@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 from simpersona import storage
 from simpersona.storage import replace_durably
 
+FILENAME = "manifest.json"  # in every finished stage folder, written last
 SECRET_KEYS = ("secret", "password", "token", "access_key", "credential", "api_key")
 REDACTED = "***"
 # Files up to this size are hashed whole (the bundled data: milliseconds); a bigger file is identified by
@@ -155,7 +156,7 @@ def build(stage: str, config_sections: dict[str, Any], inputs: dict[str, str],
 
 def path(stage_dir: str | Path) -> str:
     """The manifest's path or URI in a stage folder (local or s3://)."""
-    return storage.join_uri(str(stage_dir), "manifest.json")
+    return storage.join_uri(str(stage_dir), FILENAME)
 
 
 def dumps(manifest: dict[str, Any]) -> str:

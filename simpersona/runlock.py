@@ -1,7 +1,7 @@
 """One run at a time per run directory: a lock file (local) or a lease object (s3://) naming its holder.
 
 Two runs on one run_dir would destroy each other: each stage run first clears what a killed run left
-(`stages.recover_interrupted` removes every `.<stage>.partial-*` folder), which for a live run is its
+(`storage.recover_folder` removes every `.<stage>.partial-*` folder), which for a live run is its
 output in progress. So a run holds `<run_dir>/.run.lock` from its first stage to its last, and a second
 run fails at once, in one line naming the holder (pid, host, start time).
 

@@ -29,26 +29,18 @@ import copy
 import hashlib
 import importlib
 import json
-import os
-import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 
 from simpersona import manifest, runlock, storage
 from simpersona.data import io
-from simpersona.storage import replace_durably, write_summary
-
-PARTIAL = "partial"  # DIR/.<stage>.partial-<id>: a run in progress (or killed)
-PREVIOUS = "old"  # DIR/.<stage>.old-<id>: the previous output, moved aside while the stage runs
-FETCHING = "fetch"  # MIRROR/.<stage>.fetch-<id>: a download from the remote root in progress
+from simpersona.storage import write_summary
 
 
 @dataclass(frozen=True)
@@ -181,7 +173,7 @@ def _run_stage(stage: Stage, cfg: DictConfig, force: bool, before_run: Callable[
     remote = is_remote(cfg)
     out = stage_uri(cfg, name)
     if not remote:
-        recover_interrupted(Path(out))
+        storage.recover_folder(Path(out))
     m = stage_manifest(cfg, stage)
     if not force and manifest.is_current(out, m, cfg.data.s3):
         summary = _read_json(storage.join_uri(out, "summary.json"), cfg.data.s3)
@@ -194,7 +186,7 @@ def _run_stage(stage: Stage, cfg: DictConfig, force: bool, before_run: Callable[
     if remote:
         summary = _run_remote(stage, cfg, lambda c: function(c) or {})
     else:
-        summary = _run_atomically(Path(out), lambda: function(cfg) or {})
+        summary = publish_stage(Path(out), lambda: function(cfg) or {})
     m["wall_s"] = round(time.time() - start, 2)
     manifest.write(out, m, cfg.data.s3)  # last: only now does the stage count as finished
     if remote and not stage.streams:
@@ -235,8 +227,8 @@ def _run_remote(stage: Stage, cfg: DictConfig, run: Callable[[DictConfig], dict]
     if stage.streams:
         return run(local)
     out = mirror / stage.name
-    recover_interrupted(out)
-    summary = _run_atomically(out, lambda: run(local))
+    storage.recover_folder(out)
+    summary = publish_stage(out, lambda: run(local))
     storage.upload(out, remote, s3)
     for side in stage.side:
         if (mirror / side).is_dir():
@@ -278,70 +270,23 @@ def upstream_closure_of(names: tuple[str, ...]) -> list[str]:
     return [s for s in STAGES if s in wanted]
 
 
-
 def fetch(cfg: DictConfig, name: str, mirror: Path) -> None:
     """Make MIRROR/<name> a copy of the finished remote stage (no-op when it already has its manifest)."""
-    s3 = cfg.data.s3
     remote = stage_uri(cfg, name)
-    text = manifest.read_text(remote, s3)
+    text = manifest.read_text(remote, cfg.data.s3)
     if text is None:
         raise FileNotFoundError(f"stage output {remote} is not finished (no manifest.json): run stage {name} first")
-    local = mirror / name
-    recover_interrupted(local)
-    if manifest.read_text(local) == text:
-        return
-    mirror.mkdir(parents=True, exist_ok=True)
-    tmp = mirror / f".{name}.{FETCHING}-{uuid.uuid4().hex[:8]}"
-    fs, path = storage.resolve(remote, s3)
-    try:
-        storage.copy_tree(path, fs, str(tmp), pafs.LocalFileSystem())
-        if manifest.read_text(tmp) != text:  # re-run remotely while we copied: never mix two runs
-            raise RuntimeError(f"stage output {remote} changed while it was being fetched; run again")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(local, ignore_errors=True)
-    replace_durably(tmp, local)  # the mirror's manifest must not outlive the files it vouches for
-    print(f"[{name}] fetched {remote} -> {local}", flush=True)
+    if storage.fetch_folder(remote, mirror / name, manifest.FILENAME, text, cfg.data.s3):
+        print(f"[{name}] fetched {remote} -> {mirror / name}", flush=True)
 
 
-def _run_atomically(out: Path, run: Callable[[], dict]) -> dict:
-    """Run `run()` with `out` pointing at a fresh temporary sibling; publish it as `out` on success.
-
-    On failure the temporary folder is removed and the previous output (if any) is put back."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    partial = out.with_name(f".{out.name}.{PARTIAL}-{token}")
-    previous = out.with_name(f".{out.name}.{PREVIOUS}-{token}")
-    partial.mkdir()
-    if out.exists():
-        os.replace(out, previous)
-    out.symlink_to(partial.name)  # relative: the run folder may be moved as a whole
-    try:
+def publish_stage(out: Path, run: Callable[[], dict]) -> dict:
+    """Run `run()` into a fresh partial folder that replaces `out` only on success
+    (storage.publish_atomically); a stage that wrote no summary.json gets its returned summary as one."""
+    def run_with_summary() -> dict:
         summary = run()
-        if not (partial / "summary.json").exists():  # the contract: every stage has one
-            write_summary(str(partial / "summary.json"), summary)
-    except BaseException:
-        out.unlink()
-        shutil.rmtree(partial, ignore_errors=True)
-        if previous.exists():
-            os.replace(previous, out)
-        raise
-    out.unlink()
-    replace_durably(partial, out)  # on disk before the manifest (written next) says the stage finished
-    shutil.rmtree(previous, ignore_errors=True)
-    return summary
+        if not (out / "summary.json").exists():  # the contract: every stage has one
+            write_summary(str(out / "summary.json"), summary)
+        return summary
 
-
-def recover_interrupted(out: Path) -> None:
-    """Undo what a killed run of this stage left: its link and partial folder go, and the output it had
-    moved aside comes back (complete, with its own manifest, so it may still be current)."""
-    if out.is_symlink():
-        out.unlink()
-    for partial in [*out.parent.glob(f".{out.name}.{PARTIAL}-*"), *out.parent.glob(f".{out.name}.{FETCHING}-*")]:
-        shutil.rmtree(partial, ignore_errors=True)
-    for previous in sorted(out.parent.glob(f".{out.name}.{PREVIOUS}-*")):
-        if out.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.replace(previous, out)
+    return storage.publish_atomically(out, run_with_summary)

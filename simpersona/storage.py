@@ -281,3 +281,84 @@ def upload(folder: Path, uri: str, s3cfg=None, replace: bool = True) -> None:
     if replace:
         fs.delete_dir_contents(path, missing_dir_ok=True)
     copy_tree(str(folder), pafs.LocalFileSystem(), path, fs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Published folders: a run's output replaces the previous one whole, and a killed run is undone
+
+PARTIAL = "partial"  # DIR/.<name>.partial-<id>: a run in progress (or killed)
+PREVIOUS = "old"  # DIR/.<name>.old-<id>: the previous output, moved aside while the run goes on
+FETCHING = "fetch"  # DIR/.<name>.fetch-<id>: a download in progress
+
+
+def publish_atomically(out: Path, run):
+    """Run `run()` with `out` pointing at a fresh temporary sibling; publish it as `out` on success and
+    return what `run` returned.
+
+    `out` is a symlink to the partial folder while `run` goes on, so the code writes where it always
+    does. On failure the temporary folder is removed and the previous output (if any) is put back."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    partial = out.with_name(f".{out.name}.{PARTIAL}-{token}")
+    previous = out.with_name(f".{out.name}.{PREVIOUS}-{token}")
+    partial.mkdir()
+    if out.exists():
+        os.replace(out, previous)
+    out.symlink_to(partial.name)  # relative: the run folder may be moved as a whole
+    try:
+        result = run()
+    except BaseException:
+        out.unlink()
+        shutil.rmtree(partial, ignore_errors=True)
+        if previous.exists():
+            os.replace(previous, out)
+        raise
+    out.unlink()
+    replace_durably(partial, out)  # on disk before the caller marks it finished (a manifest, next)
+    shutil.rmtree(previous, ignore_errors=True)
+    return result
+
+
+def recover_folder(out: Path) -> None:
+    """Undo what a killed publish_atomically or fetch_folder of `out` left: its link and partial folder
+    go, and the output it had moved aside comes back (complete, so it may still be current)."""
+    if out.is_symlink():
+        out.unlink()
+    for partial in [*out.parent.glob(f".{out.name}.{PARTIAL}-*"), *out.parent.glob(f".{out.name}.{FETCHING}-*")]:
+        shutil.rmtree(partial, ignore_errors=True)
+    for previous in sorted(out.parent.glob(f".{out.name}.{PREVIOUS}-*")):
+        if out.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(previous, out)
+
+
+def fetch_folder(uri: str, local: Path, marker: str, marker_text: str, s3cfg=None) -> bool:
+    """Make `local` a copy of the folder at `uri`, whose file `marker` (e.g. a manifest) reads
+    `marker_text`; False when `local` already has that marker (nothing copied).
+
+    The copy lands in a sibling first and replaces `local` only when its own marker still reads
+    `marker_text`, so a folder re-written remotely during the copy is never mixed with the old one."""
+    recover_folder(local)
+    try:
+        if (local / marker).read_bytes().decode() == marker_text:
+            return False
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.{FETCHING}-{uuid.uuid4().hex[:8]}")
+    fs, path = resolve(uri, s3cfg)
+    try:
+        copy_tree(path, fs, str(tmp), pafs.LocalFileSystem())
+        try:
+            copied = (tmp / marker).read_bytes().decode()
+        except FileNotFoundError:
+            copied = None
+        if copied != marker_text:
+            raise RuntimeError(f"{uri} changed while it was being fetched; run again")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(local, ignore_errors=True)
+    replace_durably(tmp, local)  # the copy's marker must not outlive the files it vouches for
+    return True

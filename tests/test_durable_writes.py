@@ -84,5 +84,5 @@ def test_a_stage_folder_is_synced_before_it_is_published(disk, tmp_path):
         (out / "data.txt").write_text("a")  # through the stage's link into its partial folder
         return {"title": "a"}
 
-    stages._run_atomically(out, stage)
+    stages.publish_stage(out, stage)
     assert_published_durably(disk, out, ("data.txt", "summary.json"))

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from simpersona import manifest, stages
+from simpersona import manifest, stages, storage
 from simpersona.config import load
 
 TOY = stages.Stage("toy", "toy:run", ("report",), ())
@@ -256,3 +256,20 @@ def test_a_synthetic_inputs_merchant_knobs_are_part_of_the_preprocess_input_iden
     with_knobs = inputs_hash()
     (synth / "merchant_knobs.json").write_text(json.dumps({"merchants": {"m0": {"shipping_fee": 8.0}}}))
     assert len({without, with_knobs, inputs_hash()}) == 3
+
+
+def test_a_fetch_of_a_folder_rewritten_meanwhile_keeps_the_old_copy(tmp_path):
+    """storage.fetch_folder copies only a folder whose marker still reads what the caller saw: a remote
+    stage re-run during the copy fails the fetch, and the mirror keeps its old, whole copy."""
+    remote, local = tmp_path / "remote" / "vqvae", tmp_path / "mirror" / "vqvae"
+    remote.mkdir(parents=True)
+    (remote / "manifest.json").write_text("run 1")
+    (remote / "codebook.txt").write_text("one")
+    assert storage.fetch_folder(str(remote), local, "manifest.json", "run 1")
+    assert not storage.fetch_folder(str(remote), local, "manifest.json", "run 1")  # current: nothing copied
+    (remote / "manifest.json").write_text("run 2")
+    (remote / "codebook.txt").write_text("two")
+    with pytest.raises(RuntimeError, match="changed while it was being fetched"):
+        storage.fetch_folder(str(remote), local, "manifest.json", "run 1.5")
+    assert (local / "codebook.txt").read_text() == "one"
+    assert sorted(p.name for p in local.parent.iterdir()) == ["vqvae"]  # no half-copied sibling left
