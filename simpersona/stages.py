@@ -63,10 +63,10 @@ STAGES: dict[str, Stage] = {
         Stage("assign", "simpersona.vq.assign:run_assign", ("vq",), ("preprocess", "vqvae")),
         Stage("finetune", "simpersona.persona.job:run", ("persona", "eval.holdout"),
               ("preprocess", "vqvae", "assign")),
-        Stage("evaluate", "simpersona.eval.evaluate:run_evaluation",
+        Stage("evaluate", "simpersona.sim.experiments:run_evaluation",
               ("eval", "sim", "serve", "store", "browser"), ("preprocess", "assign", "finetune"),
               side=("simulate",)),
-        Stage("whatif", "simpersona.eval.whatif:run_whatif", ("whatif", "sim", "serve", "store", "browser"),
+        Stage("whatif", "simpersona.sim.experiments:run_whatif", ("whatif", "sim", "serve", "store", "browser"),
               ("assign", "finetune"), side=("simulate",)),
         Stage("report", "simpersona.report.html:run_report", ("report",), ("assign", "evaluate", "whatif")),
     ]

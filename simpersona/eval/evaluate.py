@@ -1,6 +1,7 @@
 """The evaluation stage: simulated held-out storefronts against their real buyers.
 
-run_evaluation(cfg)
+The stage itself is simpersona.sim.experiments.run_evaluation: plan_evaluation (1), the simulations (2, 3),
+then score_evaluation (4).
   1. real events (eval.real_events, else <run_dir>/preprocess/events, else data.*) and the run's
      held-out split (simpersona.eval.holdout, eval.holdout.*)
   2. each held-out merchant's type distribution from its types half only
@@ -26,6 +27,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,7 @@ from simpersona.eval import alignment, bootstrap, holdout, metrics, type_alignme
 from simpersona.eval.artifacts import ArtifactError, json_safe
 from simpersona.eval.holdout import HALF_RATES, HoldoutSplit
 from simpersona.eval.signal_budget import signal_budget
-from simpersona.eval.simruns import SimRun
-from simpersona.sim import experiments
+from simpersona.eval.simruns import SimRun, heldout_folder
 from simpersona.storage import write_json
 
 log = logging.getLogger(__name__)
@@ -248,39 +249,47 @@ def _check(cfg) -> None:
         raise EvaluationError(f"eval.baselines: unknown {unknown}; choose from {', '.join(BASELINE_MODES)}{hint}")
 
 
-def run_evaluation(cfg, simulate=None) -> dict:
-    """Simulate (eval.simulate) and score the held-out storefronts; writes metrics.json, returns the summary.
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What an evaluation simulates and scores: the held-out split, the held-out merchants' real events,
+    the persona mode of each simulated population (name -> mode: vq and the eval.baselines) and the
+    larger base model's source (or None)."""
 
-    `simulate(cfg)` runs one simulation (default: simpersona.sim.simulate.run_simulation)."""
-    t0 = time.time()
+    split: HoldoutSplit
+    events: pl.DataFrame
+    modes: dict[str, str]
+    larger: dict | None
+
+
+def plan_evaluation(cfg) -> EvaluationPlan:
+    """The evaluation's settings checked, its held-out split made or read and the real events read (before
+    any simulation, so that bad inputs fail at once)."""
     _check(cfg)
-    run_dir = Path(cfg.run_dir)
-    e = cfg.eval
     split = holdout.holdout_for(cfg)
     events = holdout.load_real_events(cfg, split.heldout)  # only the held-out merchants are scored
+    modes = {"vq": MAIN_MODE, **{b: BASELINE_MODES[b] for b in cfg.eval.baselines}}
+    return EvaluationPlan(split, events, modes, larger_model_source(cfg))
+
+
+def score_evaluation(cfg, plan: EvaluationPlan, sim_seconds: dict[str, float] | None = None,
+                     started: float | None = None) -> dict:
+    """Score the simulated held-out storefronts (<run_dir>/simulate/<eval.run_prefix><mode>/) against
+    their real buyers; writes metrics.json and summary.json, returns the summary."""
+    t0 = time.time() if started is None else started
+    run_dir = Path(cfg.run_dir)
+    e = cfg.eval
+    split, events, larger = plan.split, plan.events, plan.larger
     types = _types_table(run_dir)
-    modes = {"vq": MAIN_MODE, **{b: BASELINE_MODES[b] for b in e.baselines}}
-    larger = larger_model_source(cfg)
     baseline_names = [*e.baselines, *([LARGER] if larger else [])]
-    sim_seconds: dict[str, float] = {}
-    if e.simulate:
-        larger_dir = str(prepare_larger_model(cfg, larger).resolve()) if larger else ""  # fails before any simulation
-        types_path = write_heldout_types(cfg, split)
-        configs = {name: experiments.persona_mode_config(cfg, mode, split.heldout, types_path)
-                   for name, mode in modes.items()}
-        if larger:
-            configs[LARGER] = experiments.persona_mode_config(cfg, "none", split.heldout, types_path, folder=LARGER,
-                                                              model_dir=larger_dir)
-        sim_seconds = experiments.simulate_each(configs, types_path, simulate)
 
     types_half, rates_half = holdout.real_half_metrics(events, split)
     ceil = holdout.ceiling(events, split, e.rate, e.stratum_unit, halves=(types_half, rates_half))
-    runs = {MAIN_MODE: SimRun(experiments.heldout_folder(cfg, MAIN_MODE), split.heldout)}
+    runs = {MAIN_MODE: SimRun(heldout_folder(cfg, MAIN_MODE), split.heldout)}
     main, main_sim = evaluate_run(runs[MAIN_MODE], rates_half, split, cfg, types)
     baselines: dict[str, dict | None] = {}
     sims = {"sim": main_sim}
     for name in baseline_names:
-        folder = experiments.heldout_folder(cfg, BASELINE_MODES.get(name, name))
+        folder = heldout_folder(cfg, BASELINE_MODES.get(name, name))
         if not (folder / "agents.parquet").exists():
             if e.require_baselines:
                 raise EvaluationError(f"baseline {name}: no simulation at {folder} (eval.require_baselines=true)")
@@ -331,7 +340,7 @@ def run_evaluation(cfg, simulate=None) -> dict:
         "baselines": baselines,
         "per_merchant": _per_merchant(split, types_half, rates_half, sims, e.rate),
         "real_behaviour": metrics.overall_metrics(holdout.half_events(events, split, HALF_RATES)),
-        "simulation_seconds": sim_seconds,
+        "simulation_seconds": sim_seconds or {},
         "type_alignment": type_alignment.evaluate_types(runs, MAIN_MODE, events, split, types,
                                                         run_dir / "preprocess" / "traces", e.types, cfg.seed),
     }

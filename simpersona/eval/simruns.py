@@ -12,6 +12,16 @@ import polars as pl
 from simpersona.eval.artifacts import ArtifactError, read_events, read_parquet_folder
 
 
+def heldout_variant(cfg, name: str) -> str:
+    """The simulation variant of the evaluation's persona mode (or baseline folder) `name`."""
+    return f"{cfg.eval.run_prefix}{name}"
+
+
+def heldout_folder(cfg, name: str) -> Path:
+    """<run_dir>/simulate/<eval.run_prefix><name>: where the evaluation's simulation of `name` lives."""
+    return Path(cfg.run_dir) / "simulate" / heldout_variant(cfg, name)
+
+
 class SimRun:
     """The artifacts of one simulation folder: agents, storefront events, results (of `merchants` only
     when given)."""

@@ -1,15 +1,15 @@
 """What-if experiments: one agent population, several storefront variants, paired deltas.
 
-`run_whatif(cfg)` simulates the unchanged storefront (`whatif.base_variant`) and every variant of
-`whatif.variants` (name -> store knobs, e.g. {price_multiplier: 1.1}, handed to the storefront as
-store.variants[name]) plus a grid sweeping one knob (`whatif.grid_knob` over `whatif.grid_values`),
-each through the simulate stage (simpersona.sim.experiments) on the same merchants with the same agents. Agents are drawn from
+The stage (simpersona.sim.experiments.run_whatif) simulates the unchanged storefront
+(`whatif.base_variant`) and every variant of `whatif.variants` (name -> store knobs, e.g.
+{price_multiplier: 1.1}, handed to the storefront as store.variants[name]) plus a grid sweeping one knob (`whatif.grid_knob` over `whatif.grid_values`),
+each through the simulate stage on the same merchants with the same agents. Agents are drawn from
 (seed, merchant, index) only, so every variant runs the same agents with the same seeds (common
 random numbers) and a variant's effect is measured agent by agent: per-merchant and overall deltas
 of conversion and engagement with paired bootstrap intervals (simpersona.eval.bootstrap). Beside each
 variant: how much the knobs it changes varied in the training traces and, on a planted world with
 knobs, its true effect and whether the simulation found it (simpersona.eval.whatif_truth).
-Writes <run_dir>/whatif/deltas.json and summary.json.
+`score_whatif` then writes <run_dir>/whatif/deltas.json and summary.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from simpersona.eval import bootstrap, metrics
 from simpersona.eval import whatif_truth as truth
 from simpersona.eval.artifacts import json_safe
 from simpersona.eval.simruns import SimRun
-from simpersona.sim.experiments import simulate_each, variant_config, whatif_types
 from simpersona.storage import write_json
 from simpersona.store.shops import KNOB_NAMES, knobs_for
 
@@ -153,16 +152,13 @@ def _variant_summary(v: dict, outcomes: list[str]) -> dict:
     return row
 
 
-def run_whatif(cfg, simulate=None) -> dict:
-    """Simulate the base and every variant, then write <run_dir>/whatif/deltas.json; returns the summary.
-
-    `simulate(cfg)` runs one variant (default: simpersona.sim.simulate.run_simulation)."""
-    t0 = time.time()
-    specs = variant_specs(cfg)
-    configs = {name: variant_config(cfg, name, knobs) for name, knobs in specs.items()}
-    timings = simulate_each(configs, whatif_types(cfg), simulate)
+def score_whatif(cfg, specs: dict[str, dict], seconds_per_variant: dict[str, float] | None = None,
+                 started: float | None = None) -> dict:
+    """Paired deltas of the simulated variants of `specs` (the base first): writes
+    <run_dir>/whatif/deltas.json and summary.json, returns the summary."""
+    t0 = time.time() if started is None else started
     deltas = compute_deltas(cfg, specs)
-    deltas["seconds_per_variant"] = timings
+    deltas["seconds_per_variant"] = seconds_per_variant or {}
     out = Path(cfg.run_dir) / "whatif"
     write_json(out / "deltas.json", json_safe(deltas))
     summary = json_safe({"deltas": str(out / "deltas.json"), "seconds": round(time.time() - t0, 2),

@@ -1,8 +1,9 @@
-"""The simulation folders that the evaluation and what-if stages read, and how each is (re)made.
+"""The evaluate and what-if stages: their simulations, then their scoring (simpersona.eval).
 
-Evaluation runs one population per persona mode on the held-out merchants
-(<run_dir>/simulate/<eval.run_prefix><mode>/); what-if runs one population per store variant
-(<run_dir>/simulate/<variant>/). Both go through the simulate stage (run_simulation).
+run_evaluation simulates one population per persona mode on the held-out merchants
+(<run_dir>/simulate/<eval.run_prefix><mode>/) and scores them with eval.evaluate; run_whatif simulates
+one population per store variant (<run_dir>/simulate/<variant>/) and scores the paired deltas with
+eval.whatif. Every population goes through the simulate stage (run_simulation); eval only reads them.
 
 The simulate stage resumes a folder by skipping agents already committed there. That is right after
 a crash, and wrong after the model, the storefront or the population changed: the folder would mix
@@ -25,6 +26,8 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from simpersona import manifest
+from simpersona.eval import evaluate, whatif
+from simpersona.eval.simruns import heldout_variant
 from simpersona.storage import write_json
 
 log = logging.getLogger(__name__)
@@ -81,10 +84,23 @@ def simulate_each(configs: dict, types_path: Path | None, simulate: Callable | N
 
 # ---- evaluation: one population per persona mode on the held-out merchants ----------------------
 
-def heldout_folder(cfg, name: str) -> Path:
-    """<run_dir>/simulate/<eval.run_prefix><name>: the evaluation's simulation of persona mode (or
-    baseline folder) `name`."""
-    return Path(cfg.run_dir) / "simulate" / f"{cfg.eval.run_prefix}{name}"
+def run_evaluation(cfg, simulate: Callable | None = None) -> dict:
+    """The evaluate stage: with eval.simulate, simulate vq, the baselines and the larger model (when
+    eval.larger_model names one) on the held-out merchants; then score them (eval.evaluate). Returns
+    the summary. `simulate(cfg)` runs one simulation (default: the simulate stage)."""
+    t0 = time.time()
+    plan = evaluate.plan_evaluation(cfg)
+    seconds: dict[str, float] = {}
+    if cfg.eval.simulate:
+        larger_dir = str(evaluate.prepare_larger_model(cfg, plan.larger).resolve()) if plan.larger else ""
+        types_path = evaluate.write_heldout_types(cfg, plan.split)  # after the model: a bad one fails first
+        configs = {name: persona_mode_config(cfg, mode, plan.split.heldout, types_path)
+                   for name, mode in plan.modes.items()}
+        if plan.larger:
+            configs[evaluate.LARGER] = persona_mode_config(cfg, "none", plan.split.heldout, types_path,
+                                                           folder=evaluate.LARGER, model_dir=larger_dir)
+        seconds = simulate_each(configs, types_path, simulate)
+    return evaluate.score_evaluation(cfg, plan, seconds, t0)
 
 
 def persona_mode_config(cfg, mode: str, merchants: list[str], types_path: Path, folder: str = "",
@@ -92,7 +108,7 @@ def persona_mode_config(cfg, mode: str, merchants: list[str], types_path: Path, 
     """The config that simulates persona mode `mode` on the held-out merchants (into simulate/<prefix><folder
     or mode>, with the policy model at `model_dir` when given)."""
     vcfg = copy.deepcopy(cfg)
-    vcfg.sim.variant = f"{cfg.eval.run_prefix}{folder or mode}"
+    vcfg.sim.variant = heldout_variant(cfg, folder or mode)
     vcfg.sim.persona_mode = mode
     vcfg.sim.merchants = list(merchants)
     vcfg.sim.merchant_types = str(types_path)
@@ -102,6 +118,16 @@ def persona_mode_config(cfg, mode: str, merchants: list[str], types_path: Path, 
 
 
 # ---- what-if: one population per store variant ---------------------------------------------------
+
+def run_whatif(cfg, simulate: Callable | None = None) -> dict:
+    """The what-if stage: simulate the base and every variant on the same agents, then score the paired
+    deltas (eval.whatif). Returns the summary. `simulate(cfg)` runs one variant (default: the simulate stage)."""
+    t0 = time.time()
+    specs = whatif.variant_specs(cfg)
+    configs = {name: variant_config(cfg, name, knobs) for name, knobs in specs.items()}
+    seconds = simulate_each(configs, whatif_types(cfg), simulate)
+    return whatif.score_whatif(cfg, specs, seconds, t0)
+
 
 def variant_config(cfg, name: str, knobs: dict):
     """A copy of `cfg` that simulates variant `name` (store knobs, or a foreign shop's base_url and

@@ -14,8 +14,9 @@ import pytest
 from simpersona.config import load
 from simpersona.eval import holdout
 from simpersona.eval.artifacts import ArtifactError
-from simpersona.eval.evaluate import EvaluationError, run_evaluation
+from simpersona.eval.evaluate import EvaluationError
 from simpersona.eval.holdout import HALF_RATES, HALF_TYPES, read_raw_events
+from simpersona.sim.experiments import run_evaluation
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import pytest
 
 from simpersona.config import load
 from simpersona.eval import holdout
-from simpersona.eval.evaluate import run_evaluation
 from simpersona.eval.holdout import HALF_TYPES, read_raw_events
-from simpersona.eval.whatif import run_whatif
+from simpersona.sim.experiments import run_evaluation, run_whatif
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

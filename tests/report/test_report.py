@@ -15,10 +15,10 @@ import pytest
 
 from simpersona.config import load
 from simpersona.eval import holdout
-from simpersona.eval.evaluate import run_evaluation
 from simpersona.eval.holdout import HALF_RATES, HALF_TYPES, read_raw_events
 from simpersona.eval.whatif import compute_deltas, variant_specs
 from simpersona.report.html import build_report, normalise_profiles, render_report, run_report
+from simpersona.sim.experiments import run_evaluation
 
 PLOTS = ("plot-conversion", "plot-scatter", "plot-baselines", "plot-funnel", "plot-profiles", "plot-mix",
          "plot-whatif", "plot-grid")

@@ -67,7 +67,7 @@ def test_a_whatif_on_the_foreign_shop_with_a_page_patch(tmp_path, oscar_shop, ra
     import json
 
     from simpersona.config import load
-    from simpersona.eval.whatif import run_whatif
+    from simpersona.sim.experiments import run_whatif
 
     run_dir = make_run_dir(tmp_path / "run")
     cfg = load("whatif", [
