@@ -128,7 +128,3 @@ def load(job: str, argv: list[str] | None = None, aliases: dict[str, str] | None
         cfg.storage_path = cfg.run_dir
     OmegaConf.resolve(cfg)
     return cfg
-
-
-def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -18,10 +18,8 @@ class HoldoutConfig:
     salt: str = ""  # salt of the buyer-id hash; "" = str(seed)
 
 
-
 def _baselines() -> list[str]:
     return ["no_persona", "mismatch", "prompt_persona", "kmeans"]
-
 
 
 @dataclass
@@ -34,7 +32,6 @@ class LargerModelConfig:
     trust_remote_code: bool = False
 
 
-
 @dataclass
 class TypeAlignmentConfig:
     """Per buyer type, simulated vs real (simpersona.eval.type_alignment)."""
@@ -43,7 +40,6 @@ class TypeAlignmentConfig:
     min_real: int = 10  # ... and this many real histories in the rates half
     js_min_steps: int = 20  # steps on a page kind, each side, for its action-verb JS
     ideal_repeats: int = 200  # draws of the ideal simulator at the simulation's agents per type
-
 
 
 @dataclass
@@ -70,7 +66,6 @@ class EvalConfig:
     types: TypeAlignmentConfig = field(default_factory=TypeAlignmentConfig)
 
 
-
 def _whatif_variants() -> dict[str, dict[str, Any]]:
     return {
         "price_up_10": {"price_multiplier": 1.1},
@@ -78,7 +73,6 @@ def _whatif_variants() -> dict[str, dict[str, Any]]:
         "extra_checkout_step": {"checkout_steps": 3},
         "no_recommendations": {"recommendations": False},
     }
-
 
 
 @dataclass

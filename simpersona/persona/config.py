@@ -20,7 +20,6 @@ class PersonaStageConfig:
     max_steps: int = 0  # > 0: stop the stage after this many steps (benchmarks, smoke runs)
 
 
-
 @dataclass
 class SmallLMConfig:
     """The `small` base model: a Llama-style LM trained from scratch on the traces (the CPU default)."""
@@ -40,7 +39,6 @@ class SmallLMConfig:
     pretrain: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=3e-3, batch_size=32))
 
 
-
 @dataclass
 class PersonaModelConfig:
     # auto (smollm2 when CUDA is present, else small) | small | smollm2 (the offline SmolLM2-135M-Instruct
@@ -52,14 +50,12 @@ class PersonaModelConfig:
     small: SmallLMConfig = field(default_factory=SmallLMConfig)
 
 
-
 @dataclass
 class PersonaLoraConfig:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft names; all-linear = every Linear but the head
-
 
 
 @dataclass
@@ -82,7 +78,6 @@ class PersonaTrainConfig:
     fail_at_step: int = 0  # testing aid: the first attempt of each stage raises after this step's checkpoint
 
 
-
 @dataclass
 class PersonaEvalConfig:
     """Offline evaluation on held-out traces (simpersona.persona.evaluate)."""
@@ -92,7 +87,6 @@ class PersonaEvalConfig:
     rollouts_per_type: int = 48  # storefront-model sessions sampled per type for the conversion check
     rollout_max_steps: int = 0  # 0 = traces.max_steps_per_session (sessions as long as the traces')
     min_type_steps: int = 20  # types with fewer held-out steps are left out of the per-type JS
-
 
 
 @dataclass

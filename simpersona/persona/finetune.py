@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import torch
 
 from simpersona import storage
+from simpersona.persona.config import PersonaLoraConfig, PersonaTrainConfig
 from simpersona.persona.examples import collate
 from simpersona.training.checkpoints import Checkpoints, inject_failure
 from simpersona.training.engine import Engine, deepspeed_config, warmup_cosine
@@ -54,14 +55,19 @@ class StageSpec:
     warmup_steps: int = 0
     max_steps: int = 0
     steps_per_epoch: int = 1  # per worker; the driver computes it from the dataset size
-    lora: dict = field(default_factory=dict)  # PersonaLoraConfig as a dict
-    train: dict = field(default_factory=dict)  # PersonaTrainConfig as a dict
+    lora: PersonaLoraConfig = field(default_factory=PersonaLoraConfig)
+    train: PersonaTrainConfig = field(default_factory=PersonaTrainConfig)
     seed: int = 0
     progress: bool = True
     data_fingerprint: str = ""
     input_fingerprint: str = ""  # of the input model folder: a changed upstream stage invalidates this one
 
     def __post_init__(self):
+        # a spec handed to the Ray Train workers travels as asdict(spec): its sections come back as dicts
+        if isinstance(self.lora, dict):
+            self.lora = PersonaLoraConfig(**self.lora)
+        if isinstance(self.train, dict):
+            self.train = PersonaTrainConfig(**self.train)
         if self.mode not in STAGE_MODES:
             raise ValueError(f"stage {self.name}: mode must be one of {STAGE_MODES}, got {self.mode!r}")
         if self.mode in ("persona_rows", "lora_persona") and not self.persona_ids:
@@ -106,8 +112,8 @@ def embedding_module_name(model) -> str:
     raise ValueError("the model's input embedding is not one of its modules")
 
 
-def lora_target_modules(lora: dict):
-    targets = list(lora.get("target_modules") or ["all-linear"])
+def lora_target_modules(lora: PersonaLoraConfig):
+    targets = list(lora.target_modules)
     return "all-linear" if targets == ["all-linear"] else targets
 
 
@@ -124,7 +130,7 @@ def wrap_for_stage(model, spec: StageSpec):
         return get_peft_model(model, TrainableTokensConfig(target_modules=[emb], token_indices=list(spec.persona_ids)))
     lora = spec.lora
     cfg = LoraConfig(
-        r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.0)),
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=lora_target_modules(lora), task_type="CAUSAL_LM",
         trainable_token_indices={emb: list(spec.persona_ids)} if spec.mode == "lora_persona" else None,
     )
@@ -153,12 +159,10 @@ RESUME_HINT = "delete it or rerun with finetune.train.resume=false"
 def make_engine(model, spec: StageSpec, use_gpu: bool, world_size: int) -> Engine:
     """Plain PyTorch (bf16 autocast on GPU), or DeepSpeed when train.deepspeed is set and CUDA is used."""
     tcfg = spec.train
-    bf16 = bool(tcfg.get("bf16", True))
-    grad_clip = float(tcfg.get("grad_clip", 1.0))
-    ds = deepspeed_config(tcfg["deepspeed"], batch_size=spec.batch_size, grad_clip=grad_clip, bf16=bf16) \
-        if use_gpu and tcfg.get("deepspeed") else None
-    return Engine(model, lr=spec.lr, weight_decay=float(tcfg.get("weight_decay", 0.0)), grad_clip=grad_clip,
-                  world_size=world_size, deepspeed=ds, autocast_bf16=use_gpu and bf16, trainable_only=True,
+    ds = deepspeed_config(tcfg.deepspeed, batch_size=spec.batch_size, grad_clip=tcfg.grad_clip, bf16=tcfg.bf16) \
+        if use_gpu and tcfg.deepspeed else None
+    return Engine(model, lr=spec.lr, weight_decay=tcfg.weight_decay, grad_clip=tcfg.grad_clip,
+                  world_size=world_size, deepspeed=ds, autocast_bf16=use_gpu and tcfg.bf16, trainable_only=True,
                   ddp_kwargs={"move_to_device": False}, resume_hint=RESUME_HINT)
 
 
@@ -181,11 +185,10 @@ def train_loop_per_worker(config: dict) -> None:
     tcfg = spec.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    use_gpu = bool(tcfg.get("use_gpu")) and torch.cuda.is_available()
+    use_gpu = tcfg.use_gpu and torch.cuda.is_available()
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
-    threads = int(tcfg.get("torch_threads") or 0) or max(1, int(tcfg.get("cpus_per_worker") or 1))
     if not use_gpu:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(worker_threads(tcfg))
     torch.manual_seed(spec.seed + rank)
 
     model, tokenizer = load_saved(spec.input_dir)
@@ -193,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine = make_engine(model, spec, use_gpu, world)
     checkpoints = Checkpoints(engine, rank, prefix=spec.name)
     total = max(1, spec.total_steps())
-    min_lr_ratio = float(tcfg["min_lr_ratio"])
+    min_lr_ratio = tcfg.min_lr_ratio
     progress = checkpoints.resume() or {"epoch": 0, "batch": 0, "step": 0, "history": []}
     epoch0, skip, step, history = progress["epoch"], progress["batch"], progress["step"], progress["history"]
     resumed_from = step  # > 0 when Ray Train handed this run a checkpoint
@@ -202,8 +205,8 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoints.report(metrics, {"epoch": epoch, "batch": batch, "step": step, "history": history})
 
     shard = ray.train.get_dataset_shard("train")
-    every = int(tcfg.get("checkpoint_every") or 0)
-    fail_at = int(tcfg.get("fail_at_step") or 0)
+    every = tcfg.checkpoint_every
+    fail_at = tcfg.fail_at_step
     pad_id = tokenizer.pad_token_id
     done = spec.max_steps > 0 and step >= spec.max_steps
     t_start = time.perf_counter()
@@ -271,7 +274,7 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
         if done.get("fingerprint") == fp:
             return dict(done["metrics"], reused=True)
     tcfg = spec.train
-    workers = int(tcfg.get("workers", 1))
+    workers = tcfg.workers
     name = f"{spec.name}-{fp}"
     if storage.is_s3(str(storage_path)):  # the filesystem carries the endpoint and keys; nothing goes in env vars
         filesystem, train_root = storage.resolve(str(storage_path), s3)
@@ -287,8 +290,8 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
     if workers == 0:
         scaling = ScalingConfig(num_workers=0)  # Ray Train local mode: the loop runs in this process
     else:
-        use_gpu = bool(tcfg.get("use_gpu")) and _cluster_has_gpus()
-        resources = {"CPU": float(tcfg.get("cpus_per_worker", 1.0))}
+        use_gpu = tcfg.use_gpu and _cluster_has_gpus()
+        resources = {"CPU": float(tcfg.cpus_per_worker)}
         if use_gpu:
             resources["GPU"] = 1.0
         scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources)
@@ -300,8 +303,8 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
         run_config=RunConfig(
             name=name, storage_path=train_root, storage_filesystem=filesystem,
             worker_runtime_env={"env_vars": worker_env(tcfg)},
-            checkpoint_config=CheckpointConfig(num_to_keep=int(tcfg.get("keep_checkpoints", 2))),
-            failure_config=FailureConfig(max_failures=int(tcfg.get("max_failures", 1))),
+            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
         ),
         datasets={"train": dataset},
     )
@@ -315,12 +318,17 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
     return metrics
 
 
-def worker_env(tcfg: dict) -> dict[str, str]:
-    """Thread settings of the training workers. OpenMP's default busy-waiting turns a step of 50 ms into
-    seconds as soon as the cores are shared with anything else (measured on this box: 2.1 s vs 36 ms);
-    passive waiting costs nothing when the cores are free."""
-    threads = int(tcfg.get("torch_threads") or 0) or max(1, int(tcfg.get("cpus_per_worker") or 1))
-    return {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+def worker_threads(tcfg: PersonaTrainConfig) -> int:
+    """Torch threads of a CPU training worker: train.torch_threads, else its CPUs."""
+    return tcfg.torch_threads or max(1, int(tcfg.cpus_per_worker))
+
+
+def worker_env(tcfg: PersonaTrainConfig) -> dict[str, str]:
+    """Thread settings of the training workers. OpenMP's default busy-waiting turns a short step into
+    seconds as soon as the cores are shared with anything else; passive waiting costs nothing when the
+    cores are free."""
+    return {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(worker_threads(tcfg)),
+            "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _cluster_has_gpus() -> bool:

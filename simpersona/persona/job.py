@@ -91,7 +91,7 @@ def run(cfg) -> dict:
     codebook = np.load(paths["codebook"])
     n_types = int(codebook.shape[0])
     seed = int(cfg.seed)
-    train_cfg = OmegaConf.to_container(pc.train, resolve=True)
+    train_cfg = OmegaConf.to_object(pc.train)
     with timer("load_data"):
         excluded = heldout_merchants(cfg) if pc.exclude_heldout else []
         steps = ex.load_steps(paths["traces"], paths["types"], paths["profiles"], n_types, pc.history_len,
@@ -114,7 +114,7 @@ def run(cfg) -> dict:
             batch_size=int(stage_cfg.batch_size), warmup_steps=int(stage_cfg.warmup_steps),
             max_steps=int(stage_cfg.max_steps),
             steps_per_epoch=steps_per_epoch(len(data), int(stage_cfg.batch_size), int(pc.train.workers)),
-            lora=OmegaConf.to_container(pc.lora, resolve=True), train=train_cfg, seed=seed,
+            lora=OmegaConf.to_object(pc.lora), train=train_cfg, seed=seed,
             progress=bool(cfg.progress),
             data_fingerprint=data_fingerprint(data), input_fingerprint=folder_fingerprint(input_dir))
 

@@ -9,11 +9,12 @@ validate `key=value` arguments against PolicyAppArgs.)
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Application
 
-from simpersona.config import load, to_dict
+from simpersona.config import load
 from simpersona.serve.policy import PolicyDeployment
 
 POLICY_KINDS = ("lm", "uniform")
@@ -59,7 +60,7 @@ def policy_app(cfg, kind: str = "lm") -> Application:
         ray_actor_options={"num_cpus": s.replica_cpus},
         # one access-log line per decision would flood the driver at hundreds of agents
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
-    ).bind(to_dict(cfg)["serve"], str(Path(model_dir).resolve()) if kind == "lm" else model_dir, kind)
+    ).bind(OmegaConf.to_object(cfg.serve), str(Path(model_dir).resolve()) if kind == "lm" else model_dir, kind)
 
 
 def build_app(args: PolicyAppArgs) -> Application:

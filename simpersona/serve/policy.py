@@ -26,6 +26,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from simpersona.serve.config import ServeConfig
+
 
 @dataclass
 class PolicyRequest:
@@ -196,11 +198,10 @@ def make_policy(serve_cfg, model_dir: str | Path, kind: str = "lm"):
 class PolicyServer:
     """Body of the Serve deployment: one policy per replica, requests batched by @serve.batch."""
 
-    def __init__(self, serve_cfg: dict, model_dir: str, kind: str = "lm"):
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.create(serve_cfg)
+    def __init__(self, serve_cfg: ServeConfig, model_dir: str, kind: str = "lm"):
         import torch
+
+        cfg = serve_cfg
 
         torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.replica_cpus)))
         self.policy = make_policy(cfg, model_dir, kind)

@@ -38,6 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from simpersona.sim.agent import TRAJECTORY_SCHEMA, AgentOutcome, run_agent
+from simpersona.sim.config import BrowserConfig
 from simpersona.sim.errors import BrowserCrash
 from simpersona.storage import write_parquet_durably
 
@@ -299,12 +300,11 @@ async def _close_quietly(env) -> None:
 
 
 def make_policy_client(policy_spec: dict):
-    """Build the worker's policy from a picklable spec: a Serve handle, or an in-process policy."""
-    from omegaconf import OmegaConf
-
+    """Build the worker's policy from a picklable spec (kind, serve: a ServeConfig, and a Serve handle
+    or a model_dir): a client of the Serve app, or an in-process policy."""
     from simpersona.serve.policy import HandlePolicyClient, LocalPolicyClient, make_policy
 
-    serve_cfg = OmegaConf.create(policy_spec["serve"])
+    serve_cfg = policy_spec["serve"]
     if policy_spec["kind"] == "serve":
         return HandlePolicyClient(policy_spec["handle"], serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s,
                                   serve_cfg.client_lists_in_flight)
@@ -319,16 +319,14 @@ def make_policy_client(policy_spec: dict):
 class BrowserWorker:
     """One Chromium, up to `contexts` concurrent agents (one BrowserContext each)."""
 
-    def __init__(self, worker: str, queue, base_url: str, browser_cfg: dict, policy_spec: dict,
+    def __init__(self, worker: str, queue, base_url: str, browser_cfg: BrowserConfig, policy_spec: dict,
                  contexts: int, history_len: int, personas: dict, browser_ops: int = 0):
-        from omegaconf import OmegaConf
-
         from simpersona.sim.population import PersonaResolver
 
         self.worker = worker
         self.queue = queue
         self.base_url = base_url
-        self.browser_cfg = OmegaConf.create(browser_cfg)
+        self.browser_cfg = browser_cfg
         self.policy_spec = policy_spec
         self.contexts = contexts
         # at most this many resets/steps in Chromium at once; the other agents wait here (or on the
@@ -447,7 +445,7 @@ def _placeable(worker_cpus: float) -> bool:
     return ray.available_resources().get("CPU", 0.0) >= worker_cpus - 1e-9
 
 
-def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, browser_cfg: dict,
+def run_workers(specs: list[dict], out_dir: str | Path, sim_cfg, base_url: str, browser_cfg: BrowserConfig,
                 policy_spec: dict, personas: dict | None = None, history_len: int = 8,
                 progress: bool = True, on_progress=None) -> dict:
     """Run `specs` (agents not yet committed) to completion; returns counters and per-worker stats.

@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import quote
 
 from simpersona.pages.observation import Observation, PageState, render
+from simpersona.sim.config import BrowserConfig
 from simpersona.sim.errors import (
     BrowserCrash,
     ElementMissing,
@@ -107,20 +108,21 @@ def chromium_sandbox(cfg: Any = None) -> bool:
     return mode == "on" or (mode == "auto" and not root)
 
 
-def browser_config(cfg: Any = None):
-    """The browser section (OmegaConf, defaults filled in) from a whole config, the section, or None."""
+def browser_config(cfg: Any = None) -> BrowserConfig:
+    """The browser section, typed and with its defaults filled in, from a whole config, the section (a
+    mapping or a BrowserConfig), or None."""
     from omegaconf import OmegaConf
 
-    from simpersona.sim.config import BrowserConfig
-
+    if isinstance(cfg, BrowserConfig):
+        return cfg
     base = OmegaConf.structured(BrowserConfig)
     if cfg is None:
-        return base
+        return OmegaConf.to_object(base)
     if is_dataclass(cfg):
         cfg = OmegaConf.structured(cfg)
     if "browser" in cfg and "step_timeout_s" not in cfg:
         cfg = cfg["browser"]
-    return OmegaConf.merge(base, cfg)
+    return OmegaConf.to_object(OmegaConf.merge(base, cfg))
 
 
 def _flag(value: Any, auto: bool) -> bool:

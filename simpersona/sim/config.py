@@ -38,7 +38,6 @@ class BrowserConfig:
     viewport_height: int = 768
 
 
-
 @dataclass
 class SimConfig:
     """Population simulation: agents of each merchant in BrowserWorker actors against the storefront."""

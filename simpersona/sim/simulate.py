@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from simpersona.runtime import init_ray
 from simpersona.sim.actors import committed_results, run_workers
+from simpersona.sim.browser import browser_config
 from simpersona.sim.outcomes import blocked_requests, client_events, failure_counts
 from simpersona.sim.page_patch import parse_patches
 from simpersona.sim.population import PersonaResolver, build_population, write_population
@@ -67,7 +68,7 @@ def policy_for(cfg):
         model_dir = model_dir_of(cfg)
         if kind == "local" and not Path(model_dir).exists():
             raise FileNotFoundError(f"no policy model at {model_dir} (run the finetune stage or set serve.model_dir)")
-        yield {"kind": "lm" if kind == "local" else kind, "serve": OmegaConf.to_container(cfg.serve, resolve=True),
+        yield {"kind": "lm" if kind == "local" else kind, "serve": OmegaConf.to_object(cfg.serve),
                "model_dir": str(Path(model_dir).resolve())}
         return
     from ray import serve
@@ -77,7 +78,7 @@ def policy_for(cfg):
     if owned:
         handle = deploy(cfg, "lm")
     try:
-        yield {"kind": "serve", "handle": handle, "serve": OmegaConf.to_container(cfg.serve, resolve=True)}
+        yield {"kind": "serve", "handle": handle, "serve": OmegaConf.to_object(cfg.serve)}
     finally:
         if owned:
             serve.delete(cfg.serve.app_name)
@@ -112,12 +113,12 @@ def run_simulation(cfg, on_progress=None) -> dict:
     for key in ("workers", "contexts_per_worker", "max_attempts"):
         if sim[key] < 1:
             raise ValueError(f"sim.{key} must be >= 1, got {sim[key]}")
-    browser = OmegaConf.to_container(cfg.browser, resolve=True)
-    parse_patches(browser.get("page_patches"))  # a bad patch stops the job here, not in every worker
+    browser = browser_config(cfg.browser)  # typed: the workers get a BrowserConfig
+    parse_patches(browser.page_patches)  # a bad patch stops the job here, not in every worker
     foreign = bool(sim.storefront)
     if foreign:
         foreign_url = foreign_store(cfg)
-        browser["adapter"] = str(sim.storefront)
+        browser.adapter = str(sim.storefront)
     out = variant_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     specs = build_population(cfg.run_dir, sim, cfg.seed)

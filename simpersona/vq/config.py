@@ -35,7 +35,6 @@ class VQModelConfig:
     mix_floor: float = 0.1
 
 
-
 @dataclass
 class VQLossConfig:
     """Weights of each term of a history's NLL under a code, in the E-step and in the loss."""
@@ -48,7 +47,6 @@ class VQLossConfig:
     agg_estep: float = 2.0  # the aggregate term's weight in the E-step (which code a history belongs to)
 
 
-
 @dataclass
 class SplitMergeConfig:
     """Split-and-merge moves on the initial mixture (simpersona.vq.mixture.split_merge)."""
@@ -57,7 +55,6 @@ class SplitMergeConfig:
     merges: int = 5  # most correlated code pairs tried per round
     splits: int = 4  # worst-explained codes tried per round
     iters: int = 30  # EM rounds that settle each candidate
-
 
 
 @dataclass
@@ -100,7 +97,6 @@ class VQTrainConfig:
     fail_at_step: int = 0  # testing aid: worker 0 raises once at this step (after its checkpoint)
 
 
-
 @dataclass
 class KMeansConfig:
     """The k-means baseline: same features, same K, fitted by the vqvae stage, assigned by the assign stage."""
@@ -112,7 +108,6 @@ class KMeansConfig:
     max_iter: int = 100
 
 
-
 @dataclass
 class VQEvalConfig:
     """Summary metrics of the vqvae stage, computed on the first `max_rows` histories."""
@@ -120,7 +115,6 @@ class VQEvalConfig:
     max_rows: int = 1000000
     silhouette_rows: int = 10000
     batch_size: int = 16384
-
 
 
 @dataclass
@@ -132,7 +126,6 @@ class AssignConfig:
     torch_threads: int = 1
     batch_size: int = 65536
     merchant_prior: float = 1.0  # pseudo-histories spread over types by population share (smoothing)
-
 
 
 @dataclass
