@@ -57,6 +57,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 from simpersona import storage
 from simpersona.training.checkpoints import load_tensors
+from simpersona.vq.config import VQLossConfig, VQModelConfig
 from simpersona.vq.features import FLAG_VALUES, SEQ_COLUMNS, FeatureSpec
 from simpersona.vq.sequence import log_probs, part_sizes, sequence_stats
 
@@ -88,13 +89,14 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 class BuyerVQVAE(nn.Module):
     def __init__(self, dims: ModelDims, hparams: Mapping, loss_weights: Mapping | None = None):
         super().__init__()
-        h = dict(hparams)
+        # keys a caller (or an older checkpoint) leaves out take the schema's defaults
+        h = {**asdict(VQModelConfig()), **dict(hparams)}
+        weights = {**asdict(VQLossConfig()), **dict(loss_weights or {})}
         self.dims, self.hparams = dims, h
-        self.loss_weights = {k: float((loss_weights or {}).get(k, 1.0)) for k in LOSS_NAMES}
+        self.loss_weights = {k: float(weights[k]) for k in LOSS_NAMES}
         # the E-step may weigh the aggregate vector apart from the loss: its unit-variance Gaussian is the
         # least faithful part of a code's model, and splits large types along continuous noise
-        self.estep_weights = {**self.loss_weights,
-                              "agg": float((loss_weights or {}).get("agg_estep", self.loss_weights["agg"]))}
+        self.estep_weights = {**self.loss_weights, "agg": float(weights["agg_estep"])}
         e = int(h["embed_dim"])
         self.event_emb = nn.Embedding(dims.event_tokens, e)
         self.price_emb = nn.Embedding(dims.price_tokens, e)
@@ -161,7 +163,7 @@ class BuyerVQVAE(nn.Module):
         z = self.vq.project_in(latent)
         codes = self.vq.codebook.to(z.dtype)
         if self.vq.use_cosine_sim:
-            return F.normalize(z, dim=-1) @ codes.t() / float(self.hparams.get("code_temperature", 0.1))
+            return F.normalize(z, dim=-1) @ codes.t() / float(self.hparams["code_temperature"])
         return -torch.cdist(z, codes)
 
     # ---- decoder
@@ -227,25 +229,25 @@ class BuyerVQVAE(nn.Module):
             with torch.no_grad():
                 # no mixing proportions: tried, they left planted recovery unchanged (0.768 vs 0.767)
                 # and concentrated the Tmall codes (perplexity 35 vs 42)
-                log_prior = self.log_mix[None, :] if self.hparams.get("mix_decay", 0.0) > 0 else 0.0
-                resp = F.softmax(log_prior - self.weighted_nll(terms) / float(self.hparams.get("em_temperature", 1.0)),
+                log_prior = self.log_mix[None, :] if self.hparams["mix_decay"] > 0 else 0.0
+                resp = F.softmax(log_prior - self.weighted_nll(terms) / float(self.hparams["em_temperature"]),
                                  dim=1)
                 self.vq.update_indices(latent.detach(), resp.argmax(1))
         else:
             resp = F.one_hot(indices, self.codebook_size).to(latent.dtype)
-        if self.training and float(self.hparams.get("mix_decay", 0.0)) > 0:
+        if self.training and float(self.hparams["mix_decay"]) > 0:
             self._update_mix(resp.detach())
         for k in LOSS_NAMES:
             losses[k] = (terms[k] * resp).sum(1).mean()
         losses["code"] = -(resp * F.log_softmax(self.code_logits(latent).float(), dim=1)).sum(1).mean()
-        losses["total"] = (commit + float(self.hparams.get("code_weight", 1.0)) * losses["code"]
+        losses["total"] = (commit + float(self.hparams["code_weight"]) * losses["code"]
                            + sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES))
         return outputs, indices, losses
 
     @torch.no_grad()
     def _update_mix(self, resp: Tensor) -> None:
         """EMA of the batch's share of each code, floored so that an emptied code can win histories back."""
-        decay, floor = float(self.hparams["mix_decay"]), float(self.hparams.get("mix_floor", 0.0)) / self.codebook_size
+        decay, floor = float(self.hparams["mix_decay"]), float(self.hparams["mix_floor"]) / self.codebook_size
         mix = decay * self.log_mix.exp() + (1 - decay) * resp.float().mean(0)
         mix = mix.clamp(min=floor)
         self.log_mix.copy_((mix / mix.sum()).log())
