@@ -3,8 +3,9 @@
 `python ray_jobs/pipeline.py config=planted` made small: planted buyer types, VQ codes learnt from their
 clickstreams, persona tokens, the two-stage fine-tune. The codes must recover the planted types better than
 k-means, and on held-out histories the persona model must predict actions better than the no-persona model
-trained on the same examples and worse under another type's token: tests that fail when the policy ignores
-its persona token. (The browser half of the chain is the smoke pipeline's, tests/test_pipeline_e2e.py.)
+trained on the same examples and worse under another type's token, and sessions it samples on the storefront
+model under each type's token must order the types by how often their real sessions buy: tests that fail
+when the policy ignores its persona token. (The browser half of the chain is the smoke pipeline's, tests/test_pipeline_e2e.py.)
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def test_persona_model_beats_no_persona_on_held_out_histories(planted_run):
     s = json.loads((planted_run / "finetune" / "summary.json").read_text())
     assert s["heldout_nll_persona"] < s["heldout_nll_no_persona"] - 0.02, s
     assert s["heldout_nll_mismatch"] > s["heldout_nll_persona"], s
+
+
+def test_persona_tokens_order_the_types_by_how_often_they_buy(planted_run):
+    # 8 types, 24 sampled sessions each: a policy blind to its token orders them by chance (a Spearman of 0.6
+    # or more about one time in 16); under another type's token the order must break down
+    s = json.loads((planted_run / "finetune" / "summary.json").read_text())
+    rollouts = {k: s[k] for k in s if k.startswith("type_conversion")}
+    assert s["type_conversion_spearman"] >= 0.6, rollouts
+    assert s["type_conversion_spearman"] > s["type_conversion_spearman_mismatch"] + 0.5, rollouts
 
 
 def test_planted_types_are_recovered_by_the_codes_better_than_kmeans(planted_run):
