@@ -34,7 +34,7 @@ import torch
 from simpersona import storage
 from simpersona.persona.config import PersonaLoraConfig, PersonaTrainConfig
 from simpersona.persona.examples import collate
-from simpersona.training.checkpoints import Checkpoints, inject_failure
+from simpersona.training.checkpoints import Checkpoints, inject_failure, local_checkpoints_released
 from simpersona.training.engine import Engine, deepspeed_config, warmup_cosine
 
 STAGE_MODES = ("full", "persona_rows", "lora_persona", "lora")
@@ -308,7 +308,8 @@ def run_stage(spec: StageSpec, dataset, storage_path: str | Path, resume: bool =
         ),
         datasets={"train": dataset},
     )
-    trainer.fit()
+    with local_checkpoints_released():
+        trainer.fit()
     out = Path(spec.output_dir)
     if not (out / "config.json").exists() or not (out / TRAIN_METRICS).exists():
         raise RuntimeError(f"stage {spec.name} finished without writing {spec.output_dir}")

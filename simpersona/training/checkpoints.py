@@ -8,6 +8,7 @@ aid behind each stage's `fail_at_step`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -30,6 +31,22 @@ def load_tensors(source, where: str | None = None, hint: str = "delete it or sta
         what = next((line for line in str(exc).splitlines() if "GLOBAL" in line), "not a tensor checkpoint")
         raise UnsafeCheckpoint(f"{where or source}: refused, it holds objects other than tensors and numbers "
                                f"({what.strip().rstrip('.')}); {hint}") from None
+
+
+# Local mode (workers=0) runs the loop in the driver's process and Ray Train's Result keeps pointing at
+# the last checkpoint folder, so the loop cannot remove it; the driver does, once it has read the result.
+_local_folders: set[str] = set()
+
+
+@contextlib.contextmanager
+def local_checkpoints_released():
+    """Around a driver's `trainer.fit()` and its reading of the result: removes the temporary folders a
+    local-mode loop left behind, on success and on failure alike."""
+    try:
+        yield
+    finally:
+        while _local_folders:
+            shutil.rmtree(_local_folders.pop(), ignore_errors=True)
 
 
 class Checkpoints:
@@ -63,8 +80,12 @@ class Checkpoints:
         written = bool(os.listdir(d))  # with plain PyTorch only rank 0 writes
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if written else None)
         self.folders.append(d)
+        if self.local_mode:
+            _local_folders.add(d)
         while len(self.folders) > (1 if self.local_mode else 0):
-            shutil.rmtree(self.folders.pop(0), ignore_errors=True)
+            gone = self.folders.pop(0)
+            _local_folders.discard(gone)
+            shutil.rmtree(gone, ignore_errors=True)
 
 
 def inject_failure(step: int, fail_at: int, resumed: bool, rank: int, what: str) -> None:

@@ -30,7 +30,13 @@ import torch
 from omegaconf import OmegaConf
 
 from simpersona import storage
-from simpersona.training.checkpoints import Checkpoints, UnsafeCheckpoint, inject_failure, load_tensors
+from simpersona.training.checkpoints import (
+    Checkpoints,
+    UnsafeCheckpoint,
+    inject_failure,
+    load_tensors,
+    local_checkpoints_released,
+)
 from simpersona.training.engine import STATE_FILE, Engine, deepspeed_config, load_client, warmup_cosine
 from simpersona.vq import metrics
 from simpersona.vq.features import (
@@ -307,19 +313,20 @@ def fit(cfg, train_ds, config: dict):
                              failure_config=FailureConfig(max_failures=int(t.max_failures))),
         datasets={"train": train_ds},
     )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # a worker's one-line error, not Ray Train's wrapper around it
-        for cls in (FeatureError, CheckpointMismatch, UnsafeCheckpoint):
-            err = _unwrap(exc, cls)
-            if err is not None:
-                raise cls(str(err).strip().splitlines()[-1]) from None
-        raise
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = load_tensors(os.path.join(d, STATE_FILE))
-        return state["model"], load_client(d, state)
+    with local_checkpoints_released():
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # a worker's one-line error, not Ray Train's wrapper around it
+            for cls in (FeatureError, CheckpointMismatch, UnsafeCheckpoint):
+                err = _unwrap(exc, cls)
+                if err is not None:
+                    raise cls(str(err).strip().splitlines()[-1]) from None
+            raise
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        with result.checkpoint.as_directory() as d:
+            state = load_tensors(os.path.join(d, STATE_FILE))
+            return state["model"], load_client(d, state)
 
 
 def _unwrap(exc: BaseException, cls):
