@@ -19,6 +19,10 @@ the prompt's ids open with the tokenizer's start token when it has one (examples
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 PERSONA_TOKEN = "<|persona_{}|>"
 NO_HISTORY = "(start)"
 
@@ -27,13 +31,17 @@ def persona_token(k: int) -> str:
     return PERSONA_TOKEN.format(int(k))
 
 
-def _check_persona(persona) -> None:
-    if isinstance(persona, bool):  # bool is an int subclass; True is not persona 1
+def _checked_persona(persona) -> int | str | None:
+    """`persona` as build_prompt uses it; a numpy integer (a type id read from Parquet) becomes an int."""
+    if isinstance(persona, bool | np.bool_):  # bool is an int subclass; True is not persona 1
         raise TypeError("persona must be an int type id, a prose string or None, not a bool")
-    if isinstance(persona, int) and persona < 0:
-        raise ValueError(f"persona type id must be >= 0 (use None for no persona), got {persona}")
-    if persona is not None and not isinstance(persona, (int, str)):
+    if isinstance(persona, numbers.Integral):
+        if persona < 0:
+            raise ValueError(f"persona type id must be >= 0 (use None for no persona), got {persona}")
+        return int(persona)
+    if persona is not None and not isinstance(persona, str):
         raise TypeError(f"persona must be an int type id, a prose string or None, not {type(persona).__name__}")
+    return persona
 
 
 def history_line(history: list[str]) -> str:
@@ -43,7 +51,7 @@ def history_line(history: list[str]) -> str:
 def build_prompt(persona: int | str | None, observation: str, history: list[str]) -> str:
     """Prompt for the next action; `history` is the session's previous actions, oldest first. `persona`: a
     type id (its token ends the prompt), a prose persona (a line before `action:`) or None."""
-    _check_persona(persona)
+    persona = _checked_persona(persona)
     prose = " ".join(persona.split()) if isinstance(persona, str) else ""
     persona_line = f"persona: {prose}\n" if prose else ""
     token = persona_token(persona) if isinstance(persona, int) else ""

@@ -25,6 +25,12 @@ def test_prompt_variants():
         build_prompt(-1, obs, [])
     with pytest.raises(TypeError, match="not a bool"):
         build_prompt(True, obs, [])
+    with pytest.raises(TypeError, match="not a bool"):
+        build_prompt(np.bool_(True), obs, [])
+    with pytest.raises(TypeError, match="not float"):
+        build_prompt(3.0, obs, [])
+    # a type id as read from Parquet or a numpy array is the same persona as the int
+    assert build_prompt(np.int32(3), obs, []) == build_prompt(3, obs, []) == build_prompt(np.int64(3), obs, [])
 
 
 def test_history_is_per_session_and_oldest_first():
