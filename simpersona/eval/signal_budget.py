@@ -57,6 +57,7 @@ def signal_budget(run_dir: str | Path, type_alignment: dict) -> list[dict]:
         "stage": "rollout", "where": "finetune/summary.json",
         "persona": {"type_conversion_spearman": ft.get("type_conversion_spearman")},
         "peer": "mismatched persona", "peer_value": {"type_conversion_spearman": ft.get("type_conversion_spearman_mismatch")},
+        "ideal_at_sim_size": ft.get("type_conversion_spearman_ideal"),
     })
 
     def live(name: str) -> dict:

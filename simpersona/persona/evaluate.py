@@ -139,4 +139,25 @@ def type_sensitivity(scorer: ActionScorer, heldout: pd.DataFrame, all_steps: pd.
     model = rollout_conversion(scorer, personas, pools, store_cfg, n_sessions, max_steps, temperature, seed, progress)
     real_rates = [float(real[k]) for k in types]
     rho = float(spearmanr(model, real_rates).statistic) if len(types) > 1 and len(set(real_rates)) > 1 else float("nan")
-    return {"types": types, "model": model, "real": real_rates, "spearman": rho}
+    return {"types": types, "model": model, "real": real_rates, "spearman": rho,
+            "ideal": ideal_rollout_spearman(real_rates, n_sessions, seed)}
+
+
+def ideal_rollout_spearman(real_rates: list[float], n_sessions: int, seed: int, repeats: int = 200) -> dict | None:
+    """The Spearman that a policy converting exactly at each type's real rate reaches with `n_sessions`
+    rollouts per type: what sampling noise alone leaves of a perfect ordering (types of near-equal rates
+    are often drawn in the wrong order). Mean and 95% range over `repeats` draws; None when no draw
+    can be ranked."""
+    p = np.asarray(real_rates, dtype=float)
+    if len(p) < 2 or len(set(real_rates)) < 2 or n_sessions <= 0:
+        return None
+    rng = np.random.default_rng([seed, 23])
+    rhos = []
+    for _ in range(repeats):
+        draw = rng.binomial(n_sessions, p)
+        if len(set(draw.tolist())) > 1:  # a draw of equal rates has no ordering
+            rhos.append(float(spearmanr(draw, p).statistic))
+    if not rhos:
+        return None
+    return {"mean": float(np.mean(rhos)), "lo": float(np.quantile(rhos, 0.025)), "hi": float(np.quantile(rhos, 0.975)),
+            "rollouts_per_type": int(n_sessions)}

@@ -261,6 +261,8 @@ def run(cfg) -> dict:
         "type_conversion_model": dict(zip(sens["types"], sens["model"])),
         "type_conversion_real": dict(zip(sens["types"], sens["real"])),
         "type_conversion_spearman": sens["spearman"],
+        # a policy converting exactly at each type's real rate, with as many rollouts per type
+        "type_conversion_spearman_ideal": sens["ideal"],
         # the same rollouts with each type's sessions under another type's token: the peer that must lose
         "type_conversion_model_mismatch": dict(zip(sens_mismatch["types"], sens_mismatch["model"])),
         "type_conversion_spearman_mismatch": sens_mismatch["spearman"],

@@ -70,9 +70,10 @@ real histories count.</p>
 </table>
 {% if fig.types %}<img id="plot-types" alt="conversion per buyer type" src="{{ fig.types }}">{% endif %}
 {% if m.signal_budget %}<h3>Signal budget: the type signal after each hand-over</h3>
-<table id="signal-budget-table"><tr><th class="l">stage</th><th class="l">with the type signal</th><th class="l">peer</th><th class="l">peer's figures</th></tr>
+<table id="signal-budget-table"><tr><th class="l">stage</th><th class="l">with the type signal</th><th class="l">peer</th><th class="l">peer's figures</th>
+<th>ideal simulator's Spearman, same sample size</th></tr>
 {% for r in m.signal_budget %}<tr><td class="l">{{ r.stage }}</td><td class="l">{{ figs(r.persona) }}</td><td class="l">{{ r.peer }}</td>
-<td class="l">{{ figs(r.peer_value) }}</td></tr>{% endfor %}</table>{% endif %}
+<td class="l">{{ figs(r.peer_value) }}</td><td>{{ fmt(r.ideal_at_sim_size.mean) if r.ideal_at_sim_size else '' }}</td></tr>{% endfor %}</table>{% endif %}
 {% else %}<p class="missing">no type-level alignment yet (the evaluate stage writes it)</p>{% endif %}
 
 <h2 id="headline">Held-out storefronts: headline</h2>

@@ -124,7 +124,8 @@ def test_signal_budget_reads_each_stage_beside_its_peer(tmp_path):
         {"nmi_planted": 0.9, "type_auc_purchase": 0.99, "kmeans": {"nmi_planted": 0.7}}))
     (tmp_path / "finetune" / "summary.json").write_text(json.dumps(
         {"heldout_nll_persona": 1.2, "heldout_nll_no_persona": 1.4, "heldout_acc_persona": 0.5,
-         "type_conversion_spearman": 0.8, "type_conversion_spearman_mismatch": 0.1}))
+         "type_conversion_spearman": 0.8, "type_conversion_spearman_mismatch": 0.1,
+         "type_conversion_spearman_ideal": {"mean": 0.85, "lo": 0.6, "hi": 1.0}}))
     live = {"vq": {"spearman_conversion": 0.9, "n_types": 5, "ideal_at_sim_size": {"spearman_conversion": {"mean": 0.95}}},
             "no_persona": {"spearman_conversion": 0.2}}
     rows = {r["stage"]: r for r in signal_budget(tmp_path, live)}
@@ -132,6 +133,7 @@ def test_signal_budget_reads_each_stage_beside_its_peer(tmp_path):
     assert rows["types"]["persona"]["nmi_planted"] == 0.9 and rows["types"]["peer_value"] == {"nmi_planted": 0.7}
     assert rows["offline"]["persona"]["nll"] == 1.2 and rows["offline"]["peer_value"]["nll"] == 1.4
     assert rows["rollout"]["peer_value"]["type_conversion_spearman"] == 0.1
+    assert rows["rollout"]["ideal_at_sim_size"]["mean"] == 0.85
     assert rows["live"]["persona"]["type_conversion_spearman"] == 0.9
     assert rows["live"]["peer_value"]["type_conversion_spearman"] == 0.2
     assert rows["live"]["ideal_at_sim_size"]["mean"] == 0.95

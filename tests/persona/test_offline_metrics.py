@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simpersona.persona.evaluate import step_metrics
+from simpersona.persona.evaluate import ideal_rollout_spearman, step_metrics
 
 
 def _steps(rows):
@@ -41,3 +41,16 @@ def test_calibrated_model_scores_low_js_on_every_page():
     rows = [("page: checkout | cart: 1", allowed, str(rng.choice(allowed, p=p)), 0) for _ in range(4000)]
     m = step_metrics(_steps(rows), [np.log(p).tolist()] * len(rows))
     assert m["js_per_page"]["checkout"] < 0.005
+
+
+def test_ideal_rollout_spearman_is_the_ordering_sampling_noise_leaves():
+    """Well separated rates keep their order at any sample size; rates closer than a rollout's noise are
+    often drawn out of order, the more so with fewer rollouts; nothing to rank gives None."""
+    apart = ideal_rollout_spearman([0.05, 0.3, 0.6, 0.9], n_sessions=50, seed=0)
+    assert apart["mean"] == apart["lo"] == 1.0 and apart["rollouts_per_type"] == 50
+    close = [0.0, 0.006, 0.015, 0.022, 0.075, 0.16, 0.79]
+    few, many = (ideal_rollout_spearman(close, n, seed=0) for n in (24, 2000))
+    assert few["lo"] < few["mean"] < 0.95 < many["mean"]
+    assert ideal_rollout_spearman(close, 24, seed=0) == few  # seeded
+    assert ideal_rollout_spearman([0.2, 0.2, 0.2], 24, seed=0) is None
+    assert ideal_rollout_spearman([0.0, 0.0001], 5, seed=0) is None  # every draw converts no session
