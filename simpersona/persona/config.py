@@ -99,13 +99,16 @@ class PersonaConfig:
     heldout_fraction: float = 0.1  # histories (by hash) held out for evaluation
     exclude_heldout: bool = True  # histories at eval.holdout's held-out merchants are never trained on
     max_train_examples: int = 20000  # 0 = all
+    # how the persona stages' examples are drawn: steps (uniform) | types (each type an equal share, as far
+    # as its rows go); the baselines always get a uniform sample of as many steps
+    train_sampling: str = "steps"
     max_prompt_tokens: int = 480  # longer examples are dropped (counted in the summary)
     stage1: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=2, lr=3e-2))
     stage2: PersonaStageConfig = field(default_factory=lambda: PersonaStageConfig(epochs=3, lr=5e-3))
     stage2_mode: str = "lora"  # lora (LoRA + persona rows) | full (every weight)
     persona_dropout: float = 0.0  # stage 2: share of examples shown without their persona token
     lora: PersonaLoraConfig = field(default_factory=PersonaLoraConfig)
-    baselines: list[str] = field(default_factory=lambda: ["none", "prompt"])  # trained on the same examples
+    baselines: list[str] = field(default_factory=lambda: ["none", "prompt"])  # trained on as many examples
     train: PersonaTrainConfig = field(default_factory=PersonaTrainConfig)
     eval: PersonaEvalConfig = field(default_factory=PersonaEvalConfig)
     temperature: float = 1.0  # sampling temperature of the evaluation rollouts

@@ -6,8 +6,9 @@ Order of work (each training step is one Ray Train run, see simpersona.persona.f
   tokens     add K persona tokens, rows initialised from the codebook, self-check
   stage1     persona rows only                      -> DIR/checkpoints/finetune/work/stage1
   stage2     LoRA + persona rows (or full)          -> DIR/finetune/model
-  baselines  the same stage-2 recipe from the base on the identical examples without persona
-             (`none`) and with the prose persona (`prompt`) -> DIR/finetune/baselines/<name>
+  baselines  the same stage-2 recipe from the base on as many examples without persona (`none`)
+             and with the prose persona (`prompt`) -> DIR/finetune/baselines/<name>; their examples are
+             the persona stages' own unless persona.train_sampling=types, which draws those per type
   evaluate   held-out accuracy / NLL / per-type JS, rollout conversion per type vs real
 Artifacts: model/ (save_pretrained + tokenizer + persona.json), persona.json, summary.json; the
 baselines beside them. Histories at eval.holdout's held-out storefronts are never trained on.
@@ -96,7 +97,8 @@ def run(cfg) -> dict:
         excluded = heldout_merchants(cfg) if pc.exclude_heldout else []
         steps = ex.load_steps(paths["traces"], paths["types"], paths["profiles"], n_types, pc.history_len,
                               pc.heldout_fraction, seed, excluded)
-        train_df = ex.subsample(steps.train, pc.max_train_examples, seed)
+        train_df = ex.subsample(steps.train, pc.max_train_examples, seed)  # the base's and baselines' examples
+        persona_df = ex.sample_training_steps(steps.train, pc.max_train_examples, pc.train_sampling, seed)
         eval_df = ex.subsample(steps.heldout, pc.eval.max_steps, seed)
     if train_df.empty or eval_df.empty:
         raise ValueError(f"too few trace histories: {len(train_df)} training and {len(eval_df)} held-out steps")
@@ -124,8 +126,9 @@ def run(cfg) -> dict:
     base_name = resolve_name(pc.model.name_or_path)
 
     def tokenized(tokenizer, variant: str, dropout: float = 0.0) -> pd.DataFrame:
-        prompts = ex.prompts_for(train_df, variant, n_types, steps.descriptions, dropout, seed)
-        df, dropped[variant] = ex.tokenize(tokenizer, prompts, train_df["action"].tolist(), pc.max_prompt_tokens)
+        rows = persona_df if variant == "persona" else train_df
+        prompts = ex.prompts_for(rows, variant, n_types, steps.descriptions, dropout, seed)
+        df, dropped[variant] = ex.tokenize(tokenizer, prompts, rows["action"].tolist(), pc.max_prompt_tokens)
         if df.empty:
             raise ValueError(f"every {variant} example is longer than persona.max_prompt_tokens={pc.max_prompt_tokens}")
         return df
@@ -267,6 +270,8 @@ def run(cfg) -> dict:
         "type_conversion_model_mismatch": dict(zip(sens_mismatch["types"], sens_mismatch["model"])),
         "type_conversion_spearman_mismatch": sens_mismatch["spearman"],
         "n_train_examples": len(train_df), "n_heldout_steps": len(eval_df),
+        "train_sampling": pc.train_sampling,
+        "persona_examples_per_type": {int(k): int(v) for k, v in persona_df["type_id"].value_counts().sort_index().items()},
         "n_train_histories": int(train_df["history_id"].nunique()),
         "untyped_trace_rows": steps.untyped_rows, "dropped_long_examples": dropped,
         "heldout_merchants_excluded_from_training": len(excluded),

@@ -119,3 +119,20 @@ def test_bucketing_keeps_rows():
     widths = [max(map(len, out.input_ids[i:i + 4])) - min(map(len, out.input_ids[i:i + 4]))
               for i in range(0, 36, 4)]
     assert max(widths) <= 4  # neighbours in length share a batch
+
+
+def test_sampling_by_type_gives_rare_types_their_share():
+    """Each type an equal share of n; a type with fewer rows keeps all of them and the rest goes to the
+    others; within a type the rows a uniform sample ranks first; bad names are refused."""
+    df = pd.DataFrame({"history_id": [f"h{i}" for i in range(1000)], "session_idx": 0, "step": 0,
+                       "type_id": [0] * 700 + [1] * 250 + [2] * 40 + [3] * 10})
+    out = ex.sample_training_steps(df, 200, "types", seed=0)
+    assert out["type_id"].value_counts().to_dict() == {0: 75, 1: 75, 2: 40, 3: 10}
+    uniform = ex.sample_training_steps(df, 200, "steps", seed=0)
+    assert uniform.equals(ex.subsample(df, 200, 0)) and (uniform["type_id"] == 3).sum() < 10
+    # the rows kept of a type are the ones the uniform hash order puts first among that type's rows
+    first_of_0 = ex.subsample(df[df.type_id == 0], 75, 0)["history_id"].tolist()
+    assert out[out.type_id == 0]["history_id"].tolist() == first_of_0
+    assert ex.sample_training_steps(df, 0, "types", seed=0).equals(df)  # 0 keeps all
+    with pytest.raises(ValueError, match="train_sampling must be steps or types"):
+        ex.sample_training_steps(df, 200, "balanced", seed=0)
