@@ -17,6 +17,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (finetune.worker_env)
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -28,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # testkit: the 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from simpersona.config import load, to_dict  # noqa: E402
+from simpersona.config import load  # noqa: E402
 from simpersona.persona import examples as ex  # noqa: E402
 from simpersona.persona import small  # noqa: E402
 from simpersona.persona.finetune import StageSpec, data_fingerprint, run_stage, steps_per_epoch  # noqa: E402
@@ -43,11 +45,11 @@ K = 6
 
 def stage(tmp: Path, name: str, model_dir: Path, mode: str, ids, data, pc, steps: int, batch: int, workers: int,
           cpus: float, lr: float, gpu: bool = False, deepspeed: dict | None = None) -> dict:
-    train = dict(to_dict(pc.train), workers=workers, cpus_per_worker=cpus, torch_threads=0, checkpoint_every=0,
-                 use_gpu=gpu, deepspeed=deepspeed or {}, resume=False)
+    train = dataclasses.replace(OmegaConf.to_object(pc.train), workers=workers, cpus_per_worker=cpus, torch_threads=0,
+                                checkpoint_every=0, use_gpu=gpu, deepspeed=deepspeed or {}, resume=False)
     spec = StageSpec(name=name, input_dir=str(model_dir), output_dir=str(tmp / name), mode=mode, persona_ids=ids,
                      epochs=1, lr=lr, batch_size=batch, warmup_steps=0, max_steps=steps,
-                     steps_per_epoch=steps_per_epoch(len(data), batch, workers), lora=to_dict(pc.lora), train=train,
+                     steps_per_epoch=steps_per_epoch(len(data), batch, workers), lora=OmegaConf.to_object(pc.lora), train=train,
                      seed=0, progress=False, data_fingerprint=data_fingerprint(data))
     m = run_stage(spec, ray.data.from_pandas(ex.bucket_by_length(data, batch, 0)), tmp / "ray", resume=False)
     return {"mode": mode, "workers": workers, "cpus_per_worker": cpus, "steps": m["step"], "batch_size": batch,
@@ -73,7 +75,7 @@ def scoring(model_dir: Path, steps, n: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load("finetune", sys.argv[1:] if argv is None else argv)
-    bench = to_dict(cfg.bench) if cfg.bench else {}  # plain lists/dicts: they go into the JSON
+    bench = OmegaConf.to_container(cfg.bench, resolve=True) if cfg.bench else {}  # plain lists/dicts: they go into the JSON
     steps_n = int(bench.get("steps", 30))
     workers_list = [int(w) for w in bench.get("workers", [1, 2])]
     pc = cfg.persona
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                  # what was measured: the bench knobs and the persona config they ran under
                  "config": {"job": "finetune", "argv": list(sys.argv[1:] if argv is None else argv),
                             "bench": {"steps": steps_n, "workers": workers_list, **bench},
-                            "small": to_dict(pc.model.small), "lora": to_dict(pc.lora),
+                            "small": OmegaConf.to_container(pc.model.small, resolve=True), "lora": OmegaConf.to_container(pc.lora, resolve=True),
                             "history_len": int(pc.history_len), "torch_threads": int(pc.train.torch_threads)}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

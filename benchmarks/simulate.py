@@ -46,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpersona.config import load, to_dict  # noqa: E402
+from simpersona.config import load  # noqa: E402
 
 DEFAULTS = {
     "dir": "runs/bench_simulate",
@@ -571,7 +572,7 @@ def main(argv: list[str] | None = None, json_out=None) -> dict:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load("simulate", argv, aliases={k: f"bench.{k}" for k in DEFAULTS})
-    b = {**DEFAULTS, **to_dict(cfg)["bench"]}
+    b = {**DEFAULTS, **OmegaConf.to_container(cfg, resolve=True)["bench"]}
     b["browser_ops"] = b["browser_ops"] or cfg.sim.browser_ops_per_worker
     sections = set(b["sections"])
     out = Path(b["dir"])
