@@ -5,7 +5,8 @@
 
 A child process keeps the web shop off the caller's GIL and event loop (Playwright, Ray actors)
 and can be killed for crash tests (`kill()` = SIGKILL); it exits by itself when its parent dies
-(it watches its stdin pipe). `stop()` shuts it down gracefully (the event log rolls into Parquet).
+(it watches its stdin pipe) and then removes its spec and log folder, which no one is left to read or
+remove. `stop()` shuts it down gracefully (the event log rolls into Parquet).
 
 Standalone (a person can shop in a browser):
     python -m simpersona.store.server store.merchants=[m1,m2] [store.variant=free_shipping] [store.port=8000]
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,7 +140,8 @@ class StoreServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="simpersona-store-")
         spec = Path(self._tmp.name) / "spec.json"
         spec.write_text(json.dumps({"store": self.store, "log_dir": str(self.log_dir), "variant": self.variant,
-                                    "merchants": self.merchants, "host": self.host, "port": self.port}))
+                                    "merchants": self.merchants, "host": self.host, "port": self.port,
+                                    "scratch_dir": self._tmp.name}))
         out = Path(self._tmp.name) / "server.log"
         with open(out, "wb") as f:
             self.proc = subprocess.Popen([sys.executable, "-m", "simpersona.store.server", "--spec", str(spec)],
@@ -206,8 +209,9 @@ class StoreServer:
 
 
 def _serve(store: dict, log_dir: str, variant: str | None, merchants: list[str] | None, host: str, port: int,
-           watch_stdin: bool) -> None:
-    """Serve in this process until SIGTERM/SIGINT (or stdin EOF when `watch_stdin`)."""
+           watch_stdin: bool) -> bool:
+    """Serve in this process until SIGTERM/SIGINT (or stdin EOF when `watch_stdin`); True when it was the
+    EOF, that is the parent died (a live parent stops the server with SIGTERM and closes the pipe after)."""
     from simpersona.store.app import create_app
 
     app = create_app({"store": store}, log_dir, variant, merchants)
@@ -224,21 +228,26 @@ def _serve(store: dict, log_dir: str, variant: str | None, merchants: list[str] 
         print(f"{READY} {sock.getsockname()[1]} http://{host}:{sock.getsockname()[1]}", flush=True)
         await task
 
+    parent_gone = threading.Event()
     if watch_stdin:  # the parent died or closed the pipe: shut down gracefully
         def watch():
             sys.stdin.buffer.read()
+            parent_gone.set()
             server.should_exit = True
 
         threading.Thread(target=watch, daemon=True).start()
     asyncio.run(main())
+    return parent_gone.is_set()
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--spec"]:
         spec = json.loads(Path(argv[1]).read_text())
-        _serve(spec["store"], spec["log_dir"], spec["variant"], spec["merchants"], spec["host"], spec["port"],
-               watch_stdin=True)
+        orphaned = _serve(spec["store"], spec["log_dir"], spec["variant"], spec["merchants"], spec["host"],
+                          spec["port"], watch_stdin=True)
+        if orphaned and spec.get("scratch_dir"):  # a killed parent cannot run its TemporaryDirectory cleanup
+            shutil.rmtree(spec["scratch_dir"], ignore_errors=True)
         return
     from simpersona.config import load
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +19,7 @@ from simpersona.store.eventlog import read_events, recover
 from simpersona.store.server import StoreServer
 from simpersona.store.shops import ShopSet
 
+ROOT = Path(__file__).resolve().parents[2]
 STORE = {"merchants": ["m1", "m2", "m3"], "products_per_merchant": 18, "catalog_seed": 3,
          "log_shard_rows": 40, "log_fsync": True}
 
@@ -81,3 +86,41 @@ def test_kill_9_keeps_every_acknowledged_event(tmp_path):
     recover(log_dir)
     assert not list(log_dir.glob("wal-*.jsonl"))
     check(read_events(log_dir))
+
+
+PARENT = """
+import sys, time
+from simpersona.store.server import StoreServer
+server = StoreServer({"store": {"merchants": ["m1"]}}, log_dir=sys.argv[1]).start()
+print(server.pid, server._tmp.name, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_storefront_whose_parent_is_killed_exits_and_removes_its_scratch_folder(tmp_path):
+    """kill -9 of the process that started the storefront: no parent is left to stop the child or to remove
+    its spec and log folder, so the child does both (stdin EOF); before, every killed driver left a folder."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "events")], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    try:
+        child_pid, scratch = parent.stdout.readline().split()
+        assert Path(scratch).is_dir()
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while (Path(scratch).exists() or _alive(int(child_pid))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(int(child_pid)), "the storefront outlived its killed parent"
+    assert not Path(scratch).exists(), f"{scratch} was left behind"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
