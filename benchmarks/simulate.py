@@ -3,7 +3,10 @@
     python benchmarks/simulate.py [compare_agents=16] [levels=[50,100,200]] [duration_s=20] [key=value ...]
 
 Measured in one run, against one storefront process (simpersona.store.server):
-  browser.shared       N agents = N browser contexts in ONE Chromium (what a BrowserWorker does)
+  browser.shared       N agents = N browser contexts in ONE Chromium (browser.isolation=context)
+  browser.shared_pages N agents = N pages of one shared context in ONE Chromium, one renderer per site
+                       (browser.isolation=page); a BrowserWorker runs its default isolation (auto: page on
+                       our storefront), whose figures are the headline ratios
   browser.per_agent    the same N agents, one Chromium each, kept for the agent's next sessions (a
                        browser pool: kinder to the baseline than the tools it stands for)
   browser.per_agent_launch  one Chromium launched for each agent and closed when its session ends,
@@ -281,7 +284,16 @@ def uniform_decider(seed: int = 0):
     return decide
 
 
-BROWSER_MODES = ("shared", "per_agent", "per_agent_launch")
+BROWSER_MODES = ("shared", "shared_pages", "per_agent", "per_agent_launch")
+# browser.isolation of each mode: a browser of its own per agent needs no sharing of contexts
+ISOLATION = {"shared": "context", "shared_pages": "page", "per_agent": "context", "per_agent_launch": "context"}
+
+
+def default_shared_mode(browser_cfg) -> str:
+    """The shared mode a BrowserWorker with this browser section runs."""
+    from simpersona.sim.browser import browser_config, isolation_of
+
+    return "shared_pages" if isolation_of(browser_config(browser_cfg)) == "page" else "shared"
 
 
 async def run_browsers(base_url: str, browser_cfg, n_agents: int, mode: str, decide, merchants, b) -> dict:
@@ -291,6 +303,7 @@ async def run_browsers(base_url: str, browser_cfg, n_agents: int, mode: str, dec
 
     if mode not in BROWSER_MODES:
         raise ValueError(f"browser mode {mode!r}: choose one of {BROWSER_MODES}")
+    browser_cfg = OmegaConf.merge(browser_cfg, {"isolation": ISOLATION[mode]})
     launching = mode == "per_agent_launch"
     t_launch = time.monotonic()
     browsers: list = []  # per_agent_launch: the Chromiums running now, changing as agents come and go
@@ -298,7 +311,7 @@ async def run_browsers(base_url: str, browser_cfg, n_agents: int, mode: str, dec
         browsers.append(await Browser(browser_cfg).start())
     envs = [] if launching else [BrowserEnv(browsers[i if mode == "per_agent" else 0], base_url, browser_cfg)
                                  for i in range(n_agents)]
-    if mode == "shared":  # as in a BrowserWorker: a bounded number of operations in the shared Chromium
+    if mode.startswith("shared"):  # as in a BrowserWorker: a bounded number of operations in the shared Chromium
         from simpersona.sim.actors import ThrottledEnv
 
         slots = asyncio.Semaphore(int(b["browser_ops"]) or n_agents)
@@ -433,11 +446,19 @@ def bench_browsers(base_url: str, cfg, merchants: list[str], b: dict) -> dict:
     for mode in BROWSER_MODES:
         out[mode] = asyncio.run(run_browsers(base_url, cfg.browser, n, mode, uniform, merchants, b))
         log({"browser": {mode: out[mode]}})
-    shared = out["shared"]
-    for base in ("per_agent", "per_agent_launch"):
-        other = out[base]
-        out[f"vs_{base}"] = {"agents_per_gib_ratio": round(shared["agents_per_gib"] / other["agents_per_gib"], 2),
-                             "steps_per_s_ratio": round(shared["steps_per_s"] / max(other["steps_per_s"], 1e-9), 2)}
+    default = out["default_isolation"] = ISOLATION[default_shared_mode(cfg.browser)]
+    for shared_mode in ("shared", "shared_pages"):
+        shared = out[shared_mode]
+        for base in ("per_agent", "per_agent_launch"):
+            other = out[base]
+            ratios = {"agents_per_gib_ratio": round(shared["agents_per_gib"] / other["agents_per_gib"], 2),
+                      "steps_per_s_ratio": round(shared["steps_per_s"] / max(other["steps_per_s"], 1e-9), 2)}
+            out[f"{shared_mode}_vs_{base}"] = ratios
+            if ISOLATION[shared_mode] == default:
+                out[f"vs_{base}"] = ratios
+    out["pages_vs_contexts"] = {
+        "agents_per_gib_ratio": round(out["shared_pages"]["agents_per_gib"] / out["shared"]["agents_per_gib"], 2),
+        "steps_per_s_ratio": round(out["shared_pages"]["steps_per_s"] / max(out["shared"]["steps_per_s"], 1e-9), 2)}
     # memory: what a running agent's own Chromium holds, from the kept browsers (per_agent_launch's samples
     # catch browsers half-launched or closing, which understates it); speed: agents that launch their own
     # Chromium, as UXAgent and browser-use do, launch cost included
@@ -460,7 +481,7 @@ def bench_ramp(base_url: str, cfg, merchants: list[str], b: dict, mib_per_agent:
             ramp.append({"agents": level, "skipped": f"projected PSS {projected / GIB:.1f} GiB passes "
                                                     f"{b['mem_fraction']} of available RAM"})
             break
-        r = asyncio.run(run_browsers(base_url, cfg.browser, level, "shared", uniform, merchants, b))
+        r = asyncio.run(run_browsers(base_url, cfg.browser, level, default_shared_mode(cfg.browser), uniform, merchants, b))
         # sustained: every agent up and moving, no step errors, crashes or stuck agents, and the
         # throughput held (at least half the best level's steps/s); latency is reported, not judged
         best = max([x["steps_per_s"] for x in ramp if "steps_per_s" in x] + [r["steps_per_s"]])
@@ -551,8 +572,8 @@ def bench_e2e(base_url: str, cfg, model_dir: str, merchants: list[str], b: dict)
     async def run() -> dict:
         policy = HandlePolicyClient(handle, int(b["batch_size"]), b["batch_wait_timeout_s"])
         try:
-            return await run_browsers(base_url, cfg.browser, int(b["e2e_agents"]), "shared", policy.decide,
-                                      merchants, {**b, "duration_s": b["e2e_duration_s"]})
+            return await run_browsers(base_url, cfg.browser, int(b["e2e_agents"]), default_shared_mode(cfg.browser),
+                                      policy.decide, merchants, {**b, "duration_s": b["e2e_duration_s"]})
         finally:
             policy.close()
 
@@ -602,7 +623,7 @@ def main(argv: list[str] | None = None, json_out=None) -> dict:
         if "browser" in sections:
             section("browser", bench_browsers, store.base_url, cfg, merchants, b)
         if "ramp" in sections:
-            start_mib = result.get("browser", {}).get("shared", {}).get("pss_mib_per_agent", 100.0)
+            start_mib = result.get("browser", {}).get(default_shared_mode(cfg.browser), {}).get("pss_mib_per_agent", 100.0)
             section("ramp", bench_ramp, store.base_url, cfg, merchants, b, start_mib)
         if sections & {"policy", "e2e"}:  # a local Ray whose workers' logs stay out of the JSON on stdout
             ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False, log_to_driver=False)

@@ -51,6 +51,9 @@ class Stage:
     upstream: tuple[str, ...]  # stages whose outputs it reads
     streams: bool = False  # writes its outputs to <storage_path>/<name> itself (s3:// included)
     side: tuple[str, ...] = ()  # folders beside its own that it fills (uploaded with it to a remote root)
+    # stages it reads when they have finished and goes without otherwise (the report without a what-if);
+    # one that finishes later makes the stage stale, as a changed upstream does
+    optional: tuple[str, ...] = ()
 
 
 STAGES: dict[str, Stage] = {
@@ -68,7 +71,8 @@ STAGES: dict[str, Stage] = {
               side=("simulate",)),
         Stage("whatif", "simpersona.sim.experiments:run_whatif", ("whatif", "sim", "serve", "store", "browser"),
               ("assign", "finetune"), side=("simulate",)),
-        Stage("report", "simpersona.report.html:run_report", ("report",), ("assign", "evaluate", "whatif")),
+        Stage("report", "simpersona.report.html:run_report", ("report",), ("assign",),
+              optional=("evaluate", "whatif")),
     ]
 }
 
@@ -144,6 +148,10 @@ def stage_manifest(cfg: DictConfig, stage: Stage) -> dict[str, Any]:
     for up in stage.upstream:
         inputs[up] = manifest.digest(stage_uri(cfg, up), cfg.data.s3)
         sources.append(stage_uri(cfg, up))
+    for up in stage.optional:
+        finished = manifest.read(stage_uri(cfg, up), cfg.data.s3) is not None
+        inputs[up] = manifest.digest(stage_uri(cfg, up), cfg.data.s3) if finished else "absent"
+        sources += [stage_uri(cfg, up)] if finished else []
     if stage.name == "preprocess":
         listing = io.list_inputs(cfg.data.input, cfg.data.s3, cfg.data.format)
         uris = [f.uri for f in listing.files]
@@ -222,6 +230,9 @@ def _run_remote(stage: Stage, cfg: DictConfig, run: Callable[[DictConfig], dict]
     mirror = Path(local.run_dir)
     for up in upstream_closure(stage.name):
         fetch(cfg, up, mirror)
+    for up in stage.optional:
+        if manifest.read(stage_uri(cfg, up), s3) is not None:
+            fetch(cfg, up, mirror)
     remote = stage_uri(cfg, stage.name)
     manifest.remove(remote, s3)  # from here until the new manifest lands, the stage is unfinished
     if stage.streams:

@@ -16,13 +16,15 @@ from simpersona.config import load
 
 TOY = stages.Stage("toy", "toy:run", ("report",), ())
 DOWN = stages.Stage("down", "down:run", ("whatif",), ("toy",))
+LATER = stages.Stage("later", "later:run", ("report",), ())
+OPTIONAL = stages.Stage("opt", "opt:run", ("whatif",), ("toy",), optional=("later",))
 
 
 @pytest.fixture
 def runner(monkeypatch, tmp_path):
     """Registers the toy stages; `calls` counts runs, `behaviour[name]` is what the next run does."""
-    calls: dict[str, int] = {"toy": 0, "down": 0}
-    seen: dict[str, list] = {"toy": [], "down": []}
+    calls: dict[str, int] = {"toy": 0, "down": 0, "later": 0, "opt": 0}
+    seen: dict[str, list] = {name: [] for name in calls}
 
     def make(name):
         def run(cfg):
@@ -38,6 +40,8 @@ def runner(monkeypatch, tmp_path):
 
     monkeypatch.setitem(stages.STAGES, "toy", TOY)
     monkeypatch.setitem(stages.STAGES, "down", DOWN)
+    monkeypatch.setitem(stages.STAGES, "later", LATER)
+    monkeypatch.setitem(stages.STAGES, "opt", OPTIONAL)
     monkeypatch.setattr(stages, "resolve_function", lambda spec: make(spec.split(":")[0]))
     return {"calls": calls, "seen": seen, "run_dir": tmp_path / "run"}
 
@@ -83,6 +87,20 @@ def test_downstream_reruns_when_upstream_changed_and_not_otherwise(runner):
 def test_downstream_of_an_unfinished_stage_is_an_error(runner):
     with pytest.raises(FileNotFoundError, match="is not finished"):
         stages.run_stage("down", cfg_for(runner["run_dir"]))
+
+
+def test_an_optional_upstream_is_read_when_finished_and_its_later_arrival_makes_the_stage_stale(runner):
+    """The report runs without a what-if (a pipeline that has none: config=planted stopped here); once the
+    what-if finishes, the report is stale and runs again."""
+    run_dir = runner["run_dir"]
+    stages.run_stage("toy", cfg_for(run_dir))
+    first = stages.run_stage("opt", cfg_for(run_dir))
+    assert not first.get("skipped") and manifest.read(run_dir / "opt")["inputs"]["later"] == "absent"
+    assert stages.run_stage("opt", cfg_for(run_dir))["skipped"]
+    stages.run_stage("later", cfg_for(run_dir))
+    assert not stages.run_stage("opt", cfg_for(run_dir)).get("skipped") and runner["calls"]["opt"] == 2
+    assert manifest.read(run_dir / "opt")["inputs"]["later"] != "absent"
+    assert stages.STAGES["report"].optional == ("evaluate", "whatif")
 
 
 def test_failed_run_puts_the_previous_output_back(runner):

@@ -6,6 +6,12 @@
         obs, done, info = await env.step("open 2")                # info: allowed, url, error, reason, ...
         await env.close()
 
+Isolation (`browser.isolation`): with `context` each agent has its own browser context (cookies, storage);
+with `page` the agents of one Chromium are pages of one shared context (SharedContext), Chromium keeps one
+renderer per site for them (--process-per-site), and each page sends its agent and session in headers that
+the project storefront reads before its cookies. A foreign shop keeps its buyers apart by cookies, so a
+shop adapter or page patches need `context`; `auto` picks `page` only for the project storefront.
+
 The environment drives the browser; the agent only picks one of `allowed`. On the project
 storefront an action is a click on the element whose `data-action` is the action string, and the
 observation is `render(PageState)` rebuilt from the page's data attributes: byte-identical to the
@@ -81,6 +87,10 @@ def chromium_executable(cfg) -> str:
     return DEFAULT_CHROMIUM
 AGENT_COOKIE = "sp_agent"  # the storefront's cookies (simpersona.store.app)
 SESSION_COOKIE = "sp_session"
+AGENT_HEADER = "x-simpersona-agent"  # ... and the headers it reads first (browser.isolation=page)
+SESSION_HEADER = "x-simpersona-session"
+ISOLATION_MODES = ("auto", "context", "page")
+PROCESS_PER_SITE = "--process-per-site"  # the pages of one context on one site share a renderer
 
 
 SANDBOX_MODES = ("auto", "on", "off")
@@ -125,6 +135,23 @@ def browser_config(cfg: Any = None) -> BrowserConfig:
     return OmegaConf.to_object(OmegaConf.merge(base, cfg))
 
 
+def isolation_of(cfg: BrowserConfig, adapter: Any = None) -> str:
+    """`context` or `page` for agents with this browser section (and shop adapter, if any), or a ValueError
+    where the shared cookie jar of `page` would mix the agents of a shop that tells them apart by cookies."""
+    mode = str(cfg.isolation)
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"browser.isolation={mode!r}: expected one of {', '.join(ISOLATION_MODES)}")
+    foreign = adapter is not None or bool(cfg.adapter) or bool(cfg.page_patches)
+    if mode == "page" and foreign:
+        what = "page patches" if cfg.page_patches and adapter is None and not cfg.adapter else "a shop adapter"
+        raise ValueError(f"browser.isolation=page shares one cookie jar between agents, which only the project "
+                         f"storefront allows (it reads each agent from its page's headers); with {what} set "
+                         "browser.isolation=context (or auto)")
+    if mode == "auto":  # scripts can open popups, whose first request no agent's page can be named for
+        return "context" if foreign or _flag(cfg.javascript, auto=False) else "page"
+    return mode
+
+
 def _flag(value: Any, auto: bool) -> bool:
     text = str(value).strip().lower()
     if text == "auto":
@@ -148,6 +175,8 @@ class Browser:
         # A bound, never-listening local port: the "proxy" every off-origin request is sent to, so
         # that it fails before leaving Chromium. context.route cannot see redirect hops; this can.
         self._sink: socket.socket | None = None
+        self._shared: dict[tuple, list[SharedContext]] = {}  # browser.isolation=page: contexts per fence
+        self._shared_lock = asyncio.Lock()
 
     @property
     def sink_proxy(self) -> str:
@@ -166,9 +195,12 @@ class Browser:
         self._pw = await async_playwright().start()
         # Chromium ignores unknown switches: this one finds our browser process among all of them
         marker = f"--simpersona-browser={uuid.uuid4().hex}"
+        args = [*self.cfg.args, marker]
+        if isolation_of(self.cfg) == "page" and PROCESS_PER_SITE not in args:
+            args.append(PROCESS_PER_SITE)
         try:
             self.browser = await self._pw.chromium.launch(
-                executable_path=exe, headless=bool(self.cfg.headless), args=[*self.cfg.args, marker],
+                executable_path=exe, headless=bool(self.cfg.headless), args=args,
                 chromium_sandbox=sandbox, timeout=float(self.cfg.launch_timeout_s) * 1000)
         except Exception as exc:
             await self._pw.stop()
@@ -206,6 +238,20 @@ class Browser:
             raise BrowserCrash("Chromium is not running (it crashed or was closed)")
         return await self.browser.new_context(**options)
 
+    async def join_shared_context(self, env, key: tuple, open_shared) -> SharedContext:
+        """A context of the agents behind one origin fence (`key`) with room for `env` (browser.pages_per_context;
+        one renderer serves each context's pages, so more contexts use more cores), opened by `open_shared()`."""
+        cap = int(env.cfg.pages_per_context)
+        async with self._shared_lock:
+            pool = self._shared.setdefault(key, [])
+            pool[:] = [c for c in pool if c.open]
+            shared = next((c for c in pool if cap <= 0 or len(c.members) < cap), None)
+            if shared is None:
+                shared = await open_shared()
+                pool.append(shared)
+            shared.members.add(env)
+            return shared
+
     def pss_bytes(self) -> int:
         """Proportional set size of Chromium's processes (memory per agent = this / contexts)."""
         import psutil
@@ -233,6 +279,7 @@ class Browser:
                 pass
 
     async def close(self) -> None:
+        self._shared.clear()
         if self.browser is not None:
             try:
                 await self.browser.close()
@@ -254,6 +301,72 @@ class Browser:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+class SharedContext:
+    """One browser context whose pages are many agents (browser.isolation=page).
+
+    Each agent's page carries its own origin fence routes, request listeners and identity headers; the
+    context's own fence catches what those cannot see: popups (closed at once), whose requests are blocked
+    for the agent that opened them, and requests no agent's page can be named for (a popup's first
+    navigation comes before its frame), which are blocked and kept in `unattributed`. Only scripts open
+    popups: `auto` isolation picks page mode only where they are off."""
+
+    POPUP_GRACE_S = 1.0  # an agent's own new page is registered right after new_page() returns
+
+    def __init__(self, context, origins: tuple[str, ...]):
+        self.context = context
+        self.origins = origins
+        self.agents: dict = {}  # page -> its BrowserEnv
+        self.members: set = set()  # the BrowserEnvs that hold a place here (one page each)
+        self.unattributed: list[dict] = []  # off-origin requests blocked for no agent in particular
+        self.open = True
+        context.on("close", lambda _: setattr(self, "open", False))
+        context.on("page", lambda page: asyncio.ensure_future(self._close_if_popup(page)))
+
+    async def _owner(self, page):
+        env = self.agents.get(page)
+        if env is None and page is not None:
+            try:
+                env = self.agents.get(await page.opener())
+            except Exception:  # closed meanwhile
+                env = None
+        return env
+
+    async def on_route(self, route) -> None:
+        request = route.request
+        try:
+            page = request.frame.page
+        except Exception:  # a service worker's or a detached frame's request
+            page = None
+        env = await self._owner(page)
+        if env is not None:
+            await env._on_route(route)
+        elif origin_of(request.url) in self.origins:
+            await BrowserEnv._settle_route(route.continue_())
+        else:
+            self.unattributed.append({"url": request.url, "type": request.resource_type,
+                                      "navigation": request.is_navigation_request()})
+            await BrowserEnv._settle_route(route.abort("blockedbyclient"))
+
+    @staticmethod
+    async def on_websocket(ws) -> None:
+        try:
+            await ws.close(code=1008, reason="off-origin")
+        except Exception:
+            pass
+
+    async def _close_if_popup(self, page) -> None:
+        try:
+            if await page.opener() is None:  # an agent's own page, or a popup opened with noopener
+                deadline = time.monotonic() + self.POPUP_GRACE_S
+                while page not in self.agents and time.monotonic() < deadline and not page.is_closed():
+                    await asyncio.sleep(0.02)
+                if page in self.agents:
+                    return
+        except Exception:
+            pass
+        await BrowserEnv._close_quietly(page)
 
 
 class BrowserEnv:
@@ -294,6 +407,8 @@ class BrowserEnv:
         self._off_origin = re.compile(rf"^(?!(?:{alts})(?:[/?#]|$))")
         ws_alts = "|".join(re.escape(o.replace("http", "ws", 1)) for o in self.origins)
         self._off_origin_ws = re.compile(rf"^(?!(?:{ws_alts})(?:[/?#]|$))")
+        self.isolation = isolation_of(self.cfg, adapter)
+        self.shared: SharedContext | None = None
         self.context = None
         self.page = None
         self.merchant_id = self.agent_id = self.session_id = ""
@@ -323,13 +438,32 @@ class BrowserEnv:
         return self.observation.url if self.observation else ""
 
     # ---- context and page ---------------------------------------------------------------------
-    async def _open_context(self) -> None:
+    async def _new_context(self):
         # Only the allowed origins bypass the sink proxy ("<-loopback>": 127.0.0.1 is proxied too).
         bypass = ",".join(["<-loopback>", *self.origins])
-        ctx = await self.browser.new_context(
+        return await self.browser.new_context(
             java_script_enabled=self.javascript, service_workers="block", accept_downloads=False,
             viewport={"width": int(self.cfg.viewport_width), "height": int(self.cfg.viewport_height)},
             proxy={"server": self.browser.sink_proxy, "bypass": bypass})
+
+    def _shared_key(self) -> tuple:
+        """What every agent of one shared context must have alike: the fence and the context options."""
+        return (self.origins, self.javascript, int(self.cfg.viewport_width), int(self.cfg.viewport_height))
+
+    async def _open_shared(self) -> SharedContext:
+        ctx = await self._new_context()
+        shared = SharedContext(ctx, self.origins)
+        await ctx.route(self._off_origin, shared.on_route)
+        await ctx.route_web_socket(self._off_origin_ws, shared.on_websocket)
+        return shared
+
+    async def _open_context(self) -> None:
+        if self.isolation == "page":
+            self.shared = await self.browser.join_shared_context(self, self._shared_key(), self._open_shared)
+            self.context = self.shared.context
+            await self._new_page()
+            return
+        ctx = await self._new_context()
         ctx.set_default_timeout(self.timeout_ms)
         ctx.set_default_navigation_timeout(self.timeout_ms)
         await ctx.route(self._off_origin, self._on_route)
@@ -351,8 +485,26 @@ class BrowserEnv:
             self._opening = False
         page.on("crash", lambda _: setattr(self, "_crashed", self._crashed or page is self.page))
         page.on("dialog", lambda d: asyncio.ensure_future(d.dismiss()))
+        if self.shared is not None:  # this page's own fence, listeners and identity in the shared context
+            self.shared.agents[page] = self
+            page.set_default_timeout(self.timeout_ms)
+            page.set_default_navigation_timeout(self.timeout_ms)
+            await page.route(self._off_origin, self._on_route)
+            await page.route_web_socket(self._off_origin_ws, self._on_websocket)
+            page.on("request", self._on_request)
+            page.on("requestfailed", self._on_request_failed)
+            await self._send_identity(page)
         self.page = page
         self._crashed = False
+
+    async def _send_identity(self, page) -> None:
+        await page.set_extra_http_headers({AGENT_HEADER: quote(self.agent_id, safe=""),
+                                           SESSION_HEADER: quote(self.session_id, safe="")})
+
+    async def _close_page(self, page) -> None:
+        if self.shared is not None:
+            self.shared.agents.pop(page, None)
+        await self._close_quietly(page)
 
     def _on_request(self, request) -> None:
         self.requests += 1
@@ -488,7 +640,7 @@ class BrowserEnv:
             try:
                 self._check_browser()
                 if self._page_broken() or isinstance(last, NavigationTimeout):  # a hung renderer: fresh page
-                    await self._close_quietly(self.page)
+                    await self._close_page(self.page)
                     await self._new_page()
                 return await asyncio.wait_for(self._goto_observe(url), self.hard_timeout_s)
             except Exception as exc:
@@ -531,9 +683,11 @@ class BrowserEnv:
         try:
             if self.context is None:
                 await self._open_context()
+            elif self.shared is not None:
+                await self._send_identity(self.page)
             else:
                 await self.context.clear_cookies()
-            if self.shop is None:  # the project storefront's identity cookies; a foreign shop sets its own
+            if self.shop is None and self.shared is None:  # the storefront's identity cookies; a foreign shop sets its own
                 await self.context.add_cookies([
                     {"name": AGENT_COOKIE, "value": quote(self.agent_id, safe=""), "url": self.base_url},
                     {"name": SESSION_COOKIE, "value": quote(self.session_id, safe=""), "url": self.base_url},
@@ -720,6 +874,12 @@ class BrowserEnv:
         return "cart" if self.adapter.is_add_to_cart(element) else ""
 
     async def close(self) -> None:
+        if self.shared is not None:  # the context is the browser's: only this agent's page goes
+            if self.page is not None:
+                await self._close_page(self.page)
+            self.shared.members.discard(self)
+            self.shared = self.context = self.page = None
+            return
         if self.context is not None:
             try:
                 await self.context.close()

@@ -34,6 +34,14 @@ class BrowserConfig:
     adapter: str = ""  # generic storefront adapter YAML; "" = the project storefront (exact observations)
     # HTML rewrites of matching pages, [{url, find, replace}] (simpersona.sim.page_patch): a foreign shop's what-if
     page_patches: list = field(default_factory=list)
+    # how agents of one Chromium are kept apart: context (a browser context each: own cookies and storage,
+    # what a foreign shop needs) | page (pages of one shared context; the project storefront tells its agents
+    # apart by a per-page header, and Chromium runs one renderer per site for them) | auto (page on the
+    # project storefront with scripts off, else context)
+    isolation: str = "auto"
+    # isolation=page: agents per shared context (0 = all of one browser); each context's pages share one
+    # renderer process, whose main thread runs their page work one after another
+    pages_per_context: int = 8
     viewport_width: int = 1024
     viewport_height: int = 768
 

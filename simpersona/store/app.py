@@ -16,7 +16,9 @@ page it came from: a stale page (double submit, a retry after a timeout whose fi
 through) is redirected to the current page without acting again. Opening a page's URL directly
 (a person's Back button or address bar) moves the visit there, logging what analytics would:
 a product view for a product page, a search for a search page.
-`?agent=<id>&session=<id>` on any page sets the cookies (for clients without a cookie API).
+`?agent=<id>&session=<id>` on any page sets the cookies (for clients without a cookie API). Headers
+`x-simpersona-agent` and `x-simpersona-session` on a request name its buyer and session ahead of any
+cookie and set none: browser agents that share one cookie jar (browser.isolation=page) send them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "sp_session"
 AGENT_COOKIE = "sp_agent"
+AGENT_HEADER = "x-simpersona-agent"
+SESSION_HEADER = "x-simpersona-session"
 LIST_KINDS = ("home", "listing", "search")
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -150,6 +154,9 @@ def _not_found(message: str, merchant_id: str = "") -> HTMLResponse:
 
 def _identity(request: Request) -> tuple[str, str, bool]:
     """(agent id, session id, whether the cookies must be set) of a request."""
+    agent, session = request.headers.get(AGENT_HEADER), request.headers.get(SESSION_HEADER)
+    if agent and session:
+        return unquote(agent), unquote(session), False
     session = request.cookies.get(SESSION_COOKIE)
     agent = request.cookies.get(AGENT_COOKIE)
     if session and agent:

@@ -85,13 +85,18 @@ class KillOnce:
         self.killed = (name, dict(state))
 
 
+ISOLATIONS = pytest.mark.parametrize("isolation", ["context", "page"])  # browser.isolation: both hold
+
+
 @pytest.mark.browser
 @pytest.mark.slow
-def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, run_dir):
+@ISOLATIONS
+def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, run_dir, isolation):
     # one worker: once it is killed, the run can only finish through its replacement. With two, the
     # survivor sometimes finished every agent before the replacement's Chromium was up on a loaded box,
     # and whether a replacement was recorded came down to that race.
-    cfg = sim_config(run_dir, "sim.variant=kill_worker", "sim.workers=1")
+    variant = f"kill_worker_{isolation}"
+    cfg = sim_config(run_dir, f"sim.variant={variant}", "sim.workers=1", f"browser.isolation={isolation}")
     hook = KillOnce("worker")
     summary = run_simulation(cfg, on_progress=hook)
     assert hook.killed is not None, "the run ended before the worker could be killed"
@@ -103,7 +108,7 @@ def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, 
     assert summary["workers_started"] == 2, summary
     assert hook.replacements == summary["worker_replacements"] == [{"worker": "w1", "replaces": "w0"}], summary
     assert hook.seen == {"w0", "w1"}, hook.seen  # the replacement came up: its Chromium launched
-    out = run_dir / "simulate" / "kill_worker"
+    out = run_dir / "simulate" / variant
     checked = check_exactly_once(out)
     retried = checked["results"][checked["results"].attempt > 1]
     assert len(retried) >= 1 and set(retried.worker) != {hook.killed[0]}  # finished elsewhere
@@ -116,14 +121,16 @@ def test_killing_a_worker_mid_run_completes_every_agent_exactly_once(ray_local, 
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_killing_chromium_mid_run_completes_every_agent_exactly_once(ray_local, run_dir):
-    cfg = sim_config(run_dir, "sim.variant=kill_chromium")
+@ISOLATIONS
+def test_killing_chromium_mid_run_completes_every_agent_exactly_once(ray_local, run_dir, isolation):
+    variant = f"kill_chromium_{isolation}"
+    cfg = sim_config(run_dir, f"sim.variant={variant}", f"browser.isolation={isolation}")
     hook = KillOnce("chromium")
     summary = run_simulation(cfg, on_progress=hook)
     assert hook.killed is not None, "the run ended before Chromium could be killed"
     assert summary["completed"] == 12 and summary["crashed"] == 0
     assert summary["browser_restarts"] >= 1 and summary["requeued"] >= 1 and summary["workers_lost"] == 0
-    checked = check_exactly_once(run_dir / "simulate" / "kill_chromium")
+    checked = check_exactly_once(run_dir / "simulate" / variant)
     assert (checked["results"].attempt > 1).any()
 
 
@@ -158,3 +165,4 @@ def test_rerunning_a_run_dir_skips_finished_agents(ray_local, run_dir):
     again = run_simulation(cfg)  # nothing left: no worker starts
     assert again["resumed_skipped"] == 8 and again["steps_this_run"] == 0 and again["workers_started"] == 0
     assert committed_results(out).num_rows == 8
+

@@ -33,11 +33,30 @@ def loop():
     loop.close()
 
 
+@pytest.fixture(scope="module", params=["context", "page"])
+def isolation(request):
+    """browser.isolation: every exactly-once and crash check below holds in both modes."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def browser(loop):
-    browser = loop.run_until_complete(Browser().start())
-    yield browser
-    loop.run_until_complete(browser.close())
+def browsers(loop):
+    """One Chromium per isolation mode, launched when first asked for."""
+    made: dict[str, Browser] = {}
+
+    def get(mode: str) -> Browser:
+        if mode not in made:
+            made[mode] = loop.run_until_complete(Browser({"isolation": mode}).start())
+        return made[mode]
+
+    yield get
+    for b in made.values():
+        loop.run_until_complete(b.close())
+
+
+@pytest.fixture(scope="module")
+def browser(browsers, isolation):
+    return browsers(isolation)
 
 
 @pytest.fixture()
@@ -134,7 +153,8 @@ async def _crash(env: BrowserEnv) -> None:
 
 def test_timeout_while_the_server_hangs_acts_exactly_once(loop, browser, server):
     s, visit = shop("m3"), Visit("m3")
-    env = BrowserEnv(browser, server.base_url, {"step_timeout_s": 1.0, "retries": 2, "retry_backoff_s": 0.2})
+    env = BrowserEnv(browser, server.base_url, {"step_timeout_s": 1.0, "retries": 2, "retry_backoff_s": 0.2,
+                                                "isolation": browser.cfg.isolation})
     loop.run_until_complete(env.reset("m3", "t"))
 
     async def hang_then_resume():
@@ -161,9 +181,9 @@ def test_timeout_while_the_server_hangs_acts_exactly_once(loop, browser, server)
     assert [e["event"] for e in read_events(Path(server.log_dir)).to_pylist()] == ["view", "cart"]
 
 
-def test_browser_crash_raises(loop, server):
+def test_browser_crash_raises(loop, server, isolation):
     async def main():
-        browser = await Browser().start()
+        browser = await Browser({"isolation": isolation}).start()
         env = BrowserEnv(browser, server.base_url)
         await env.reset("m1", "c")
         assert browser.pid and browser.pss_bytes() > 10 * 2**20
@@ -183,9 +203,42 @@ def test_browser_crash_raises(loop, server):
     loop.run_until_complete(main())
 
 
-def test_generic_adapter_finds_product_cart_and_order(loop, browser, server):
-    env = BrowserEnv(browser, server.base_url, adapter=ROOT / "adapters" / "example_generic.yaml")
-    assert env.javascript  # generic storefronts keep their scripts
+
+def test_page_isolation_fills_each_shared_context_up_to_pages_per_context(loop, browsers, server):
+    """browser.pages_per_context=2: three agents take two contexts; a place freed by a closed agent is
+    taken by the next, and each agent's page sends its own identity (the log names each session once)."""
+    browser = browsers("page")
+    cfg = {"isolation": "page", "pages_per_context": 2}
+
+    async def main():
+        envs = [BrowserEnv(browser, server.base_url, cfg) for _ in range(3)]
+        for i, env in enumerate(envs):
+            await env.reset("m1", f"p{i}")
+            await env.step("open 1")
+        contexts = {id(env.context) for env in envs}
+        sizes = sorted(len(env.context.pages) for env in envs)
+        await envs[0].close()
+        late = BrowserEnv(browser, server.base_url, cfg)
+        await late.reset("m2", "p3")
+        await late.step("open 1")
+        reused = late.context is envs[1].context
+        for env in (*envs[1:], late):
+            await env.close()
+        return contexts, sizes, reused, [e.session_id for e in (*envs, late)]
+
+    contexts, sizes, reused, sessions = loop.run_until_complete(main())
+    assert len(contexts) == 2 and sizes == [1, 2, 2] and reused
+    server.stop()
+    log = read_events(Path(server.log_dir)).to_pylist()
+    assert sorted((e["buyer_id"], e["session_id"]) for e in log) == sorted(
+        (f"p{i}", s) for i, s in enumerate(sessions))
+
+def test_generic_adapter_finds_product_cart_and_order(loop, browsers, server):
+    adapter = ROOT / "adapters" / "example_generic.yaml"
+    with pytest.raises(ValueError, match="browser.isolation=page shares one cookie jar .* set browser.isolation=context"):
+        BrowserEnv(browsers("page"), server.base_url, adapter=adapter)  # a foreign shop tells buyers apart by cookies
+    env = BrowserEnv(browsers("context"), server.base_url, {"isolation": "auto"}, adapter=adapter)
+    assert env.isolation == "context" and env.javascript  # generic storefronts keep their scripts
 
     def click(obs, text: str):
         line = next(ln for ln in obs.text.splitlines() if ln.split(": ", 1)[-1].startswith(text))

@@ -115,6 +115,23 @@ def test_sessions_are_separate_and_here_points_to_the_current_page(client):
     assert other.cookies["sp_agent"] == "b"
 
 
+
+def test_identity_headers_name_the_session_ahead_of_cookies_and_set_none(client, tmp_path):
+    """Agents that share one cookie jar (browser.isolation=page) send their buyer and session as headers:
+    two of them on one client keep apart, ahead of the client's cookie (a1/s1), and no cookie is set."""
+    def as_agent(agent: str, session: str) -> dict:
+        return {"x-simpersona-agent": agent, "x-simpersona-session": session}
+
+    r = client.post("/m/m1/act", data={"a": "open 2"}, headers=as_agent("h1", "t1"), follow_redirects=False)
+    assert r.headers["location"].startswith("/m/m1/p/") and "set-cookie" not in r.headers
+    assert client.get("/m/m1/here", headers=as_agent("h2", "t2"), follow_redirects=False).headers["location"] == "/m/m1/"
+    assert client.get("/m/m1/here", headers=as_agent("h1", "t1"), follow_redirects=False).headers["location"] == \
+        r.headers["location"]
+    assert client.get("/m/m1/here", follow_redirects=False).headers["location"] == "/m/m1/"  # the cookie's a1/s1
+    client.close()
+    views = [(e["buyer_id"], e["session_id"]) for e in read_events(tmp_path / "events").to_pylist()]
+    assert views == [("h1", "t1")]
+
 def test_leave_ends_the_visit(client):
     r = client.post("/m/m1/act", data={"a": "leave"})
     assert r.url.path == "/m/m1/bye" and 'data-page="ended"' in r.text
