@@ -12,23 +12,31 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
 RUN_TIMEOUT_S = 900  # ~3 min on an idle 2-core box; several times that when the box is shared
+# Credentials every smoke run of this session carries, in its config (S3 keys a local run never uses) and
+# its environment (the AWS chain): no file any stage writes and nothing the run prints may hold one
+PLANTED_SECRETS = {name: f"planted-{name}-{uuid.uuid4().hex}" for name in ("access_key", "secret_key", "env_secret",
+                                                                           "env_token")}
 
 
 def pipeline_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               AWS_SECRET_ACCESS_KEY=PLANTED_SECRETS["env_secret"], AWS_SESSION_TOKEN=PLANTED_SECRETS["env_token"])
     return env
 
 
 def start_pipeline(run_dir: Path, *overrides: str, stdout=subprocess.PIPE) -> subprocess.Popen:
     """The pipeline in a session of its own, so that what it starts (its local Ray, Chromium) can be ended."""
-    command = [PYTHON, "ray_jobs/pipeline.py", f"run_dir={run_dir}", "config=smoke", *overrides]
+    command = [PYTHON, "ray_jobs/pipeline.py", f"run_dir={run_dir}", "config=smoke",
+               f"data.s3.access_key={PLANTED_SECRETS['access_key']}", f"data.s3.secret_key={PLANTED_SECRETS['secret_key']}",
+               *overrides]
     return subprocess.Popen(command, cwd=ROOT, env=pipeline_env(), stdout=stdout, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 

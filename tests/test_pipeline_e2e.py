@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from scipy import stats
-from smoke_pipeline import RUN_TIMEOUT_S, end_session, run_pipeline, start_pipeline
+from smoke_pipeline import PLANTED_SECRETS, RUN_TIMEOUT_S, end_session, run_pipeline, start_pipeline
 
 # the clean run is set up inside the first test's time limit (pytest-timeout counts fixtures)
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(1500)]
@@ -92,6 +92,20 @@ def _rank_correlation(sim: list, real: list) -> float | None:
     xs, ys = zip(*pairs)
     return float(stats.spearmanr(xs, ys).statistic)
 
+
+
+def test_planted_credentials_reach_no_file_of_any_stage_and_nothing_printed(smoke):
+    """The run's config holds S3 keys and its environment AWS credentials (tests/smoke_pipeline.py): every
+    stage's manifest, summary, model, simulation folder and report, and the run's output, are free of them."""
+    run_dir = smoke["run_dir"]
+    planted = [s.encode() for s in PLANTED_SECRETS.values()]
+    files = [p for p in sorted(run_dir.rglob("*")) if p.is_file()]
+    leaks = [(str(p.relative_to(run_dir)), s.decode()) for p in files for s in planted if s in p.read_bytes()]
+    assert leaks == []
+    assert {p.relative_to(run_dir).parts[0] for p in files} >= set(STAGES)  # every stage's folder was read
+    assert not [s for s in PLANTED_SECRETS.values() if s in smoke["out"]]
+    written = json.loads((run_dir / "preprocess" / "manifest.json").read_text())["config"]["data"]["s3"]
+    assert "***" in json.dumps(written)  # the keys were there, and redacted where the config is written
 
 def test_metrics_json_has_headline_and_every_baseline(smoke):
     m = json.loads((smoke["run_dir"] / "evaluate" / "metrics.json").read_text())
