@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,17 +43,20 @@ def s3_filesystem(s3cfg: S3Config | None = None) -> pafs.S3FileSystem:
     region = s3cfg.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
     if bool(s3cfg.access_key) != bool(s3cfg.secret_key):
         raise UnsupportedInputError("data.s3: set both access_key and secret_key, or neither")
-    return _s3_filesystem(
-        endpoint, region, s3cfg.access_key, s3cfg.secret_key, s3cfg.session_token, bool(s3cfg.allow_http)
-    )
+    if int(s3cfg.max_attempts) < 1:
+        raise UnsupportedInputError(f"data.s3.max_attempts must be at least 1, got {s3cfg.max_attempts}")
+    return _s3_filesystem(endpoint, region, s3cfg.access_key, s3cfg.secret_key, s3cfg.session_token,
+                          bool(s3cfg.allow_http), int(s3cfg.max_attempts))
 
 
 @functools.lru_cache(maxsize=16)
 def _s3_filesystem(
-    endpoint: str, region: str, access_key: str, secret_key: str, session_token: str, allow_http: bool
+    endpoint: str, region: str, access_key: str, secret_key: str, session_token: str, allow_http: bool,
+    max_attempts: int,
 ) -> pafs.S3FileSystem:
     # One client per distinct setting: every file of a run reuses its connections.
-    kwargs: dict = {"region": region or None}
+    kwargs: dict = {"region": region or None,
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts)}
     if endpoint:
         # "http://host:port" names its scheme; a bare "host:port" is https unless allow_http.
         if "://" in endpoint:
@@ -269,10 +273,41 @@ def remove(uri: str, s3cfg=None) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Folder copies between filesystems
 
-def copy_tree(src: str, src_fs: pafs.FileSystem, dst: str, dst_fs: pafs.FileSystem) -> None:
-    if src_fs.get_file_info(src).type == pafs.FileType.Directory:
-        dst_fs.create_dir(dst, recursive=True)  # copy_files makes sub-folders, not the top one
-        pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+COPY_ATTEMPTS = 3  # tries per file copied to or from S3, each after the SDK's own retries of every request
+COPY_BACKOFF_S = 0.5
+
+
+def _retried(call, attempts: int):
+    # The SDK retries a 5xx or throttled request, except a GET whose error body overflows the buffer Arrow
+    # gave it for the range: that one ends as a non-retryable INTERNAL_FAILURE ("Failed to flush response
+    # stream"). Copying a file again is safe: it is written whole each time.
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except OSError:
+            if attempt == attempts:
+                raise
+            time.sleep(COPY_BACKOFF_S * attempt)
+
+
+def copy_tree(src: str, src_fs: pafs.FileSystem, dst: str, dst_fs: pafs.FileSystem, attempts: int = 1) -> None:
+    """Copy a folder file by file; a file whose copy raises OSError is copied again, up to `attempts` times."""
+    if _retried(lambda: src_fs.get_file_info(src), attempts).type != pafs.FileType.Directory:
+        return
+    dst_fs.create_dir(dst, recursive=True)
+    selector = pafs.FileSelector(src, recursive=True)
+    for info in sorted(_retried(lambda: src_fs.get_file_info(selector), attempts), key=lambda i: i.path):
+        target = f"{dst.rstrip('/')}/{info.path[len(src.rstrip('/')):].lstrip('/')}"
+        if info.type == pafs.FileType.Directory:
+            dst_fs.create_dir(target, recursive=True)
+        elif info.type == pafs.FileType.File:
+            dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            _retried(lambda i=info, t=target: pafs.copy_files(i.path, t, source_filesystem=src_fs,
+                                                               destination_filesystem=dst_fs), attempts)
+
+
+def _copy_attempts(s3cfg: S3Config | None) -> int:
+    return min(COPY_ATTEMPTS, int((s3cfg or S3Config()).max_attempts))
 
 
 def upload(folder: Path, uri: str, s3cfg=None, replace: bool = True) -> None:
@@ -280,7 +315,7 @@ def upload(folder: Path, uri: str, s3cfg=None, replace: bool = True) -> None:
     fs, path = resolve(uri, s3cfg)
     if replace:
         fs.delete_dir_contents(path, missing_dir_ok=True)
-    copy_tree(str(folder), pafs.LocalFileSystem(), path, fs)
+    copy_tree(str(folder), pafs.LocalFileSystem(), path, fs, _copy_attempts(s3cfg) if is_s3(uri) else 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -349,7 +384,7 @@ def fetch_folder(uri: str, local: Path, marker: str, marker_text: str, s3cfg=Non
     tmp = local.with_name(f".{local.name}.{FETCHING}-{uuid.uuid4().hex[:8]}")
     fs, path = resolve(uri, s3cfg)
     try:
-        copy_tree(path, fs, str(tmp), pafs.LocalFileSystem())
+        copy_tree(path, fs, str(tmp), pafs.LocalFileSystem(), _copy_attempts(s3cfg) if is_s3(uri) else 1)
         try:
             copied = (tmp / marker).read_bytes().decode()
         except FileNotFoundError:

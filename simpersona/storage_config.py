@@ -16,3 +16,6 @@ class S3Config:
     secret_key: str = ""
     session_token: str = ""
     allow_http: bool = False
+    # attempts per S3 request (the AWS SDK's standard retry: 5xx answers, throttling such as 503 SlowDown and
+    # broken connections are retried with backoff); what still fails after them is an OSError, never a gap
+    max_attempts: int = 10

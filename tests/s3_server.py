@@ -9,13 +9,17 @@ Import it as `from s3_server import MotoS3Server` (pytest puts tests/ on sys.pat
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 from simpersona.storage_config import S3Config
 
@@ -97,3 +101,84 @@ class MotoS3Server:
     def __exit__(self, *exc) -> None:
         self.stop()
         self._log.close()
+
+
+class FlakyS3Proxy:
+    """An HTTP proxy in front of an S3 endpoint that answers every `every`-th request itself with `status` and
+    an S3 error `code` (503 SlowDown: throttling; 500 InternalError: a 5xx) and forwards the others."""
+
+    HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+    def __init__(self, target: MotoS3Server, every: int = 3, status: int = 503, code: str = "SlowDown"):
+        self.target, self.every, self.status, self.code = target, every, status, code
+        self.requests = self.injected = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():  # how the SDK streams parts
+                    out = b""
+                    while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                    while self.rfile.readline().strip():  # trailers
+                        pass
+                    return out
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else b""
+
+            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+                self.send_response(status)
+                head = self.command == "HEAD"  # its Content-Length is the object's size, with no body
+                for k, v in headers:
+                    if k.lower() not in proxy.HOP and (head or k.lower() != "content-length"):
+                        self.send_header(k, v)
+                if not head or not any(k.lower() == "content-length" for k, _ in headers):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _handle(self) -> None:
+                body = self._body()
+                with proxy.lock:
+                    proxy.requests += 1
+                    fail = proxy.requests % proxy.every == 0
+                    proxy.injected += fail
+                if fail:
+                    xml = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{proxy.code}</Code>"
+                           f"<Message>injected by the test</Message></Error>").encode()
+                    self._answer(proxy.status, [("Content-Type", "application/xml")], xml)
+                    return
+                conn = http.client.HTTPConnection(proxy.target.host, proxy.target.port, timeout=30)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP | {"content-length"}}
+                    headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    self._answer(resp.status, resp.getheaders(), resp.read())
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def s3_config(self, **changes) -> S3Config:
+        return replace(self.target.s3_config(), endpoint_url=self.endpoint_url, **changes)
+
+    def __enter__(self) -> FlakyS3Proxy:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from s3_server import MotoS3Server
+from s3_server import FlakyS3Proxy, MotoS3Server
 
 from simpersona import storage
 from simpersona.data import io
@@ -81,3 +81,26 @@ def test_missing_object_and_bucket(s3):
         io.list_inputs("s3://raw/nothing/here.csv", cfg)
     with pytest.raises(InputNotFoundError, match=r"^input not found: s3://no-such-bucket/x.csv$"):
         io.list_inputs("s3://no-such-bucket/x.csv", cfg)
+
+
+@pytest.mark.parametrize("status, code", [(503, "SlowDown"), (500, "InternalError")])
+def test_s3_throttling_and_5xx_answers_are_retried_with_nothing_lost(s3, tmp_path, status, code):
+    """Every third S3 request answered with throttling or a server error: an upload and a fetch of a stage
+    folder still carry every byte (the standard retry, data.s3.max_attempts); with one attempt the same
+    fault is an OSError naming it, not a silent gap."""
+    folder = tmp_path / "stage"
+    (folder / "part").mkdir(parents=True)
+    files = {f"part/{i}.bin": bytes([i]) * (1000 * (i + 1)) for i in range(6)}
+    files["manifest.json"] = b'{"stage": "x"}'
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    with FlakyS3Proxy(s3, every=3, status=status, code=code) as proxy:
+        uri = f"s3://raw/flaky-{status}"
+        storage.upload(folder, uri, proxy.s3_config())
+        back = tmp_path / "back"
+        assert storage.fetch_folder(uri, back, "manifest.json", files["manifest.json"].decode(), proxy.s3_config())
+        assert proxy.injected >= 5
+        assert {str(p.relative_to(back)): p.read_bytes() for p in back.rglob("*") if p.is_file()} == files
+        with pytest.raises(OSError, match=code.upper().replace("SLOWDOWN", "SLOW_DOWN") + "|" + code + "|" + str(status)):
+            for _ in range(3):  # one of three requests in a row meets the fault
+                storage.upload(folder, uri, proxy.s3_config(max_attempts=1))
