@@ -7,8 +7,8 @@
         await env.close()
 
 Isolation (`browser.isolation`): with `context` each agent has its own browser context (cookies, storage);
-with `page` the agents of one Chromium are pages of one shared context (SharedContext), Chromium keeps one
-renderer per site for them (--process-per-site), and each page sends its agent and session in headers that
+with `page` the agents of one Chromium are pages of shared contexts (SharedContext, browser.pages_per_context
+each), whose pages share one renderer per site (--process-per-site), and each page sends its agent and session in headers that
 the project storefront reads before its cookies. A foreign shop keeps its buyers apart by cookies, so a
 shop adapter or page patches need `context`; `auto` picks `page` only for the project storefront.
 
